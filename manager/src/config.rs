@@ -1,0 +1,125 @@
+//! Manager configuration: a typed struct with defaults and `validate()`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default TCP port of the manager's gRPC listener.
+pub const DEFAULT_PORT: u16 = 4280;
+
+/// Everything a manager needs to start.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// sled database, control socket (`shoal.sock`) and identity live here.
+    pub data_dir: PathBuf,
+    /// Address of the gRPC listener (dispatcher, control, raft).
+    pub listen_addr: SocketAddr,
+    /// Address other nodes use to reach this manager (defaults to `listen_addr`).
+    pub advertise_addr: Option<String>,
+    pub dispatcher: DispatcherConfig,
+    pub orchestrator: OrchestratorConfig,
+    pub raft: RaftConfig,
+}
+
+/// How agents keep their sessions alive.
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    /// Period the agents are told to heartbeat on.
+    pub heartbeat_period: Duration,
+    /// A node that has not heartbeated for `heartbeat_period * grace_multiplier`
+    /// is marked DOWN and its tasks are replaced elsewhere.
+    pub grace_multiplier: u32,
+}
+
+impl DispatcherConfig {
+    pub fn grace_period(&self) -> Duration {
+        self.heartbeat_period * self.grace_multiplier
+    }
+}
+
+impl Default for DispatcherConfig {
+    /// 500 ms × 4: a lost node is DOWN after 2 s (Swarm: 5 s × 3 plus slack,
+    /// ~20 s in practice). A heartbeat is a few hundred bytes, so even a loaded
+    /// 2-core machine keeps far inside a 2 s window.
+    fn default() -> Self {
+        DispatcherConfig {
+            heartbeat_period: Duration::from_millis(500),
+            grace_multiplier: 4,
+        }
+    }
+}
+
+/// Orchestration settings.
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    /// Dead tasks kept per slot (Swarm's `--task-history-limit`, default 5).
+    pub task_history_limit: usize,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            task_history_limit: 5,
+        }
+    }
+}
+
+/// Raft timing and log settings.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    /// Raft id of this manager (1 for the first manager of a cluster).
+    pub id: u64,
+    pub tick_interval: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Take a snapshot and compact the log every this many applied entries.
+    pub snapshot_interval: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            id: 1,
+            tick_interval: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            snapshot_interval: 10_000,
+        }
+    }
+}
+
+impl ManagerConfig {
+    /// Defaults for a manager keeping its state in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ManagerConfig {
+            data_dir: data_dir.into(),
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            advertise_addr: None,
+            dispatcher: DispatcherConfig::default(),
+            orchestrator: OrchestratorConfig::default(),
+            raft: RaftConfig::default(),
+        }
+    }
+
+    /// The unix socket of the local control API.
+    pub fn control_socket(&self) -> PathBuf {
+        self.data_dir.join("shoal.sock")
+    }
+
+    /// Check the values before anything is bound or written.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err("data-dir: must not be empty".into());
+        }
+        if self.dispatcher.heartbeat_period < Duration::from_millis(50) {
+            return Err("heartbeat-period: must be at least 50ms".into());
+        }
+        if self.dispatcher.grace_multiplier < 2 {
+            return Err("heartbeat grace multiplier: must be at least 2".into());
+        }
+        if self.raft.election_ticks <= self.raft.heartbeat_ticks {
+            return Err("raft: election ticks must exceed heartbeat ticks".into());
+        }
+        Ok(())
+    }
+}

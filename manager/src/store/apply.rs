@@ -1,0 +1,181 @@
+//! The replicated state machine: applying one committed [`Proposal`] to the
+//! in-memory tables. Deterministic (it reads only the proposal, the state and the
+//! entry index), so every manager reaches the same state and the same verdicts.
+//!
+//! Each action checks optimistic concurrency (`meta.version`) and the store-wide
+//! invariants (unique service names, unique ingress ports). An atomic proposal
+//! applies all of its actions or none; a non-atomic one applies those that pass
+//! and reports the rest.
+
+use shoal_proto::{ActionKind, Proposal, PublishMode, Service, StoreAction};
+
+use super::object::{Kind, Object, ObjectExt};
+use super::tables::{MemState, service_name};
+use super::{Change, ChangeKind, StoreError};
+
+/// What applying a proposal did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Applied changes, in action order.
+    pub changes: Vec<Change>,
+    /// Refused actions: (position in the proposal, why). For an atomic proposal
+    /// any refusal means nothing was applied.
+    pub refused: Vec<(usize, StoreError)>,
+}
+
+/// Apply `proposal`, committed at Raft `index`, to `state`.
+pub fn apply(state: &mut MemState, proposal: Proposal, index: u64) -> Outcome {
+    let mut outcome = Outcome::default();
+    let mut undo: Vec<(Kind, String, Option<Object>)> = Vec::new();
+    for (pos, action) in proposal.actions.into_iter().enumerate() {
+        match apply_action(state, action, index, proposal.timestamp) {
+            Ok(change) => {
+                if proposal.atomic {
+                    undo.push((change.object.kind(), change.object.id().to_string(), change.old.clone()));
+                }
+                outcome.changes.push(change);
+            }
+            Err(err) => {
+                outcome.refused.push((pos, err));
+                if proposal.atomic {
+                    for (kind, id, old) in undo.into_iter().rev() {
+                        match old {
+                            Some(old) => {
+                                state.put(old);
+                            }
+                            None => {
+                                state.remove(kind, &id);
+                            }
+                        }
+                    }
+                    outcome.changes.clear();
+                    state.applied_index = index;
+                    return outcome;
+                }
+            }
+        }
+    }
+    state.applied_index = index;
+    outcome
+}
+
+fn apply_action(
+    state: &mut MemState,
+    action: StoreAction,
+    index: u64,
+    timestamp: i64,
+) -> Result<Change, StoreError> {
+    let kind = ActionKind::try_from(action.kind).unwrap_or(ActionKind::Create);
+    let mut object = action
+        .object
+        .and_then(|o| o.object)
+        .ok_or(StoreError::Invalid("store action without an object".into()))?;
+    let (k, id) = (object.kind(), object.id().to_string());
+    if id.is_empty() {
+        return Err(StoreError::Invalid(format!("{k} without an id")));
+    }
+    let current = state.version_of(k, &id);
+    match kind {
+        ActionKind::Create => {
+            if current.is_some() {
+                return Err(StoreError::AlreadyExists { kind: k, what: id });
+            }
+            check_invariants(state, &object)?;
+            let meta = object.meta_mut();
+            meta.version = index;
+            meta.created_at = timestamp;
+            meta.updated_at = timestamp;
+            state.put(object.clone());
+            Ok(Change {
+                kind: ChangeKind::Created,
+                object,
+                old: None,
+            })
+        }
+        ActionKind::Update => {
+            let current = current.ok_or(StoreError::NotFound { kind: k, id: id.clone() })?;
+            let given = object.version();
+            if given != current {
+                return Err(StoreError::Conflict {
+                    kind: k,
+                    id,
+                    expected: given,
+                    actual: current,
+                });
+            }
+            check_invariants(state, &object)?;
+            let created_at = state
+                .get(k, &id)
+                .and_then(|o| o.meta().map(|m| m.created_at))
+                .unwrap_or(timestamp);
+            let meta = object.meta_mut();
+            meta.version = index;
+            meta.created_at = created_at;
+            meta.updated_at = timestamp;
+            let old = state.put(object.clone());
+            Ok(Change {
+                kind: ChangeKind::Updated,
+                object,
+                old,
+            })
+        }
+        ActionKind::Delete => {
+            let current = current.ok_or(StoreError::NotFound { kind: k, id: id.clone() })?;
+            let given = object.version();
+            if given != 0 && given != current {
+                return Err(StoreError::Conflict {
+                    kind: k,
+                    id,
+                    expected: given,
+                    actual: current,
+                });
+            }
+            let old = state.remove(k, &id).expect("checked above");
+            Ok(Change {
+                kind: ChangeKind::Deleted,
+                object: old,
+                old: None,
+            })
+        }
+    }
+}
+
+/// Store-wide invariants that concurrent writers could otherwise break.
+fn check_invariants(state: &MemState, object: &Object) -> Result<(), StoreError> {
+    let Object::Service(service) = object else {
+        return Ok(());
+    };
+    let name = service_name(service);
+    if let Some(other) = state.service_by_name(name)
+        && other.id != service.id
+    {
+        return Err(StoreError::AlreadyExists {
+            kind: Kind::Service,
+            what: format!("name {name}"),
+        });
+    }
+    for port in ingress_ports(service) {
+        if let Some(other) = state
+            .services()
+            .find(|s| s.id != service.id && ingress_ports(s).any(|p| p == port))
+        {
+            return Err(StoreError::PortInUse {
+                port: port.1,
+                protocol: if port.0 == 1 { "udp" } else { "tcp" },
+                service: service_name(other).to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// (protocol, published port) of every ingress-published port of a service.
+pub fn ingress_ports(service: &Service) -> impl Iterator<Item = (i32, u32)> + '_ {
+    service
+        .spec
+        .iter()
+        .flat_map(|s| s.endpoint.iter())
+        .flat_map(|e| e.ports.iter())
+        .filter(|p| p.publish_mode == PublishMode::Ingress as i32 && p.published_port != 0)
+        .map(|p| (p.protocol, p.published_port))
+}

@@ -1,0 +1,255 @@
+//! The in-memory copy of the replicated state: every object, indexed the ways the
+//! control API, orchestrator, scheduler and dispatcher look them up.
+//!
+//! sled holds the durable copy; this one answers reads without decoding. Only the
+//! apply path (`apply.rs`) mutates it, through [`MemState::put`] and
+//! [`MemState::remove`], which keep the indexes in step.
+
+use std::collections::{BTreeSet, HashMap};
+
+use shoal_proto::{Cluster, Node, Service, Task};
+
+use super::object::{Kind, Object, ObjectExt};
+
+/// Every stored object, plus the Raft index of the last applied entry.
+#[derive(Debug, Default, Clone)]
+pub struct MemState {
+    pub applied_index: u64,
+    nodes: HashMap<String, Node>,
+    services: HashMap<String, Service>,
+    tasks: HashMap<String, Task>,
+    clusters: HashMap<String, Cluster>,
+    service_by_name: HashMap<String, String>,
+    tasks_by_service: HashMap<String, BTreeSet<String>>,
+    tasks_by_node: HashMap<String, BTreeSet<String>>,
+}
+
+/// Why a user-supplied reference (id, prefix or name) found nothing usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("{kind} {reference} not found")]
+    NotFound { kind: Kind, reference: String },
+    #[error("{kind} reference {reference} is ambiguous: it matches {count} objects")]
+    Ambiguous {
+        kind: Kind,
+        reference: String,
+        count: usize,
+    },
+}
+
+impl MemState {
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.get(id)
+    }
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+    pub fn service(&self, id: &str) -> Option<&Service> {
+        self.services.get(id)
+    }
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+    pub fn service_by_name(&self, name: &str) -> Option<&Service> {
+        self.service_by_name
+            .get(name)
+            .and_then(|id| self.services.get(id))
+    }
+    pub fn task(&self, id: &str) -> Option<&Task> {
+        self.tasks.get(id)
+    }
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+    /// Tasks of one service, in id order.
+    pub fn tasks_of_service<'a>(&'a self, service_id: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks_by_service
+            .get(service_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+    /// Tasks assigned to one node, in id order.
+    pub fn tasks_on_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks_by_node
+            .get(node_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+    /// The cluster object (there is one once the first manager has started).
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.clusters.values().next()
+    }
+
+    /// A service by id, name, or unique id prefix (exact id, then name, then prefix).
+    pub fn find_service(&self, reference: &str) -> Result<&Service, LookupError> {
+        if let Some(s) = self.services.get(reference) {
+            return Ok(s);
+        }
+        if let Some(s) = self.service_by_name(reference) {
+            return Ok(s);
+        }
+        unique_prefix(Kind::Service, reference, self.services.values(), |s| &s.id)
+    }
+
+    /// A node by id, hostname, or unique id prefix.
+    pub fn find_node(&self, reference: &str) -> Result<&Node, LookupError> {
+        if let Some(n) = self.nodes.get(reference) {
+            return Ok(n);
+        }
+        let by_host: Vec<&Node> = self
+            .nodes
+            .values()
+            .filter(|n| n.description.as_ref().is_some_and(|d| d.hostname == reference))
+            .collect();
+        match by_host.len() {
+            1 => return Ok(by_host[0]),
+            0 => {}
+            count => {
+                return Err(LookupError::Ambiguous {
+                    kind: Kind::Node,
+                    reference: reference.to_string(),
+                    count,
+                });
+            }
+        }
+        unique_prefix(Kind::Node, reference, self.nodes.values(), |n| &n.id)
+    }
+
+    /// A task by id or unique id prefix.
+    pub fn find_task(&self, reference: &str) -> Result<&Task, LookupError> {
+        if let Some(t) = self.tasks.get(reference) {
+            return Ok(t);
+        }
+        unique_prefix(Kind::Task, reference, self.tasks.values(), |t| &t.id)
+    }
+
+    /// The current value of the object with `kind` and `id`.
+    pub fn get(&self, kind: Kind, id: &str) -> Option<Object> {
+        match kind {
+            Kind::Node => self.nodes.get(id).cloned().map(Object::Node),
+            Kind::Service => self.services.get(id).cloned().map(Object::Service),
+            Kind::Task => self.tasks.get(id).cloned().map(Object::Task),
+            Kind::Cluster => self.clusters.get(id).cloned().map(Object::Cluster),
+        }
+    }
+
+    /// Current meta.version of an object, if it exists.
+    pub fn version_of(&self, kind: Kind, id: &str) -> Option<u64> {
+        let meta = match kind {
+            Kind::Node => self.nodes.get(id).map(|o| o.meta.as_ref()),
+            Kind::Service => self.services.get(id).map(|o| o.meta.as_ref()),
+            Kind::Task => self.tasks.get(id).map(|o| o.meta.as_ref()),
+            Kind::Cluster => self.clusters.get(id).map(|o| o.meta.as_ref()),
+        }?;
+        Some(meta.map(|m| m.version).unwrap_or_default())
+    }
+
+    /// Insert or replace an object, keeping the indexes in step. Returns the old value.
+    pub(crate) fn put(&mut self, object: Object) -> Option<Object> {
+        let old = self.remove(object.kind(), object.id());
+        match object {
+            Object::Node(n) => {
+                self.nodes.insert(n.id.clone(), n);
+            }
+            Object::Service(s) => {
+                self.service_by_name
+                    .insert(service_name(&s).to_string(), s.id.clone());
+                self.services.insert(s.id.clone(), s);
+            }
+            Object::Task(t) => {
+                self.tasks_by_service
+                    .entry(t.service_id.clone())
+                    .or_default()
+                    .insert(t.id.clone());
+                if !t.node_id.is_empty() {
+                    self.tasks_by_node
+                        .entry(t.node_id.clone())
+                        .or_default()
+                        .insert(t.id.clone());
+                }
+                self.tasks.insert(t.id.clone(), t);
+            }
+            Object::Cluster(c) => {
+                self.clusters.insert(c.id.clone(), c);
+            }
+        }
+        old
+    }
+
+    /// Remove an object, keeping the indexes in step. Returns the old value.
+    pub(crate) fn remove(&mut self, kind: Kind, id: &str) -> Option<Object> {
+        match kind {
+            Kind::Node => self.nodes.remove(id).map(Object::Node),
+            Kind::Service => {
+                let s = self.services.remove(id)?;
+                let name = service_name(&s);
+                if self.service_by_name.get(name).is_some_and(|i| i == id) {
+                    self.service_by_name.remove(name);
+                }
+                Some(Object::Service(s))
+            }
+            Kind::Task => {
+                let t = self.tasks.remove(id)?;
+                detach(&mut self.tasks_by_service, &t.service_id, id);
+                if !t.node_id.is_empty() {
+                    detach(&mut self.tasks_by_node, &t.node_id, id);
+                }
+                Some(Object::Task(t))
+            }
+            Kind::Cluster => self.clusters.remove(id).map(Object::Cluster),
+        }
+    }
+
+    /// Every object, for snapshots.
+    pub fn objects(&self) -> impl Iterator<Item = Object> + '_ {
+        let nodes = self.nodes.values().cloned().map(Object::Node);
+        let services = self.services.values().cloned().map(Object::Service);
+        let tasks = self.tasks.values().cloned().map(Object::Task);
+        let clusters = self.clusters.values().cloned().map(Object::Cluster);
+        nodes.chain(services).chain(tasks).chain(clusters)
+    }
+}
+
+/// The name a service is known by.
+pub fn service_name(service: &Service) -> &str {
+    service.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")
+}
+
+fn detach(index: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+    if let Some(set) = index.get_mut(key) {
+        set.remove(id);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+fn unique_prefix<'a, T: 'a>(
+    kind: Kind,
+    reference: &str,
+    items: impl Iterator<Item = &'a T>,
+    id: impl Fn(&T) -> &String,
+) -> Result<&'a T, LookupError> {
+    let not_found = || LookupError::NotFound {
+        kind,
+        reference: reference.to_string(),
+    };
+    if reference.is_empty() {
+        return Err(not_found());
+    }
+    let matches: Vec<&T> = items.filter(|t| id(t).starts_with(reference)).collect();
+    match matches.len() {
+        0 => Err(not_found()),
+        1 => Ok(matches[0]),
+        count => Err(LookupError::Ambiguous {
+            kind,
+            reference: reference.to_string(),
+            count,
+        }),
+    }
+}

@@ -1,0 +1,116 @@
+use shoal_proto::{Meta, Service, ServiceSpec, Task};
+
+use super::*;
+
+fn service(id: &str, name: &str) -> Object {
+    Object::Service(Service {
+        id: id.into(),
+        spec: Some(ServiceSpec {
+            name: name.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn task(id: &str, service: &str, node: &str) -> Object {
+    Object::Task(Task {
+        id: id.into(),
+        service_id: service.into(),
+        node_id: node.into(),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn create_sets_version_and_indexes() {
+    let store = Store::in_memory();
+    let applied = store
+        .propose(vec![Action::Create(service("s1", "web")), Action::Create(task("t1", "s1", "n1"))])
+        .await
+        .unwrap();
+    assert_eq!(applied.batch.changes.len(), 2);
+    store.read(|s| {
+        assert_eq!(s.find_service("web").unwrap().id, "s1");
+        assert_eq!(s.service("s1").unwrap().meta.as_ref().unwrap().version, applied.index);
+        assert_eq!(s.tasks_of_service("s1").count(), 1);
+        assert_eq!(s.tasks_on_node("n1").count(), 1);
+    });
+}
+
+#[tokio::test]
+async fn stale_version_is_refused() {
+    let store = Store::in_memory();
+    store.propose(vec![Action::Create(service("s1", "web"))]).await.unwrap();
+    let mut stale = store.read(|s| s.service("s1").unwrap().clone());
+    stale.meta = Some(Meta {
+        version: 999,
+        ..Default::default()
+    });
+    let err = store
+        .propose(vec![Action::Update(Object::Service(stale))])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn atomic_proposal_rolls_back_on_refusal() {
+    let store = Store::in_memory();
+    store.propose(vec![Action::Create(service("s1", "web"))]).await.unwrap();
+    let err = store
+        .propose(vec![Action::Create(task("t1", "s1", "n1")), Action::Create(service("s2", "web"))])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+    store.read(|s| {
+        assert!(s.task("t1").is_none(), "the first action must be rolled back");
+        assert_eq!(s.tasks_on_node("n1").count(), 0);
+    });
+}
+
+#[tokio::test]
+async fn non_atomic_proposal_applies_what_it_can() {
+    let store = Store::in_memory();
+    let applied = store
+        .propose_each(vec![Action::Create(task("t1", "s1", "")), Action::Create(task("t1", "s1", ""))])
+        .await
+        .unwrap();
+    assert_eq!(applied.batch.changes.len(), 1);
+    assert_eq!(applied.refused.len(), 1);
+    assert_eq!(applied.refused[0].0, 1);
+}
+
+#[tokio::test]
+async fn reassigning_a_task_moves_it_between_node_indexes() {
+    let store = Store::in_memory();
+    store.propose(vec![Action::Create(task("t1", "s1", ""))]).await.unwrap();
+    let mut t = store.read(|s| s.task("t1").unwrap().clone());
+    t.node_id = "n2".into();
+    store.propose(vec![Action::Update(Object::Task(t))]).await.unwrap();
+    store.read(|s| {
+        assert_eq!(s.tasks_on_node("n2").count(), 1);
+        assert_eq!(s.tasks_on_node("").count(), 0);
+    });
+}
+
+#[tokio::test]
+async fn subscribers_see_each_committed_batch_once() {
+    let store = Store::in_memory();
+    store.propose(vec![Action::Create(service("s1", "a"))]).await.unwrap();
+    let (count, mut rx) = store.read_and_subscribe(|s| s.services().count());
+    assert_eq!(count, 1);
+    store.propose(vec![Action::Create(service("s2", "b"))]).await.unwrap();
+    let batch = rx.recv().await.unwrap();
+    assert_eq!(batch.changes.len(), 1);
+    assert_eq!(batch.changes[0].object.id(), "s2");
+    assert!(rx.try_recv().is_err());
+}
+
+#[test]
+fn objects_round_trip_through_their_encoding() {
+    let obj = task("t9", "s1", "n1");
+    let back = decode(&encode(&obj)).unwrap();
+    assert_eq!(back.id(), "t9");
+    assert_eq!(back.storage_key(), b"t/t9".to_vec());
+}

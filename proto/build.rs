@@ -1,0 +1,10 @@
+//! Generates the tonic/prost code for `proto/shoal.proto` with a vendored protoc,
+//! so that a machine without `protoc` builds the workspace. `PROTOC` is deliberately
+//! not read from the environment: raft-proto's build rejects the vendored version.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut cfg = prost_build::Config::new();
+    cfg.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure().compile_with_config(cfg, &["proto/shoal.proto"], &["proto"])?;
+    println!("cargo:rerun-if-changed=proto/shoal.proto");
+    Ok(())
+}

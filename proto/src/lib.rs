@@ -1,0 +1,31 @@
+//! shoal's wire protocol and the small helpers that belong next to the schema.
+//!
+//! - [`v1`] (re-exported at the root): the generated prost messages and tonic
+//!   clients/servers for the `Control`, `Watch`, `Dispatcher` and `Raft` services.
+//! - [`ids`]: object ids and prefixes.
+//! - [`state`]: the forward-only order of task states.
+//! - [`constraint`]: placement constraints (`node.labels.zone==east`), parsed and matched.
+//! - [`validate`]: spec validation and the parsers for user-facing values
+//!   (durations, sizes, ports, mounts), shared by the manager and the CLI so both
+//!   refuse bad input with the same words.
+
+pub mod constraint;
+pub mod ids;
+pub mod state;
+pub mod validate;
+
+/// Generated code for `proto/shoal.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("shoal.v1");
+}
+
+pub use v1::*;
+
+/// Current time as unix milliseconds, the unit of every timestamp in the protocol.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
