@@ -1,0 +1,246 @@
+//! Raft consensus for the store: raft-rs `RawNode` driven by one task, with its
+//! log, hard state and snapshot metadata on sled.
+//!
+//! [`start`] opens `DATA_DIR/store`, reloads the applied state, builds the
+//! node and spawns its actor ([`node`]) on a thread of its own, so sled's
+//! fsyncs never stall the async workers. It returns the [`Store`] the rest of
+//! the manager uses and a [`RaftHandle`] to watch and stop the node. Peers
+//! reach the node through [`RaftService`] (gRPC) or a [`PeerInbox`]; the node
+//! reaches peers through a [`Transport`] — [`NoPeers`] until managers can join.
+//!
+//! - [`storage`]: raft-rs `Storage` over sled (log, metadata, state trees).
+//! - [`snapshot`]: the applied state as a `StoreSnapshot`.
+//! - [`node`]: the actor and its Ready loop.
+//! - [`service`]: transport seam and the gRPC service.
+
+mod node;
+mod service;
+mod snapshot;
+mod storage;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use raft::{RawNode, StateRole};
+use slog::Drain as _;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use service::{NoPeers, PeerInbox, RaftService, Transport};
+
+use crate::config::ManagerConfig;
+use crate::store::{Leadership, Store};
+use node::Node;
+use storage::{Disk, SledStorage};
+
+/// Proposals queued before `Store::propose` waits.
+const PROPOSAL_QUEUE: usize = 4096;
+/// Peer messages queued before new ones are dropped.
+const INBOX_QUEUE: usize = 4096;
+/// Largest append message to a follower.
+const MAX_SIZE_PER_MSG: u64 = 1 << 20;
+
+/// Why the Raft node could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    #[error("cannot open the raft store at {}: {source}", path.display())]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("raft store I/O failed: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("raft store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("invalid raft message: {0}")]
+    InvalidMessage(#[from] protobuf::ProtobufError),
+    #[error("the raft node is overloaded; the message was dropped")]
+    Busy,
+    #[error("the raft node has stopped")]
+    Stopped,
+    #[error("cannot start the raft thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// The node's progress, as last published by the actor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// This node's Raft id.
+    pub id: u64,
+    pub term: u64,
+    /// Highest index known committed.
+    pub commit: u64,
+    /// Highest index applied to the store.
+    pub applied: u64,
+    /// Raft id of the leader, 0 when unknown.
+    pub leader_id: u64,
+}
+
+/// Control over a running Raft node. Clone freely; any clone may shut it down.
+#[derive(Clone)]
+pub struct RaftHandle {
+    inbox: PeerInbox,
+    status: watch::Receiver<RaftStatus>,
+    shutdown: CancellationToken,
+    /// Becomes true (or closes, if the thread panicked) once the node has
+    /// stopped and sled is closed.
+    stopped: watch::Receiver<bool>,
+}
+
+impl RaftHandle {
+    /// Latest status; cheap (a watch channel read).
+    pub fn status(&self) -> RaftStatus {
+        *self.status.borrow()
+    }
+
+    /// Status with change notification.
+    pub fn watch_status(&self) -> watch::Receiver<RaftStatus> {
+        self.status.clone()
+    }
+
+    /// Feed a peer's message (a rust-protobuf encoded `eraftpb::Message`).
+    pub fn step(&self, msg_bytes: &[u8]) -> Result<(), RaftError> {
+        self.inbox.step(msg_bytes)
+    }
+
+    /// Where peer messages and transport reports enter the node.
+    pub fn inbox(&self) -> PeerInbox {
+        self.inbox.clone()
+    }
+
+    /// The gRPC `Raft` service feeding this node.
+    pub fn service(&self) -> RaftService {
+        RaftService::new(self.inbox.clone())
+    }
+
+    /// Stop the actor (pending proposals fail with `StoreError::Stopped`),
+    /// flush sled and wait for the thread to end. The database is closed when
+    /// this returns, so the same directory can be opened again.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        if self.stopped.wait_for(|stopped| *stopped).await.is_err() {
+            tracing::error!("the raft thread ended without stopping cleanly");
+        }
+    }
+}
+
+impl From<RaftHandle> for PeerInbox {
+    fn from(handle: RaftHandle) -> PeerInbox {
+        handle.inbox
+    }
+}
+
+/// Start the Raft node of this manager with no peers (a one-manager cluster).
+pub async fn start(config: &ManagerConfig) -> Result<(Store, RaftHandle), RaftError> {
+    start_with_transport(config, Arc::new(NoPeers)).await
+}
+
+/// Start the Raft node, sending peer messages through `transport`.
+pub async fn start_with_transport(
+    config: &ManagerConfig,
+    transport: Arc<dyn Transport>,
+) -> Result<(Store, RaftHandle), RaftError> {
+    let config = config.clone();
+    // Opening sled and reading the state tree is blocking I/O.
+    tokio::task::spawn_blocking(move || open(&config, transport))
+        .await
+        .map_err(|e| RaftError::Thread(std::io::Error::other(e)))?
+}
+
+fn open(
+    config: &ManagerConfig,
+    transport: Arc<dyn Transport>,
+) -> Result<(Store, RaftHandle), RaftError> {
+    let id = config.raft.id;
+    let disk = Disk::open(&config.data_dir.join("store"))?;
+    let state = disk.load_state()?;
+    let applied = state.applied_index;
+
+    let (proposals_tx, proposals_rx) = mpsc::channel(PROPOSAL_QUEUE);
+    let (leadership_tx, leadership_rx) = watch::channel(Leadership::default());
+    let store = Store::new(state, proposals_tx, leadership_rx);
+
+    let storage = SledStorage::open(disk, store.clone(), &[id])?;
+    let sole_voter = {
+        let cs = storage.conf_state();
+        cs.voters == [id] && cs.learners.is_empty() && cs.voters_outgoing.is_empty()
+    };
+    let raft_config = raft::Config {
+        id,
+        election_tick: config.raft.election_ticks,
+        heartbeat_tick: config.raft.heartbeat_ticks,
+        applied,
+        max_size_per_msg: MAX_SIZE_PER_MSG,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        ..Default::default()
+    };
+    raft_config.validate()?;
+    let logger = slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!());
+    let mut raw = RawNode::new(&raft_config, storage, &logger)?;
+    if sole_voter {
+        // Nobody else can win an election: lead at once instead of waiting
+        // for an election timeout.
+        raw.campaign()?;
+    }
+    tracing::info!(
+        raft.id = id,
+        applied,
+        term = raw.raft.term,
+        is_leader = raw.raft.state == StateRole::Leader,
+        "raft node started"
+    );
+
+    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_QUEUE);
+    let inbox = PeerInbox::new(inbox_tx);
+    let (status_tx, status_rx) = watch::channel(RaftStatus {
+        id,
+        ..Default::default()
+    });
+    let mut node = Node {
+        raw,
+        store: store.clone(),
+        transport,
+        proposals: proposals_rx,
+        inbound: inbox_rx,
+        leadership: leadership_tx,
+        status: status_tx,
+        tick_interval: config.raft.tick_interval,
+        snapshot_interval: config.raft.snapshot_interval,
+        waiters: HashMap::new(),
+        written_applied: applied,
+        durable_applied: applied,
+        dirty: false,
+    };
+    // Publish before returning so that a sole voter is seen leading at once.
+    node.publish();
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stopped_tx, stopped) = watch::channel(false);
+    std::thread::Builder::new()
+        .name(format!("shoal-raft-{id}"))
+        .spawn(move || {
+            // `run` consumes the node: sled is closed when it returns.
+            runtime.block_on(node.run(token));
+            drop(runtime);
+            let _ = stopped_tx.send(true);
+        })?;
+    Ok((
+        store,
+        RaftHandle {
+            inbox,
+            status: status_rx,
+            shutdown,
+            stopped,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_peers;

@@ -1,0 +1,382 @@
+//! The Raft actor: the one task that owns the `RawNode`.
+//!
+//! It selects over ticks, peer messages and proposals, then processes every
+//! `Ready` in the order the raft-rs docs give: send messages, install a
+//! snapshot, apply committed entries, append entries, persist the hard state,
+//! flush sled, send the persisted messages, advance and handle the
+//! `LightReady` (where a single voter's commits arrive).
+//!
+//! Each proposal's caller waits on a registry keyed by proposal id, never on
+//! log order; all waiters fail when leadership is lost. Applied changes of a
+//! whole Ready cycle go to the state tree in one sled batch, written after the
+//! commit index so a crash never leaves the state ahead of the commit. Replies
+//! need no flush of that batch: the entries themselves are durable in the log
+//! and a restart re-applies them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType};
+use raft::{RawNode, StateRole};
+use shoal_proto::Proposal;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::service::{Inbound, Transport};
+use super::storage::{APPLIED_KEY, MAX_ENTRY_BYTES, SledStorage};
+use super::{RaftError, RaftStatus};
+use crate::store::{
+    Applied, ChangeKind, Leadership, ObjectExt, ProposeRequest, Store, StoreError, encode,
+};
+
+/// Proposals or peer messages taken from a channel before handling a Ready:
+/// large enough to batch many appends into one fsync, small enough to tick.
+const MAX_DRAIN: usize = 1024;
+
+type Reply = oneshot::Sender<Result<Applied, StoreError>>;
+
+pub(crate) struct Node {
+    pub(crate) raw: RawNode<SledStorage>,
+    pub(crate) store: Store,
+    pub(crate) transport: std::sync::Arc<dyn Transport>,
+    pub(crate) proposals: mpsc::Receiver<ProposeRequest>,
+    pub(crate) inbound: mpsc::Receiver<Inbound>,
+    pub(crate) leadership: watch::Sender<Leadership>,
+    pub(crate) status: watch::Sender<RaftStatus>,
+    pub(crate) tick_interval: Duration,
+    pub(crate) snapshot_interval: u64,
+    /// Callers waiting for their proposal, by proposal id.
+    pub(crate) waiters: HashMap<u64, Reply>,
+    /// Applied index last written to the state tree.
+    pub(crate) written_applied: u64,
+    /// Applied index known durable (written before the last flush).
+    pub(crate) durable_applied: u64,
+    /// Writes not yet flushed.
+    pub(crate) dirty: bool,
+}
+
+/// What one Ready cycle applied: a single state-tree batch.
+#[derive(Default)]
+struct Cycle {
+    batch: sled::Batch,
+    applied: Option<u64>,
+}
+
+impl Node {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.tick_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.publish();
+        loop {
+            // Ticks come before work so that a flood of proposals cannot starve
+            // heartbeats and elections.
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                    if let Err(err) = self.flush_if_dirty() {
+                        self.fail(err);
+                        break;
+                    }
+                }
+                Some(first) = self.inbound.recv() => {
+                    self.step(first);
+                    for _ in 1..MAX_DRAIN {
+                        match self.inbound.try_recv() {
+                            Ok(next) => self.step(next),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(first) = self.proposals.recv() => {
+                    self.propose(first);
+                    for _ in 1..MAX_DRAIN {
+                        match self.proposals.try_recv() {
+                            Ok(next) => self.propose(next),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            if let Err(err) = self.handle_ready() {
+                self.fail(err);
+                break;
+            }
+        }
+        self.stop();
+    }
+
+    fn step(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Message(msg) => {
+                if let Err(err) = self.raw.step(*msg) {
+                    tracing::debug!(error = %err, "raft message ignored");
+                }
+            }
+            Inbound::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Inbound::Snapshot { to, status } => self.raw.report_snapshot(to, status),
+        }
+    }
+
+    fn propose(&mut self, req: ProposeRequest) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = req.reply.send(Err(StoreError::NotLeader));
+            return;
+        }
+        let id = req.proposal.id;
+        let data = req.proposal.encode_to_vec();
+        if data.len() > MAX_ENTRY_BYTES {
+            let _ = req.reply.send(Err(StoreError::Invalid(format!(
+                "proposal is {} bytes, more than the {} bytes one raft entry may hold; split it into smaller writes",
+                data.len(),
+                MAX_ENTRY_BYTES
+            ))));
+            return;
+        }
+        match self.raw.propose(Vec::new(), data) {
+            Ok(()) => {
+                if let Some(old) = self.waiters.insert(id, req.reply) {
+                    let _ = old.send(Err(StoreError::Invalid(format!(
+                        "proposal id {id} was reused"
+                    ))));
+                }
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "proposal dropped by raft");
+                let _ = req.reply.send(Err(StoreError::NotLeader));
+            }
+        }
+    }
+
+    /// Process every pending Ready, in the documented order.
+    fn handle_ready(&mut self) -> Result<(), RaftError> {
+        while self.raw.has_ready() {
+            let mut rd = self.raw.ready();
+            let mut cycle = Cycle::default();
+            self.transport.send(rd.take_messages());
+
+            let installed_snapshot = !rd.snapshot().is_empty();
+            if installed_snapshot {
+                let state = self.raw.mut_store().apply_snapshot(rd.snapshot())?;
+                let index = state.applied_index;
+                self.store.replace_state(state);
+                self.written_applied = index;
+                tracing::info!(index, "installed raft snapshot from the leader");
+            }
+
+            self.apply_entries(rd.take_committed_entries(), &mut cycle)?;
+
+            let must_flush = installed_snapshot || !rd.entries().is_empty() || rd.hs().is_some();
+            self.raw.mut_store().append(rd.entries())?;
+            if let Some(hs) = rd.hs() {
+                self.raw.mut_store().set_hard_state(hs)?;
+            }
+            if must_flush {
+                self.flush()?;
+            }
+            self.transport.send(rd.take_persisted_messages());
+
+            let mut light = self.raw.advance(rd);
+            if let Some(commit) = light.commit_index() {
+                // Persist the commit index before applying up to it.
+                self.raw.mut_store().set_commit(commit)?;
+                self.dirty = true;
+            }
+            self.transport.send(light.take_messages());
+            self.apply_entries(light.take_committed_entries(), &mut cycle)?;
+            self.raw.advance_apply();
+
+            self.write_cycle(cycle)?;
+            self.maybe_compact()?;
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Apply committed entries to the tables, gather their changes into the
+    /// cycle's batch, and answer their waiters.
+    fn apply_entries(&mut self, entries: Vec<Entry>, cycle: &mut Cycle) -> Result<(), RaftError> {
+        for entry in entries {
+            let index = entry.index;
+            cycle.applied = Some(index);
+            match entry.get_entry_type() {
+                // The no-op a new leader appends to commit its term. (An empty
+                // conf change is not one: raft-rs uses it to leave a joint config.)
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    self.store.set_applied_index(index);
+                }
+                EntryType::EntryNormal => self.apply_proposal(&entry, cycle),
+                EntryType::EntryConfChange => {
+                    let result = ConfChange::parse_from_bytes(&entry.data)
+                        .map(|cc| self.raw.apply_conf_change(&cc));
+                    self.apply_conf_change(index, result)?;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let result = ConfChangeV2::parse_from_bytes(&entry.data)
+                        .map(|cc| self.raw.apply_conf_change(&cc));
+                    self.apply_conf_change(index, result)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Persist the configuration a conf change entry produced. A change raft
+    /// refuses is refused identically on every manager, so it is skipped, not fatal.
+    fn apply_conf_change(
+        &mut self,
+        index: u64,
+        result: Result<raft::Result<ConfState>, protobuf::ProtobufError>,
+    ) -> Result<(), RaftError> {
+        match result {
+            Ok(Ok(cs)) => {
+                tracing::info!(index, voters = ?cs.voters, learners = ?cs.learners, "raft configuration changed");
+                self.raw.mut_store().set_conf_state(cs)?;
+            }
+            Ok(Err(err)) => {
+                tracing::error!(index, error = %err, "raft refused a configuration change; skipped")
+            }
+            Err(err) => {
+                tracing::error!(index, error = %err, "undecodable configuration change; skipped")
+            }
+        }
+        self.store.set_applied_index(index);
+        Ok(())
+    }
+
+    fn apply_proposal(&mut self, entry: &Entry, cycle: &mut Cycle) {
+        let index = entry.index;
+        let proposal = match Proposal::decode(&entry.data[..]) {
+            Ok(p) => p,
+            Err(err) => {
+                // Every manager skips the same bad entry, so they stay in step.
+                tracing::error!(index, error = %err, "committed raft entry is not a proposal; skipped");
+                self.store.set_applied_index(index);
+                return;
+            }
+        };
+        let id = proposal.id;
+        let applied = self.store.apply_committed(proposal, index);
+        for change in &applied.batch.changes {
+            let key = change.object.storage_key();
+            match change.kind {
+                ChangeKind::Deleted => cycle.batch.remove(key),
+                ChangeKind::Created | ChangeKind::Updated => {
+                    cycle.batch.insert(key, encode(&change.object))
+                }
+            }
+        }
+        if let Some(reply) = self.waiters.remove(&id) {
+            let _ = reply.send(applied.into_result());
+        }
+    }
+
+    /// Write the cycle's changes and applied index in one batch.
+    fn write_cycle(&mut self, mut cycle: Cycle) -> Result<(), RaftError> {
+        let Some(applied) = cycle.applied else {
+            return Ok(());
+        };
+        cycle.batch.insert(APPLIED_KEY, &applied.to_be_bytes());
+        self.raw.mut_store().disk().state.apply_batch(cycle.batch)?;
+        self.written_applied = applied;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Every `snapshot_interval` entries, snapshot at the durable applied index
+    /// and drop the log behind it. Only a flushed state may replace the log.
+    fn maybe_compact(&mut self) -> Result<(), RaftError> {
+        let storage = self.raw.store();
+        if self.durable_applied < storage.snapshot_index() + self.snapshot_interval.max(1) {
+            return Ok(());
+        }
+        let index = self.durable_applied;
+        self.raw.mut_store().compact(index)?;
+        self.dirty = true;
+        tracing::debug!(index, "raft log compacted behind a snapshot");
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), RaftError> {
+        let written = self.written_applied;
+        self.raw.store().disk().flush()?;
+        self.durable_applied = written;
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn flush_if_dirty(&mut self) -> Result<(), RaftError> {
+        if self.dirty {
+            self.flush()?;
+            self.maybe_compact()?;
+        }
+        Ok(())
+    }
+
+    /// Publish leadership and status; fail waiters once this node leads no more.
+    pub(crate) fn publish(&mut self) {
+        let raft = &self.raw.raft;
+        let is_leader = raft.state == StateRole::Leader;
+        let leadership = Leadership {
+            is_leader,
+            term: raft.term,
+            leader_id: raft.leader_id,
+        };
+        let status = RaftStatus {
+            id: raft.id,
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            applied: raft.raft_log.applied,
+            leader_id: raft.leader_id,
+        };
+        self.leadership.send_if_modified(|current| {
+            let changed = *current != leadership;
+            if changed {
+                tracing::info!(
+                    term = leadership.term,
+                    leader_id = leadership.leader_id,
+                    is_leader,
+                    "raft leadership changed"
+                );
+                *current = leadership;
+            }
+            changed
+        });
+        self.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
+        if !is_leader && !self.waiters.is_empty() {
+            for (_, reply) in self.waiters.drain() {
+                let _ = reply.send(Err(StoreError::LeadershipLost));
+            }
+        }
+    }
+
+    /// A storage failure stops the node: continuing could acknowledge writes
+    /// that are not durable.
+    fn fail(&mut self, err: RaftError) {
+        tracing::error!(error = %err, "raft node stopped on a storage error");
+        for (_, reply) in self.waiters.drain() {
+            let _ = reply.send(Err(StoreError::Storage(err.to_string())));
+        }
+    }
+
+    fn stop(&mut self) {
+        self.proposals.close();
+        while let Ok(req) = self.proposals.try_recv() {
+            let _ = req.reply.send(Err(StoreError::Stopped));
+        }
+        for (_, reply) in self.waiters.drain() {
+            let _ = reply.send(Err(StoreError::Stopped));
+        }
+        if let Err(err) = self.raw.store().disk().flush() {
+            tracing::error!(error = %err, "flushing the raft store on shutdown failed");
+        }
+        let _ = self.leadership.send(Leadership::default());
+    }
+}

@@ -1,0 +1,201 @@
+//! The network seam of the Raft node: [`Transport`] carries outgoing messages
+//! to peers, [`PeerInbox`] takes incoming ones, and [`RaftService`] is the gRPC
+//! `Raft` service that feeds the inbox from other managers.
+//!
+//! Raft messages travel as rust-protobuf bytes inside our own prost messages,
+//! so raft-rs's protobuf version never meets ours.
+
+use protobuf::Message as _;
+use raft::SnapshotStatus;
+use raft::eraftpb::Message;
+use shoal_proto::raft_server::Raft;
+use shoal_proto::{RaftMessageRequest, RaftMessageResponse};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::RaftError;
+
+/// Sends Raft messages to the peers named by `Message::to`.
+///
+/// `send` must not block: the Raft task calls it between disk writes. An
+/// implementation queues per peer and reports peers it cannot reach through
+/// [`PeerInbox::report_unreachable`]; losing a message is safe (Raft retries).
+pub trait Transport: Send + Sync + 'static {
+    fn send(&self, messages: Vec<Message>);
+}
+
+/// The transport of a manager without peers: a single-voter cluster never
+/// sends messages, so anything addressed to a peer is dropped and logged.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoPeers;
+
+impl Transport for NoPeers {
+    fn send(&self, messages: Vec<Message>) {
+        for msg in messages {
+            tracing::debug!(to = msg.to, msg_type = ?msg.get_msg_type(), "raft message to an unknown peer dropped");
+        }
+    }
+}
+
+/// What reaches the Raft task from the network side.
+pub(crate) enum Inbound {
+    Message(Box<Message>),
+    Unreachable(u64),
+    Snapshot { to: u64, status: SnapshotStatus },
+}
+
+/// Where peer messages and transport reports enter the Raft task. Clone freely.
+#[derive(Clone)]
+pub struct PeerInbox {
+    tx: mpsc::Sender<Inbound>,
+}
+
+impl PeerInbox {
+    pub(crate) fn new(tx: mpsc::Sender<Inbound>) -> PeerInbox {
+        PeerInbox { tx }
+    }
+
+    /// Feed a peer's message, encoded with rust-protobuf as an `eraftpb::Message`.
+    pub fn step(&self, msg_bytes: &[u8]) -> Result<(), RaftError> {
+        let msg = Message::parse_from_bytes(msg_bytes).map_err(RaftError::InvalidMessage)?;
+        self.step_message(msg)
+    }
+
+    /// Feed a decoded peer message.
+    pub fn step_message(&self, msg: Message) -> Result<(), RaftError> {
+        self.push(Inbound::Message(Box::new(msg)))
+    }
+
+    /// Tell Raft a peer could not be reached, so it stops pipelining to it.
+    pub fn report_unreachable(&self, peer: u64) -> Result<(), RaftError> {
+        self.push(Inbound::Unreachable(peer))
+    }
+
+    /// Tell Raft whether sending a snapshot to `peer` succeeded.
+    pub fn report_snapshot(&self, peer: u64, delivered: bool) -> Result<(), RaftError> {
+        let status = if delivered {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.push(Inbound::Snapshot { to: peer, status })
+    }
+
+    fn push(&self, inbound: Inbound) -> Result<(), RaftError> {
+        // A full inbox drops the message rather than stalling the network:
+        // Raft tolerates loss and the sender retries.
+        self.tx.try_send(inbound).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => RaftError::Busy,
+            mpsc::error::TrySendError::Closed(_) => RaftError::Stopped,
+        })
+    }
+}
+
+/// The gRPC `Raft` service: decodes peer messages and steps them into the node.
+#[derive(Clone)]
+pub struct RaftService {
+    inbox: PeerInbox,
+}
+
+impl RaftService {
+    /// A service feeding `inbox` (a [`PeerInbox`], or a `RaftHandle`).
+    pub fn new(inbox: impl Into<PeerInbox>) -> RaftService {
+        RaftService {
+            inbox: inbox.into(),
+        }
+    }
+
+    /// The tonic server to add to a router.
+    pub fn into_server(self) -> shoal_proto::raft_server::RaftServer<RaftService> {
+        shoal_proto::raft_server::RaftServer::new(self)
+    }
+}
+
+fn to_status(err: RaftError) -> Status {
+    match err {
+        RaftError::InvalidMessage(_) => Status::invalid_argument(err.to_string()),
+        RaftError::Busy | RaftError::Stopped => Status::unavailable(err.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn process_raft_message(
+        &self,
+        request: Request<RaftMessageRequest>,
+    ) -> Result<Response<RaftMessageResponse>, Status> {
+        self.inbox
+            .step(&request.into_inner().message)
+            .map_err(to_status)?;
+        Ok(Response::new(RaftMessageResponse {}))
+    }
+
+    async fn stream_raft_message(
+        &self,
+        request: Request<Streaming<RaftMessageRequest>>,
+    ) -> Result<Response<RaftMessageResponse>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(req) = stream.message().await? {
+            match self.inbox.step(&req.message) {
+                Ok(()) => {}
+                // Dropping one message under load is fine; keep the stream.
+                Err(RaftError::Busy) => tracing::debug!("raft inbox full; peer message dropped"),
+                Err(err) => return Err(to_status(err)),
+            }
+        }
+        Ok(Response::new(RaftMessageResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn garbage_bytes_are_an_invalid_argument() {
+        let (tx, _rx) = mpsc::channel(4);
+        let service = RaftService::new(PeerInbox::new(tx));
+        let status = service
+            .process_raft_message(Request::new(RaftMessageRequest {
+                message: vec![0xff, 0xff, 0xff, 0xff],
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    }
+
+    #[tokio::test]
+    async fn a_message_reaches_the_inbox_decoded() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let service = RaftService::new(PeerInbox::new(tx));
+        let msg = Message {
+            from: 2,
+            to: 1,
+            term: 7,
+            ..Default::default()
+        };
+        let bytes = msg.write_to_bytes().unwrap();
+        service
+            .process_raft_message(Request::new(RaftMessageRequest { message: bytes }))
+            .await
+            .unwrap();
+        match rx.recv().await {
+            Some(Inbound::Message(m)) => assert_eq!((m.from, m.to, m.term), (2, 1, 7)),
+            _ => panic!("expected a decoded message"),
+        }
+    }
+
+    #[test]
+    fn a_full_inbox_reports_busy_and_a_closed_one_stopped() {
+        let (tx, rx) = mpsc::channel(1);
+        let inbox = PeerInbox::new(tx);
+        inbox.report_unreachable(2).unwrap();
+        assert!(matches!(inbox.report_unreachable(2), Err(RaftError::Busy)));
+        drop(rx);
+        assert!(matches!(
+            inbox.report_unreachable(2),
+            Err(RaftError::Stopped)
+        ));
+    }
+}

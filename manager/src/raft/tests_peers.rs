@@ -1,0 +1,215 @@
+//! Scenarios with a scripted peer (Raft id 2) played by the test through a
+//! capturing [`Transport`] and [`RaftHandle::step`]: installing a leader's
+//! snapshot, refusing writes as a follower, failing waiters on lost leadership.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Message, MessageType, Snapshot};
+use shoal_proto::{Service, ServiceSpec, StoreSnapshot, Task};
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::store::{Action, Object, StoreError};
+
+/// Hands every outgoing message to the test.
+struct Capture(Mutex<mpsc::UnboundedSender<Message>>);
+
+impl Transport for Capture {
+    fn send(&self, messages: Vec<Message>) {
+        let tx = self.0.lock().unwrap();
+        for msg in messages {
+            let _ = tx.send(msg);
+        }
+    }
+}
+
+fn config(dir: &std::path::Path) -> ManagerConfig {
+    let mut config = ManagerConfig::new(dir);
+    config.raft.tick_interval = Duration::from_millis(20);
+    config
+}
+
+fn message(msg_type: MessageType, term: u64) -> Message {
+    let mut msg = Message::default();
+    msg.set_msg_type(msg_type);
+    msg.from = 2;
+    msg.to = 1;
+    msg.term = term;
+    msg
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn next_of(rx: &mut mpsc::UnboundedReceiver<Message>, want: MessageType) -> Message {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(msg)) if msg.get_msg_type() == want => return msg,
+            Ok(Some(_)) => {}
+            _ => panic!("no {want:?} from the node"),
+        }
+    }
+}
+
+/// Peer 2, leader of term 5, sends node 1 a snapshot at index 100 holding
+/// one service and two tasks, with voters {1, 2}.
+fn leader_snapshot() -> Vec<u8> {
+    let data = StoreSnapshot {
+        services: vec![Service {
+            id: "s9".into(),
+            spec: Some(ServiceSpec {
+                name: "db".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        tasks: (0..2)
+            .map(|i| Task {
+                id: format!("t9-{i}"),
+                service_id: "s9".into(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut snap = Snapshot::default();
+    snap.set_data(prost::Message::encode_to_vec(&data).into());
+    let meta = snap.mut_metadata();
+    meta.index = 100;
+    meta.term = 5;
+    let mut cs = ConfState::default();
+    cs.set_voters(vec![1, 2]);
+    meta.set_conf_state(cs);
+    let mut msg = message(MessageType::MsgSnapshot, 5);
+    msg.set_snapshot(snap);
+    msg.write_to_bytes().unwrap()
+}
+
+#[tokio::test]
+async fn a_leaders_snapshot_replaces_the_state_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, raft) = start(&config(dir.path())).await.unwrap();
+    let service = Object::Service(Service {
+        id: "s1".into(),
+        spec: Some(ServiceSpec {
+            name: "web".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    store.propose(vec![Action::Create(service)]).await.unwrap();
+
+    raft.step(&leader_snapshot()).unwrap();
+    wait_for("the snapshot to be installed", || {
+        store.read(|s| s.applied_index) == 100
+    })
+    .await;
+    store.read(|s| {
+        assert!(s.service("s1").is_none(), "the old state is gone");
+        assert_eq!(s.find_service("db").unwrap().id, "s9");
+        assert_eq!(s.tasks_of_service("s9").count(), 2);
+    });
+    wait_for("leadership to move to peer 2", || {
+        let l = *store.leadership().borrow();
+        !l.is_leader && l.leader_id == 2
+    })
+    .await;
+    let err = store.propose(vec![Action::Delete(Object::Task(Task {
+        id: "t9-0".into(),
+        ..Default::default()
+    }))]);
+    assert_eq!(err.await.unwrap_err(), StoreError::NotLeader);
+    raft.shutdown().await;
+
+    // Two voters now: the node restarts as a follower with the snapshot's state.
+    let (store, raft) = start(&config(dir.path())).await.unwrap();
+    store.read(|s| {
+        assert_eq!(s.applied_index, 100);
+        assert_eq!(s.tasks_of_service("s9").count(), 2);
+        assert!(s.service("s1").is_none());
+    });
+    assert!(!store.is_leader());
+    raft.shutdown().await;
+}
+
+#[tokio::test]
+async fn waiters_fail_when_leadership_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, raft) = start(&config(dir.path())).await.unwrap();
+    raft.step(&leader_snapshot()).unwrap();
+    wait_for("the snapshot to be installed", || {
+        raft.status().applied == 100
+    })
+    .await;
+    raft.shutdown().await;
+
+    // Restart with voters {1, 2}; win an election by granting peer 2's votes.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let capture = Arc::new(Capture(Mutex::new(tx)));
+    let mut config = config(dir.path());
+    // A longer election timeout keeps check_quorum from deposing the new
+    // leader before the test has made its write.
+    config.raft.election_ticks = 30;
+    let (store, raft) = start_with_transport(&config, capture).await.unwrap();
+    assert!(!store.is_leader());
+    let pre_vote = next_of(&mut rx, MessageType::MsgRequestPreVote).await;
+    raft.step(
+        &message(MessageType::MsgRequestPreVoteResponse, pre_vote.term)
+            .write_to_bytes()
+            .unwrap(),
+    )
+    .unwrap();
+    let vote = next_of(&mut rx, MessageType::MsgRequestVote).await;
+    raft.step(
+        &message(MessageType::MsgRequestVoteResponse, vote.term)
+            .write_to_bytes()
+            .unwrap(),
+    )
+    .unwrap();
+    wait_for("node 1 to lead", || store.is_leader()).await;
+
+    // Peer 2 acknowledges the new term's no-op, then goes silent: the write
+    // waits until leadership moves.
+    let noop = next_of(&mut rx, MessageType::MsgAppend).await;
+    let mut ack = message(MessageType::MsgAppendResponse, vote.term);
+    ack.index = noop.index + noop.entries.len() as u64;
+    raft.step(&ack.write_to_bytes().unwrap()).unwrap();
+    let pending = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let task = Object::Task(Task {
+                id: "t-new".into(),
+                service_id: "s9".into(),
+                ..Default::default()
+            });
+            store.propose(vec![Action::Create(task)]).await
+        }
+    });
+    loop {
+        let append = next_of(&mut rx, MessageType::MsgAppend).await;
+        if append.entries.iter().any(|e| !e.data.is_empty()) {
+            break;
+        }
+    }
+    raft.step(
+        &message(MessageType::MsgHeartbeat, vote.term + 1)
+            .write_to_bytes()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        pending.await.unwrap().unwrap_err(),
+        StoreError::LeadershipLost
+    );
+    assert!(!store.is_leader());
+    raft.shutdown().await;
+}
