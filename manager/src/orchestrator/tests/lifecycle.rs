@@ -1,0 +1,281 @@
+//! Scaling, restarts, lost and drained nodes, global services, service
+//! removal and task history, driven end to end through the store.
+
+use std::time::{Duration, Instant};
+
+use shoal_proto::{NodeAvailability, NodeState, RestartPolicy, ServiceMode, Task, TaskState};
+
+use super::*;
+use crate::orchestrator::task::{desired, is_live, is_terminal, observed};
+
+#[tokio::test]
+async fn replicas_are_created_and_scaled() {
+    let h = Harness::start(5);
+    let id = h.create_service(replicated(3)).await;
+    h.eventually("3 tasks in slots 1..3", |s| {
+        let tasks: Vec<Task> = s.tasks_of_service(&id).cloned().collect();
+        (live_slots(&tasks) == vec![1, 2, 3]).then_some(())
+    })
+    .await;
+    let tasks = h.tasks(&id);
+    let svc = h.store.read(|s| s.service(&id).cloned()).unwrap();
+    for t in &tasks {
+        assert_eq!(desired(t), TaskState::Running);
+        assert_eq!(observed(t), TaskState::Pending);
+        assert_eq!(
+            t.status.as_ref().unwrap().message,
+            "pending task scheduling"
+        );
+        assert_eq!(t.service_name, svc.spec.as_ref().unwrap().name);
+        assert_eq!(t.spec, svc.spec.as_ref().unwrap().task);
+        assert_eq!(t.spec_version, 1);
+    }
+
+    h.update_service(&id, |s| s.spec.as_mut().unwrap().replicas = 5)
+        .await;
+    h.eventually("5 slots", |s| {
+        let tasks: Vec<Task> = s.tasks_of_service(&id).cloned().collect();
+        (live_slots(&tasks) == vec![1, 2, 3, 4, 5]).then_some(())
+    })
+    .await;
+
+    h.update_service(&id, |s| s.spec.as_mut().unwrap().replicas = 1)
+        .await;
+    h.eventually("1 slot left", |s| {
+        let tasks: Vec<Task> = s.tasks_of_service(&id).cloned().collect();
+        (live_slots(&tasks) == vec![1]).then_some(())
+    })
+    .await;
+    h.settle().await;
+    assert_eq!(
+        live_slots(&h.tasks(&id)),
+        vec![1],
+        "no task comes back after scaling down"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_task_is_replaced_in_its_slot_after_the_delay() {
+    let h = Harness::start(5);
+    let delay = Duration::from_millis(300);
+    let spec = with_restart(
+        replicated(1),
+        RestartPolicy {
+            delay_ms: Some(delay.as_millis() as i64),
+            ..Default::default()
+        },
+    );
+    let id = h.create_service(spec).await;
+    let first = h
+        .eventually("a task", |s| s.tasks_of_service(&id).next().cloned())
+        .await;
+    h.set_state(&first.id, TaskState::Running).await;
+    let failed_at = Instant::now();
+    h.set_state(&first.id, TaskState::Failed).await;
+
+    let replacement = h
+        .eventually("a READY replacement in slot 1", |s| {
+            s.tasks_of_service(&id)
+                .find(|t| t.id != first.id && t.slot == 1 && desired(t) == TaskState::Ready)
+                .cloned()
+        })
+        .await;
+    let old = h.store.read(|s| s.task(&first.id).cloned()).unwrap();
+    assert_eq!(desired(&old), TaskState::Shutdown);
+    h.eventually("the replacement is told to run", |s| {
+        s.task(&replacement.id)
+            .filter(|t| desired(t) == TaskState::Running)
+            .map(|_| ())
+    })
+    .await;
+    assert!(
+        failed_at.elapsed() >= delay - Duration::from_millis(20),
+        "started before the restart delay"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn max_attempts_stops_restarting() {
+    let h = Harness::start(5);
+    let spec = with_restart(
+        replicated(1),
+        RestartPolicy {
+            delay_ms: Some(0),
+            max_attempts: 2,
+            ..Default::default()
+        },
+    );
+    let id = h.create_service(spec).await;
+    for round in 0..3 {
+        let current = h
+            .eventually("a task that should run", |s| {
+                s.tasks_of_service(&id)
+                    .find(|t| desired(t) == TaskState::Running && !is_terminal(t))
+                    .cloned()
+            })
+            .await;
+        assert_eq!(h.tasks(&id).len(), round + 1);
+        h.set_state(&current.id, TaskState::Failed).await;
+    }
+    h.settle().await;
+    let tasks = h.tasks(&id);
+    assert_eq!(tasks.len(), 3, "two restarts, then no more");
+    let left = live(&tasks);
+    assert_eq!(left.len(), 1, "the last dead task keeps its slot");
+    assert_eq!(observed(left[0]), TaskState::Failed);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn tasks_of_a_down_node_are_replaced_at_once() {
+    let h = Harness::start(5);
+    h.put_node("a", NodeState::Ready, NodeAvailability::Active)
+        .await;
+    h.put_node("b", NodeState::Ready, NodeAvailability::Active)
+        .await;
+    let id = h.create_service(replicated(2)).await;
+    let tasks = h
+        .eventually("2 tasks", |s| {
+            let t: Vec<Task> = s.tasks_of_service(&id).cloned().collect();
+            (t.len() == 2).then_some(t)
+        })
+        .await;
+    for t in &tasks {
+        h.update_task(&t.id, |t| {
+            t.node_id = "a".into();
+            t.status.as_mut().unwrap().state = TaskState::Running as i32;
+        })
+        .await;
+    }
+    h.put_node("a", NodeState::Down, NodeAvailability::Active)
+        .await;
+    let after = h
+        .eventually("both replaced", |s| {
+            let t: Vec<Task> = s.tasks_of_service(&id).cloned().collect();
+            (t.len() == 4).then_some(t)
+        })
+        .await;
+    for old in &tasks {
+        let now = after.iter().find(|t| t.id == old.id).unwrap();
+        assert_eq!(desired(now), TaskState::Shutdown);
+    }
+    let fresh = live(&after);
+    assert_eq!(live_slots(&after), vec![1, 2]);
+    assert!(
+        fresh
+            .iter()
+            .all(|t| desired(t) == TaskState::Running && t.node_id.is_empty())
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn global_service_follows_the_nodes() {
+    let h = Harness::start(5);
+    h.put_node("a", NodeState::Ready, NodeAvailability::Active)
+        .await;
+    let mut spec = replicated(0);
+    spec.mode = ServiceMode::Global as i32;
+    let id = h.create_service(spec).await;
+    let on = |node: &'static str| {
+        let id = id.clone();
+        move |s: &crate::store::MemState| {
+            s.tasks_of_service(&id)
+                .find(|t| t.node_id == node && is_live(t))
+                .cloned()
+        }
+    };
+    let ta = h.eventually("a task on a", on("a")).await;
+    assert_eq!(ta.slot, 0);
+
+    h.put_node("b", NodeState::Unknown, NodeAvailability::Active)
+        .await;
+    h.settle().await;
+    assert!(
+        h.store.read(on("b")).is_none(),
+        "no task before the node is READY"
+    );
+    h.put_node("b", NodeState::Ready, NodeAvailability::Active)
+        .await;
+    h.eventually("a task on b", on("b")).await;
+
+    h.put_node("a", NodeState::Ready, NodeAvailability::Drain)
+        .await;
+    h.eventually("a's task shut down", |s| {
+        s.task(&ta.id)
+            .filter(|t| desired(t) == TaskState::Shutdown)
+            .map(|_| ())
+    })
+    .await;
+    h.settle().await;
+    assert!(
+        h.store.read(on("a")).is_none(),
+        "a drained node gets no new task"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn deleted_service_tasks_are_removed_then_deleted() {
+    let h = Harness::start(5);
+    h.put_node("n", NodeState::Ready, NodeAvailability::Active)
+        .await;
+    let id = h.create_service(replicated(2)).await;
+    let tasks = h
+        .eventually("2 tasks", |s| {
+            let t: Vec<Task> = s.tasks_of_service(&id).cloned().collect();
+            (t.len() == 2).then_some(t)
+        })
+        .await;
+    for t in &tasks {
+        h.update_task(&t.id, |t| {
+            t.node_id = "n".into();
+            t.status.as_mut().unwrap().state = TaskState::Running as i32;
+        })
+        .await;
+    }
+    h.delete_service(&id).await;
+    h.eventually("every task desired REMOVE", |s| {
+        let t: Vec<&Task> = s.tasks_of_service(&id).collect();
+        (t.len() == 2 && t.iter().all(|t| desired(t) == TaskState::Remove)).then_some(())
+    })
+    .await;
+    h.agent_pass(&id).await;
+    h.eventually("tasks deleted once stopped", |s| {
+        s.tasks_of_service(&id).next().is_none().then_some(())
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn history_is_bounded_per_slot() {
+    let h = Harness::start(2);
+    let spec = with_restart(
+        replicated(1),
+        RestartPolicy {
+            delay_ms: Some(0),
+            ..Default::default()
+        },
+    );
+    let id = h.create_service(spec).await;
+    for _ in 0..5 {
+        let current = h
+            .eventually("a task that should run", |s| {
+                s.tasks_of_service(&id)
+                    .find(|t| desired(t) == TaskState::Running && !is_terminal(t))
+                    .cloned()
+            })
+            .await;
+        h.set_state(&current.id, TaskState::Failed).await;
+    }
+    h.eventually("one live task and two dead ones", |s| {
+        let t: Vec<Task> = s.tasks_of_service(&id).cloned().collect();
+        let dead = t.iter().filter(|t| !is_live(t)).count();
+        (t.len() == 3 && dead == 2 && live(&t).iter().all(|t| !is_terminal(t))).then_some(())
+    })
+    .await;
+    h.stop().await;
+}

@@ -1,0 +1,298 @@
+//! Driver scenarios on `Store::in_memory()`: the test plays scheduler and agent
+//! by writing task states by hand, and waits for the orchestrator with
+//! deadlines, never fixed sleeps. This file holds the harness; the scenarios
+//! live in [`lifecycle`] (scaling, restarts, nodes, removal, history) and
+//! [`updates`] (rolling updates).
+
+mod lifecycle;
+mod updates;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use shoal_proto::{
+    ContainerSpec, Node, NodeAvailability, NodeSpec, NodeState, NodeStatus, RestartPolicy, Service,
+    ServiceSpec, Task, TaskSpec, TaskState,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::task::{desired, is_live, is_terminal, observed};
+use crate::config::OrchestratorConfig;
+use crate::store::{Action, MemState, Object, Store, StoreError};
+
+pub(super) const DEADLINE: Duration = Duration::from_secs(10);
+
+pub(super) struct Harness {
+    pub(super) store: Store,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Harness {
+    pub(super) fn start(history: usize) -> Harness {
+        Harness::on(Store::in_memory(), history)
+    }
+
+    /// An orchestrator taking over `store` as it is (a new leader).
+    pub(super) fn on(store: Store, history: usize) -> Harness {
+        let shutdown = CancellationToken::new();
+        let config = OrchestratorConfig {
+            task_history_limit: history,
+        };
+        let handle = tokio::spawn(super::run(store.clone(), config, shutdown.clone()));
+        Harness {
+            store,
+            shutdown,
+            handle,
+        }
+    }
+
+    pub(super) async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(DEADLINE, self.handle)
+            .await
+            .expect("the orchestrator stops when cancelled")
+            .expect("the orchestrator does not panic");
+    }
+
+    /// Poll `f` over the tables until it yields, or fail naming `what`.
+    pub(super) async fn eventually<T>(
+        &self,
+        what: &str,
+        mut f: impl FnMut(&MemState) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(v) = self.store.read(&mut f) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub(super) async fn create_service(&self, spec: ServiceSpec) -> String {
+        let service = Service {
+            id: shoal_proto::ids::new_id(),
+            spec: Some(spec),
+            spec_version: 1,
+            ..Default::default()
+        };
+        let id = service.id.clone();
+        self.store
+            .propose(vec![Action::Create(Object::Service(service))])
+            .await
+            .expect("create service");
+        id
+    }
+
+    /// Change a service the way the control API does (re-read on conflict).
+    pub(super) async fn update_service(&self, id: &str, f: impl Fn(&mut Service)) {
+        loop {
+            let mut svc = self
+                .store
+                .read(|s| s.service(id).cloned())
+                .expect("service exists");
+            f(&mut svc);
+            match self
+                .store
+                .propose(vec![Action::Update(Object::Service(svc))])
+                .await
+            {
+                Ok(_) => return,
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(err) => panic!("update service: {err}"),
+            }
+        }
+    }
+
+    pub(super) async fn delete_service(&self, id: &str) {
+        let svc = self
+            .store
+            .read(|s| s.service(id).cloned())
+            .expect("service exists");
+        self.store
+            .propose(vec![Action::Delete(Object::Service(svc))])
+            .await
+            .expect("delete service");
+    }
+
+    /// Write a task change as the scheduler or agent would (re-read on conflict).
+    pub(super) async fn update_task(&self, id: &str, f: impl Fn(&mut Task)) {
+        loop {
+            let Some(mut t) = self.store.read(|s| s.task(id).cloned()) else {
+                return;
+            };
+            f(&mut t);
+            match self
+                .store
+                .propose(vec![Action::Update(Object::Task(t))])
+                .await
+            {
+                Ok(_) => return,
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(err) => panic!("update task: {err}"),
+            }
+        }
+    }
+
+    pub(super) async fn set_state(&self, id: &str, state: TaskState) {
+        self.update_task(id, |t| {
+            let status = t.status.get_or_insert_with(Default::default);
+            status.state = state as i32;
+            status.timestamp = shoal_proto::now_ms();
+        })
+        .await;
+    }
+
+    pub(super) async fn put_node(
+        &self,
+        id: &str,
+        state: NodeState,
+        availability: NodeAvailability,
+    ) {
+        let current = self.store.read(|s| s.node(id).cloned());
+        let mut node = current.clone().unwrap_or_else(|| Node {
+            id: id.to_string(),
+            ..Default::default()
+        });
+        node.spec = Some(NodeSpec {
+            availability: availability as i32,
+            ..Default::default()
+        });
+        node.status = Some(NodeStatus {
+            state: state as i32,
+            ..Default::default()
+        });
+        let action = match current {
+            Some(_) => Action::Update(Object::Node(node)),
+            None => Action::Create(Object::Node(node)),
+        };
+        self.store.propose(vec![action]).await.expect("write node");
+    }
+
+    pub(super) fn tasks(&self, service_id: &str) -> Vec<Task> {
+        self.store
+            .read(|s| s.tasks_of_service(service_id).cloned().collect())
+    }
+
+    /// One pass of a well-behaved agent: start what should run, stop what should not.
+    pub(super) async fn agent_pass(&self, service_id: &str) -> usize {
+        let mut changed = 0;
+        for t in self.tasks(service_id) {
+            if desired(&t) == TaskState::Running && observed(&t) < TaskState::Running {
+                self.set_state(&t.id, TaskState::Running).await;
+                changed += 1;
+            } else if desired(&t) > TaskState::Running && !is_terminal(&t) {
+                self.set_state(&t.id, TaskState::Shutdown).await;
+                changed += 1;
+            }
+        }
+        changed
+    }
+
+    /// A barrier: once a fresh canary service has its task, every change
+    /// committed before it has been reconciled (the driver works in log order).
+    pub(super) async fn settle(&self) {
+        let canary = self.create_service(replicated(1)).await;
+        self.eventually("the canary service has its task", |s| {
+            s.tasks_of_service(&canary).next().map(|_| ())
+        })
+        .await;
+    }
+}
+
+pub(super) fn live(tasks: &[Task]) -> Vec<&Task> {
+    tasks.iter().filter(|t| is_live(t)).collect()
+}
+
+pub(super) fn live_slots(tasks: &[Task]) -> Vec<u64> {
+    let mut slots: Vec<u64> = live(tasks).iter().map(|t| t.slot).collect();
+    slots.sort();
+    slots
+}
+
+pub(super) fn replicated(replicas: u64) -> ServiceSpec {
+    ServiceSpec {
+        name: format!("web-{}", shoal_proto::ids::new_id()),
+        replicas,
+        task: Some(TaskSpec {
+            container: Some(ContainerSpec {
+                image: "nginx:1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub(super) fn with_restart(mut spec: ServiceSpec, policy: RestartPolicy) -> ServiceSpec {
+    spec.task.as_mut().unwrap().restart = Some(policy);
+    spec
+}
+
+/// What a watcher of every committed state saw of one service's slots.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Worst {
+    /// Most slots at once without a live task that runs.
+    pub out: usize,
+    /// Most live tasks at once.
+    pub live: usize,
+}
+
+/// Follow every committed change (not samples of it) and record the worst
+/// moments of `service_id`'s `replicas` slots, until the store goes away.
+pub(super) fn watch_slots(
+    h: &Harness,
+    service_id: &str,
+    replicas: usize,
+) -> tokio::task::JoinHandle<Worst> {
+    let (initial, mut rx) = h.store.read_and_subscribe(|s| {
+        s.tasks_of_service(service_id)
+            .map(|t| (t.id.clone(), t.clone()))
+            .collect::<HashMap<_, _>>()
+    });
+    let watched = service_id.to_string();
+    tokio::spawn(async move {
+        let mut tasks = initial;
+        let mut worst = Worst::default();
+        while let Ok(batch) = rx.recv().await {
+            for change in &batch.changes {
+                if let Object::Task(t) = &change.object
+                    && t.service_id == watched
+                {
+                    tasks.insert(t.id.clone(), t.clone());
+                }
+            }
+            let serving: HashSet<u64> = tasks
+                .values()
+                .filter(|t| is_live(t) && observed(t) == TaskState::Running)
+                .map(|t| t.slot)
+                .collect();
+            worst.out = worst.out.max(replicas - serving.len().min(replicas));
+            worst.live = worst
+                .live
+                .max(tasks.values().filter(|t| is_live(t)).count());
+        }
+        worst
+    })
+}
+
+/// Run agent passes until `done` holds, or fail naming `what`.
+pub(super) async fn drive_until(
+    h: &Harness,
+    service_id: &str,
+    what: &str,
+    done: impl Fn(&MemState) -> bool,
+) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        h.agent_pass(service_id).await;
+        if h.store.read(&done) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out driving until: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,212 @@
+//! Rolling updates driven end to end: stop-first and start-first batches,
+//! pausing on failure and resuming on the next spec change.
+
+use shoal_proto::{Service, TaskState, UpdateConfig, UpdateOrder, UpdateState};
+
+use super::*;
+use crate::orchestrator::task::{desired, is_live, observed};
+
+fn update_state(s: &MemState, id: &str) -> UpdateState {
+    s.service(id)
+        .and_then(|svc| svc.update_status.as_ref())
+        .map(|u| u.state())
+        .unwrap_or(UpdateState::None)
+}
+
+/// The control API's part of an update: a new image and a new spec version.
+fn new_image(version: u64, image: &'static str) -> impl Fn(&mut Service) {
+    move |s: &mut Service| {
+        s.spec_version = version;
+        let task = s.spec.as_mut().unwrap().task.as_mut().unwrap();
+        task.container.as_mut().unwrap().image = image.into();
+    }
+}
+
+fn all_live_at(s: &MemState, id: &str, version: u64, replicas: usize) -> bool {
+    let live: Vec<&Task> = s.tasks_of_service(id).filter(|t| is_live(t)).collect();
+    live.len() == replicas
+        && live
+            .iter()
+            .all(|t| t.spec_version == version && observed(t) == TaskState::Running)
+}
+
+async fn running_service(h: &Harness, spec: ServiceSpec, replicas: usize) -> String {
+    let id = h.create_service(spec).await;
+    drive_until(h, &id, "every replica runs", |s| {
+        all_live_at(s, &id, 1, replicas)
+    })
+    .await;
+    id
+}
+
+#[tokio::test]
+async fn rolling_update_stop_first_replaces_one_at_a_time() {
+    let h = Harness::start(5);
+    let mut spec = replicated(3);
+    spec.update = Some(UpdateConfig {
+        parallelism: Some(1),
+        monitor_ms: Some(50),
+        ..Default::default()
+    });
+    let id = running_service(&h, spec, 3).await;
+    let checker = watch_slots(&h, &id, 3);
+
+    h.update_service(&id, new_image(2, "nginx:2")).await;
+    drive_until(&h, &id, "update completed", |s| {
+        update_state(s, &id) == UpdateState::Completed
+    })
+    .await;
+    let tasks = h.tasks(&id);
+    assert_eq!(live_slots(&tasks), vec![1, 2, 3]);
+    for t in live(&tasks) {
+        assert_eq!(t.spec_version, 2);
+        assert_eq!(
+            t.spec.as_ref().unwrap().container.as_ref().unwrap().image,
+            "nginx:2"
+        );
+    }
+    let status = h
+        .store
+        .read(|s| s.service(&id).unwrap().update_status.clone())
+        .unwrap();
+    assert!(status.started_at > 0 && status.completed_at >= status.started_at);
+    h.stop().await;
+    let worst = tokio::time::timeout(DEADLINE, checker)
+        .await
+        .expect("checker ends")
+        .unwrap();
+    assert_eq!(
+        worst.out, 1,
+        "stop-first with parallelism 1 takes exactly one slot out at a time"
+    );
+}
+
+#[tokio::test]
+async fn rolling_update_start_first_keeps_every_slot_serving() {
+    let h = Harness::start(5);
+    let mut spec = replicated(2);
+    spec.update = Some(UpdateConfig {
+        parallelism: Some(1),
+        order: UpdateOrder::StartFirst as i32,
+        monitor_ms: Some(20),
+        ..Default::default()
+    });
+    let id = running_service(&h, spec, 2).await;
+    let checker = watch_slots(&h, &id, 2);
+
+    h.update_service(&id, new_image(2, "nginx:2")).await;
+    drive_until(&h, &id, "update completed", |s| {
+        update_state(s, &id) == UpdateState::Completed
+    })
+    .await;
+    drive_until(&h, &id, "old tasks stopped", |s| all_live_at(s, &id, 2, 2)).await;
+    h.stop().await;
+    let worst = tokio::time::timeout(DEADLINE, checker)
+        .await
+        .expect("checker ends")
+        .unwrap();
+    assert_eq!(
+        worst.out, 0,
+        "start-first never leaves a slot without a running task"
+    );
+    assert_eq!(worst.live, 3, "one extra task at a time");
+}
+
+#[tokio::test]
+async fn a_failed_update_pauses_and_resumes_on_the_next_spec() {
+    let h = Harness::start(5);
+    let mut spec = with_restart(
+        replicated(2),
+        RestartPolicy {
+            delay_ms: Some(20),
+            ..Default::default()
+        },
+    );
+    spec.update = Some(UpdateConfig {
+        parallelism: Some(1),
+        monitor_ms: Some(1_000),
+        ..Default::default()
+    });
+    let id = running_service(&h, spec, 2).await;
+    h.update_service(&id, new_image(2, "broken:2")).await;
+
+    // The first new task fails before it ever runs.
+    let new = h
+        .eventually("a task of the new version", |s| {
+            s.tasks_of_service(&id)
+                .find(|t| t.spec_version == 2)
+                .cloned()
+        })
+        .await;
+    h.set_state(&new.id, TaskState::Failed).await;
+    h.eventually("update paused", |s| {
+        (update_state(s, &id) == UpdateState::Paused).then_some(())
+    })
+    .await;
+    let status = h
+        .store
+        .read(|s| s.service(&id).unwrap().update_status.clone())
+        .unwrap();
+    assert!(status.message.contains(&new.id), "{}", status.message);
+    h.settle().await;
+    let old_left = h
+        .tasks(&id)
+        .iter()
+        .filter(|t| is_live(t) && t.spec_version == 1)
+        .count();
+    assert_eq!(old_left, 1, "the paused update leaves the other slot alone");
+
+    h.update_service(&id, new_image(3, "nginx:3")).await;
+    drive_until(&h, &id, "update completed", |s| {
+        update_state(s, &id) == UpdateState::Completed
+    })
+    .await;
+    drive_until(&h, &id, "all at version 3", |s| all_live_at(s, &id, 3, 2)).await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_leader_reconciles_what_it_finds() {
+    // State written while no orchestrator ran: a service without tasks, and a
+    // READY replacement whose timer died with the old leader.
+    let store = Store::in_memory();
+    let spec = with_restart(
+        replicated(2),
+        RestartPolicy {
+            delay_ms: Some(100),
+            ..Default::default()
+        },
+    );
+    let service = Service {
+        id: shoal_proto::ids::new_id(),
+        spec: Some(spec),
+        spec_version: 1,
+        ..Default::default()
+    };
+    let waiting = crate::orchestrator::task::new_task(&service, 1, "", TaskState::Ready, 1);
+    store
+        .propose(vec![
+            Action::Create(Object::Service(service.clone())),
+            Action::Create(Object::Task(waiting.clone())),
+        ])
+        .await
+        .unwrap();
+
+    let h = Harness::on(store, 5);
+    let started = std::time::Instant::now();
+    h.eventually("slot 2 filled", |s| {
+        s.tasks_of_service(&service.id)
+            .find(|t| t.slot == 2)
+            .map(|_| ())
+    })
+    .await;
+    h.eventually("the READY task starts after its delay", |s| {
+        s.task(&waiting.id)
+            .filter(|t| desired(t) == TaskState::Running)
+            .map(|_| ())
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_millis(80));
+    assert_eq!(h.tasks(&service.id).len(), 2);
+    h.stop().await;
+}
