@@ -1,0 +1,293 @@
+//! An in-memory [`Runtime`] for manager tests and hollow-node benchmarks: no
+//! engine, tasks start at once, and tests drive crashes by hand.
+//!
+//! It must stay cheap at 100 000 tasks in one process: a container is a map entry
+//! and a watch channel, and no call spawns anything.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use shoal_proto::{PortConfig, PublishMode, Task};
+use tokio::sync::watch;
+
+use crate::runtime::{ContainerInfo, ContainerState, EngineInfo, Exit, Runtime, RuntimeError};
+
+/// Exit code of a container stopped by shoal (SIGTERM).
+const STOPPED_EXIT_CODE: i64 = 143;
+
+struct FakeContainer {
+    id: String,
+    node_id: String,
+    state: ContainerState,
+    /// `Some` once the current run ended; replaced by `None` on each start.
+    exit: watch::Sender<Option<Exit>>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    containers: HashMap<String, FakeContainer>,
+    by_node: HashMap<String, HashSet<String>>,
+    created: u64,
+    next_port: u32,
+}
+
+/// The in-memory runtime.
+pub struct FakeRuntime {
+    info: EngineInfo,
+    // A std mutex: every critical section is a few map operations, never an await.
+    state: Mutex<FakeState>,
+}
+
+impl Default for FakeRuntime {
+    fn default() -> Self {
+        Self::new(EngineInfo {
+            hostname: "fake".into(),
+            nano_cpus: 4_000_000_000,
+            memory_bytes: 8 << 30,
+            engine_version: "fake".into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+        })
+    }
+}
+
+impl FakeRuntime {
+    /// A runtime that describes itself with `info`.
+    pub fn new(info: EngineInfo) -> Self {
+        FakeRuntime {
+            info,
+            state: Mutex::new(FakeState::default()),
+        }
+    }
+
+    /// A runtime for a machine called `hostname` with these resources.
+    pub fn with_resources(hostname: &str, nano_cpus: i64, memory_bytes: i64) -> Self {
+        let mut info = Self::default().info;
+        info.hostname = hostname.into();
+        info.nano_cpus = nano_cpus;
+        info.memory_bytes = memory_bytes;
+        Self::new(info)
+    }
+
+    /// Test hook: the task's process exits with `code` (a crash when non-zero).
+    pub fn exit(&self, task_id: &str, code: i64) {
+        let mut state = self.lock();
+        if let Some(c) = state.containers.get_mut(task_id)
+            && c.state == ContainerState::Running
+        {
+            c.state = ContainerState::Exited(code);
+            c.exit.send_replace(Some(Exit {
+                exit_code: code,
+                message: if code == 0 {
+                    String::new()
+                } else {
+                    format!("task: non-zero exit ({code})")
+                },
+                unhealthy: false,
+            }));
+        }
+    }
+
+    /// Test hook: a container already on the node (as after an agent restart).
+    pub fn insert(&self, node_id: &str, task_id: &str, container_state: ContainerState) -> String {
+        let mut state = self.lock();
+        let id = state.create(node_id, task_id);
+        if let Some(c) = state.containers.get_mut(task_id) {
+            c.state = container_state;
+        }
+        id
+    }
+
+    /// Ids of the tasks whose container is running, sorted.
+    pub fn running(&self) -> Vec<String> {
+        let state = self.lock();
+        let mut ids: Vec<String> = state
+            .containers
+            .iter()
+            .filter(|(_, c)| c.state == ContainerState::Running)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Number of containers, whatever their state.
+    pub fn container_count(&self) -> usize {
+        self.lock().containers.len()
+    }
+
+    /// Number of containers ever created (a recreated task counts twice).
+    pub fn created_count(&self) -> u64 {
+        self.lock().created
+    }
+
+    /// The state of the task's container, if it has one.
+    pub fn container_state(&self, task_id: &str) -> Option<ContainerState> {
+        self.lock().containers.get(task_id).map(|c| c.state)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl FakeState {
+    fn create(&mut self, node_id: &str, task_id: &str) -> String {
+        if let Some(c) = self.containers.get(task_id) {
+            return c.id.clone();
+        }
+        self.created += 1;
+        let id = format!("fake{:016x}", self.created);
+        self.containers.insert(
+            task_id.to_string(),
+            FakeContainer {
+                id: id.clone(),
+                node_id: node_id.to_string(),
+                state: ContainerState::Created,
+                exit: watch::channel(None).0,
+            },
+        );
+        self.by_node
+            .entry(node_id.to_string())
+            .or_default()
+            .insert(task_id.to_string());
+        id
+    }
+}
+
+fn image(task: &Task) -> &str {
+    task.spec
+        .as_ref()
+        .and_then(|s| s.container.as_ref())
+        .map_or("", |c| c.image.as_str())
+}
+
+impl Runtime for FakeRuntime {
+    async fn describe(&self) -> Result<EngineInfo, RuntimeError> {
+        Ok(self.info.clone())
+    }
+
+    async fn list(&self, node_id: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let state = self.lock();
+        let Some(tasks) = state.by_node.get(node_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(tasks
+            .iter()
+            .filter_map(|id| state.containers.get(id).map(|c| (id, c)))
+            .map(|(id, c)| ContainerInfo {
+                task_id: id.clone(),
+                container_id: c.id.clone(),
+                state: c.state,
+            })
+            .collect())
+    }
+
+    async fn prepare(&self, task: &Task) -> Result<(), RuntimeError> {
+        let image = image(task);
+        if image.starts_with("missing") {
+            return Err(RuntimeError::ImageNotFound {
+                image: image.to_string(),
+                reason: "no such image in the fake runtime".into(),
+            });
+        }
+        self.lock().create(&task.node_id, &task.id);
+        Ok(())
+    }
+
+    async fn start(&self, task: &Task) -> Result<(), RuntimeError> {
+        let mut state = self.lock();
+        let c = state
+            .containers
+            .get_mut(&task.id)
+            .ok_or_else(|| RuntimeError::NotFound(task.id.clone()))?;
+        if c.state != ContainerState::Running {
+            c.state = ContainerState::Running;
+            c.exit.send_replace(None);
+        }
+        Ok(())
+    }
+
+    async fn wait_running(&self, task: &Task) -> Result<(), Exit> {
+        match self
+            .lock()
+            .containers
+            .get(&task.id)
+            .map(|c| (c.state, c.exit.borrow().clone()))
+        {
+            Some((ContainerState::Running, _)) => Ok(()),
+            Some((_, Some(exit))) => Err(exit),
+            _ => Err(gone(&task.id)),
+        }
+    }
+
+    async fn wait_exit(&self, task: &Task) -> Exit {
+        let rx = self
+            .lock()
+            .containers
+            .get(&task.id)
+            .map(|c| c.exit.subscribe());
+        let Some(mut rx) = rx else {
+            return gone(&task.id);
+        };
+        match rx.wait_for(Option::is_some).await {
+            Ok(exit) => exit.clone().unwrap_or_else(|| gone(&task.id)),
+            Err(_) => gone(&task.id),
+        }
+    }
+
+    async fn stop(&self, task: &Task, _grace: Duration) -> Result<(), RuntimeError> {
+        let mut state = self.lock();
+        if let Some(c) = state.containers.get_mut(&task.id)
+            && c.state == ContainerState::Running
+        {
+            c.state = ContainerState::Exited(STOPPED_EXIT_CODE);
+            c.exit.send_replace(Some(Exit {
+                exit_code: STOPPED_EXIT_CODE,
+                message: "stopped".into(),
+                unhealthy: false,
+            }));
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, task: &Task) -> Result<(), RuntimeError> {
+        let mut state = self.lock();
+        if let Some(c) = state.containers.remove(&task.id)
+            && let Some(tasks) = state.by_node.get_mut(&c.node_id)
+        {
+            tasks.remove(&task.id);
+            if tasks.is_empty() {
+                state.by_node.remove(&c.node_id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn ports(&self, task: &Task) -> Vec<PortConfig> {
+        let mut state = self.lock();
+        task.ports
+            .iter()
+            .filter(|p| p.publish_mode() == PublishMode::Host)
+            .map(|p| {
+                let mut p = *p;
+                if p.published_port == 0 {
+                    // Like the engine, pick a port from the ephemeral range.
+                    p.published_port = 32768 + state.next_port % 28000;
+                    state.next_port += 1;
+                }
+                p
+            })
+            .collect()
+    }
+}
+
+/// The exit reported for a container that no longer exists.
+fn gone(task_id: &str) -> Exit {
+    Exit {
+        exit_code: -1,
+        message: format!("the container of task {task_id} is gone"),
+        unhealthy: false,
+    }
+}

@@ -1,0 +1,110 @@
+//! The seam to the container engine: a narrow trait with a Docker implementation
+//! (`crate::docker`, bollard) and an in-memory fake (`crate::fake`, feature
+//! `fake`) for manager tests and hollow-node benchmarks.
+//!
+//! Every call names the task it is about; a runtime finds the task's container by
+//! the `shoal.task.id` label or the name it gave it, so calls are idempotent and
+//! survive an agent restart (adoption).
+
+use std::future::Future;
+use std::time::Duration;
+
+use shoal_proto::{PortConfig, Task};
+
+/// What the engine says about the machine, sent when the agent registers.
+#[derive(Debug, Clone, Default)]
+pub struct EngineInfo {
+    pub hostname: String,
+    pub nano_cpus: i64,
+    pub memory_bytes: i64,
+    pub engine_version: String,
+    pub os: String,
+    pub arch: String,
+}
+
+/// Where a container of a task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Created (prepared) but not started.
+    Created,
+    Running,
+    /// Exited with this code.
+    Exited(i64),
+}
+
+/// A container the runtime holds for a task (found by its labels).
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    pub task_id: String,
+    pub container_id: String,
+    pub state: ContainerState,
+}
+
+/// How a started task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub exit_code: i64,
+    /// Why, in words: "exit status 1", "unhealthy: <last probe output>", "killed".
+    pub message: String,
+    /// True when the health check, not the process, ended the task.
+    pub unhealthy: bool,
+}
+
+/// Failures a runtime reports. The message is shown to the user as the task's error.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image is not present locally and cannot be pulled.
+    #[error("image {image} is not available: {reason}")]
+    ImageNotFound { image: String, reason: String },
+    /// The engine refused the container's configuration (bad mount, port in use...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The engine cannot be reached.
+    #[error("container engine unavailable: {0}")]
+    Unavailable(String),
+    /// No container exists for the task.
+    #[error("no container for task {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The operations a task controller needs from a container engine.
+///
+/// All methods are idempotent: preparing a prepared task, stopping a stopped one
+/// or removing a removed one succeeds.
+pub trait Runtime: Send + Sync + 'static {
+    /// The machine and engine, for node registration.
+    fn describe(&self) -> impl Future<Output = Result<EngineInfo, RuntimeError>> + Send;
+
+    /// Every container carrying the label `shoal.node.id=<node_id>`.
+    fn list(
+        &self,
+        node_id: &str,
+    ) -> impl Future<Output = Result<Vec<ContainerInfo>, RuntimeError>> + Send;
+
+    /// Make the task ready to start: ensure its image, create its container.
+    fn prepare(&self, task: &Task) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Start the prepared container; returns once the engine has started it.
+    fn start(&self, task: &Task) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Resolve once the task may be called RUNNING: at once without a health
+    /// check, once healthy with one. An exit or an unhealthy verdict first is
+    /// returned as `Err(exit)`.
+    fn wait_running(&self, task: &Task) -> impl Future<Output = Result<(), Exit>> + Send;
+
+    /// Resolve when the started task ends (process exit, kill outside shoal, or
+    /// unhealthy).
+    fn wait_exit(&self, task: &Task) -> impl Future<Output = Exit> + Send;
+
+    /// Stop the container: its stop signal, then SIGKILL after `grace`.
+    fn stop(&self, task: &Task, grace: Duration)
+    -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Remove the container (and anonymous volumes).
+    fn remove(&self, task: &Task) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Published ports as the engine bound them (host mode), for the task status.
+    fn ports(&self, task: &Task) -> impl Future<Output = Vec<PortConfig>> + Send;
+}

@@ -1,0 +1,265 @@
+//! The session with the managers: connect (trying each manager in turn, with
+//! backoff), register the node, heartbeat, feed the assignments stream to the
+//! worker and send status batches, and start over whenever any of that breaks.
+//!
+//! A session ends on a closed session stream, a failed heartbeat (the manager
+//! forgot the session, or is gone), a broken assignments stream or a refused
+//! status batch. Unsent statuses stay queued for the next session.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use shoal_proto::dispatcher_client::DispatcherClient;
+use shoal_proto::{
+    AssignmentsRequest, HeartbeatRequest, NodeDescription, Resources, SessionRequest,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::{AgentConfig, load_node_id, manager_addr, store_node_id};
+use crate::connect;
+use crate::error::AgentError;
+use crate::reporter::{Reporter, send_loop};
+use crate::runtime::Runtime;
+use crate::worker::Worker;
+
+/// Heartbeat period used when the manager names none.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// A session that lived this long was healthy: the next reconnect starts with a
+/// short delay again.
+const HEALTHY_SESSION: Duration = Duration::from_secs(5);
+
+/// Why one session attempt ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("the container engine cannot describe this node: {0}")]
+    Describe(crate::runtime::RuntimeError),
+    #[error("cannot list the node's containers for adoption: {0}")]
+    Adopt(crate::runtime::RuntimeError),
+    #[error("heartbeat timed out after {0:?}")]
+    HeartbeatTimeout(Duration),
+    #[error("the manager closed the {0} stream")]
+    Closed(&'static str),
+    /// Not a session problem: the agent cannot go on.
+    #[error(transparent)]
+    Fatal(AgentError),
+}
+
+/// Runs sessions until `shutdown`; returns early only on an error a reconnect
+/// cannot fix (the data directory is unusable).
+pub(crate) async fn run_sessions<R: Runtime>(
+    config: &AgentConfig,
+    runtime: &R,
+    worker: &mut Worker<R>,
+    reporter: &Reporter,
+    shutdown: &CancellationToken,
+) -> Result<(), AgentError> {
+    let mut node_id = load_node_id(&config.data_dir)?;
+    let configured = config.manager_addrs()?;
+    let mut managers = configured.clone();
+    let mut next = 0usize;
+    let mut backoff = Backoff::default();
+    loop {
+        let addr = managers[next % managers.len()].clone();
+        let started = Instant::now();
+        let mut session = Session {
+            addr: &addr,
+            node_id: &mut node_id,
+            managers: &mut managers,
+            opened: false,
+        };
+        let end = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            end = session.run(config, runtime, worker, reporter) => end,
+        };
+        let opened = session.opened;
+        if let SessionEnd::Fatal(e) = end {
+            return Err(e);
+        }
+        for addr in &configured {
+            if !managers.contains(addr) {
+                managers.push(addr.clone());
+            }
+        }
+        if opened && started.elapsed() >= HEALTHY_SESSION {
+            backoff.reset();
+        }
+        next += 1;
+        let delay = backoff.next_delay();
+        if opened {
+            warn!(manager = %addr, node.id = %node_id, error = %end,
+                "session with the manager ended; reconnecting in {delay:?}");
+        } else {
+            warn!(manager = %addr, error = %end,
+                "cannot open a session with the manager; trying {} in {delay:?}",
+                managers[next % managers.len()]);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One attempt at a session with one manager.
+struct Session<'a> {
+    addr: &'a str,
+    node_id: &'a mut String,
+    managers: &'a mut Vec<String>,
+    /// The manager accepted the session (reconnects after this are news).
+    opened: bool,
+}
+
+impl Session<'_> {
+    async fn run<R: Runtime>(
+        &mut self,
+        config: &AgentConfig,
+        runtime: &R,
+        worker: &mut Worker<R>,
+        reporter: &Reporter,
+    ) -> SessionEnd {
+        match self.run_inner(config, runtime, worker, reporter).await {
+            Ok(never) => match never {},
+            Err(end) => end,
+        }
+    }
+
+    async fn run_inner<R: Runtime>(
+        &mut self,
+        config: &AgentConfig,
+        runtime: &R,
+        worker: &mut Worker<R>,
+        reporter: &Reporter,
+    ) -> Result<std::convert::Infallible, SessionEnd> {
+        let description = describe(config, runtime).await?;
+        let mut client = connect::dispatcher(self.addr).await?;
+        let request = SessionRequest {
+            node_id: self.node_id.clone(),
+            description: Some(description),
+        };
+        let mut session_stream = client.session(request).await?.into_inner();
+        let first = session_stream
+            .message()
+            .await?
+            .ok_or(SessionEnd::Closed("session"))?;
+        self.opened = true;
+        self.adopt_node_id(&config.data_dir, &first.node_id)?;
+        self.learn_managers(&first.managers);
+        let session_id = first.session_id.clone();
+        let period = period(first.heartbeat_period_ms, DEFAULT_HEARTBEAT);
+        info!(manager = %self.addr, node.id = %self.node_id, session = %session_id,
+            heartbeat = ?period, "session opened");
+
+        let mut assignments = client
+            .assignments(AssignmentsRequest {
+                session_id: session_id.clone(),
+            })
+            .await?
+            .into_inner();
+        let node_id = self.node_id.clone();
+        let heartbeat = heartbeat_loop(client.clone(), session_id.clone(), period);
+        let reports = send_loop(reporter, client.clone(), session_id.clone());
+        let consume = async {
+            while let Some(msg) = assignments.message().await? {
+                worker
+                    .apply(&node_id, msg)
+                    .await
+                    .map_err(SessionEnd::Adopt)?;
+            }
+            Err::<std::convert::Infallible, _>(SessionEnd::Closed("assignments"))
+        };
+        let watch_session = async {
+            while let Some(msg) = session_stream.message().await? {
+                self.learn_managers(&msg.managers);
+            }
+            Err::<std::convert::Infallible, _>(SessionEnd::Closed("session"))
+        };
+        tokio::select! {
+            end = heartbeat => Err(end),
+            status = reports => Err(SessionEnd::Rpc(status)),
+            end = consume => end,
+            end = watch_session => end,
+        }
+    }
+
+    /// Keeps the id the manager gave this node, on disk first.
+    fn adopt_node_id(&mut self, data_dir: &Path, assigned: &str) -> Result<(), SessionEnd> {
+        if assigned.is_empty() || assigned == self.node_id.as_str() {
+            return Ok(());
+        }
+        if !self.node_id.is_empty() {
+            warn!(old = %self.node_id, node.id = %assigned,
+                "the manager gave this node a new id; containers of the old id will not be adopted");
+        }
+        store_node_id(data_dir, assigned).map_err(SessionEnd::Fatal)?;
+        *self.node_id = assigned.to_string();
+        Ok(())
+    }
+
+    /// Remembers managers the cluster advertises, to fall back on them.
+    fn learn_managers(&mut self, advertised: &[String]) {
+        for addr in advertised {
+            match manager_addr(addr) {
+                Ok(addr) if !self.managers.contains(&addr) => self.managers.push(addr),
+                Ok(_) => {}
+                Err(e) => warn!(manager = %addr, error = %e, "ignoring a manager address"),
+            }
+        }
+    }
+}
+
+/// The node description: the engine's, with the configured name and labels.
+async fn describe<R: Runtime>(
+    config: &AgentConfig,
+    runtime: &R,
+) -> Result<NodeDescription, SessionEnd> {
+    let info = runtime.describe().await.map_err(SessionEnd::Describe)?;
+    Ok(NodeDescription {
+        hostname: config.node_name.clone().unwrap_or(info.hostname),
+        resources: Some(Resources {
+            nano_cpus: info.nano_cpus,
+            memory_bytes: info.memory_bytes,
+        }),
+        engine_version: info.engine_version,
+        engine_labels: config.labels.clone(),
+        os: info.os,
+        arch: info.arch,
+    })
+}
+
+/// Heartbeats on the manager's period until one fails.
+async fn heartbeat_loop(
+    mut client: DispatcherClient<Channel>,
+    session_id: String,
+    mut period: Duration,
+) -> SessionEnd {
+    loop {
+        tokio::time::sleep(period).await;
+        // A heartbeat that takes longer than the period is as good as lost.
+        let timeout = period.max(Duration::from_secs(1));
+        let request = HeartbeatRequest {
+            session_id: session_id.clone(),
+        };
+        match tokio::time::timeout(timeout, client.heartbeat(request)).await {
+            Ok(Ok(response)) => period = self::period(response.into_inner().period_ms, period),
+            Ok(Err(status)) => return SessionEnd::Rpc(status),
+            Err(_) => return SessionEnd::HeartbeatTimeout(timeout),
+        }
+    }
+}
+
+/// A period in milliseconds from the manager, or `fallback` when it sent none.
+fn period(ms: i64, fallback: Duration) -> Duration {
+    if ms > 0 {
+        Duration::from_millis(ms as u64)
+    } else {
+        fallback
+    }
+}

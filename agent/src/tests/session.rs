@@ -1,0 +1,283 @@
+//! Whole agents against a tiny in-test dispatcher on 127.0.0.1:0: registration,
+//! node id storage, status batches, reconnects, and shutdown.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use shoal_proto::dispatcher_server::{Dispatcher, DispatcherServer};
+use shoal_proto::{
+    AssignmentsMessage, AssignmentsRequest, AssignmentsType, HeartbeatRequest, HeartbeatResponse,
+    SessionMessage, SessionRequest, Task, TaskState, TaskStatusUpdate, UpdateTaskStatusRequest,
+    UpdateTaskStatusResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::{eventually, task};
+use crate::config::AgentConfig;
+use crate::fake::FakeRuntime;
+
+const NODE_ID: &str = "n1";
+
+type Sender<T> = mpsc::Sender<Result<T, Status>>;
+
+/// Records what agents send; hands every session the same task set.
+#[derive(Default)]
+struct TestDispatcher {
+    tasks: Vec<Task>,
+    sessions: Mutex<Vec<SessionRequest>>,
+    heartbeats: Mutex<usize>,
+    updates: Mutex<Vec<TaskStatusUpdate>>,
+    // Held to keep the streams open; dropping them ends the session.
+    open_sessions: Mutex<Vec<Sender<SessionMessage>>>,
+    open_assignments: Mutex<Vec<Sender<AssignmentsMessage>>>,
+}
+
+impl TestDispatcher {
+    fn current_session(&self) -> String {
+        format!("s{}", self.sessions.lock().unwrap().len())
+    }
+
+    fn latest_state(&self, task_id: &str) -> Option<TaskState> {
+        let updates = self.updates.lock().unwrap();
+        let update = updates.iter().rev().find(|u| u.task_id == task_id)?;
+        Some(update.status.as_ref()?.state())
+    }
+
+    fn close_sessions(&self) {
+        self.open_sessions.lock().unwrap().clear();
+        self.open_assignments.lock().unwrap().clear();
+    }
+}
+
+#[tonic::async_trait]
+impl Dispatcher for TestDispatcher {
+    type SessionStream = ReceiverStream<Result<SessionMessage, Status>>;
+    type AssignmentsStream = ReceiverStream<Result<AssignmentsMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<SessionRequest>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        self.sessions.lock().unwrap().push(request.into_inner());
+        let (tx, rx) = mpsc::channel(4);
+        let first = SessionMessage {
+            session_id: self.current_session(),
+            node_id: NODE_ID.into(),
+            heartbeat_period_ms: 50,
+            managers: vec![],
+        };
+        tx.send(Ok(first)).await.unwrap();
+        self.open_sessions.lock().unwrap().push(tx);
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        if request.into_inner().session_id != self.current_session() {
+            return Err(Status::not_found("unknown session"));
+        }
+        *self.heartbeats.lock().unwrap() += 1;
+        Ok(Response::new(HeartbeatResponse { period_ms: 50 }))
+    }
+
+    async fn assignments(
+        &self,
+        _request: Request<AssignmentsRequest>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        let (tx, rx) = mpsc::channel(4);
+        let msg = AssignmentsMessage {
+            r#type: AssignmentsType::Complete as i32,
+            tasks: self.tasks.clone(),
+            removed: vec![],
+            sequence: 1,
+        };
+        tx.send(Ok(msg)).await.unwrap();
+        self.open_assignments.lock().unwrap().push(tx);
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn update_task_status(
+        &self,
+        request: Request<UpdateTaskStatusRequest>,
+    ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        self.updates
+            .lock()
+            .unwrap()
+            .extend(request.into_inner().updates);
+        Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+}
+
+/// Serves `dispatcher` on a free loopback port until `stop`; returns the address.
+async fn serve(dispatcher: Arc<TestDispatcher>, stop: CancellationToken) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DispatcherServer::from_arc(dispatcher))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned()),
+    );
+    addr
+}
+
+fn config(addr: &str, data_dir: &std::path::Path) -> AgentConfig {
+    AgentConfig {
+        managers: vec![format!("http://{addr}")],
+        node_name: Some("worker-1".into()),
+        data_dir: data_dir.to_path_buf(),
+        labels: HashMap::from([("zone".to_string(), "east".to_string())]),
+    }
+}
+
+fn assigned_task(id: &str) -> Task {
+    let mut t = task(id, "nginx", TaskState::Running);
+    t.node_id = NODE_ID.into();
+    t
+}
+
+#[tokio::test]
+async fn an_agent_registers_runs_its_task_and_survives_a_lost_session() {
+    let dispatcher = Arc::new(TestDispatcher {
+        tasks: vec![assigned_task("t1")],
+        ..Default::default()
+    });
+    let server_stop = CancellationToken::new();
+    let addr = serve(dispatcher.clone(), server_stop.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeRuntime::with_resources(
+        "host-a",
+        2_000_000_000,
+        1 << 30,
+    ));
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(crate::run(
+        config(&addr, dir.path()),
+        fake.clone(),
+        shutdown.clone(),
+    ));
+
+    eventually("t1 reported running", || async {
+        (dispatcher.latest_state("t1") == Some(TaskState::Running)).then_some(())
+    })
+    .await;
+    {
+        let sessions = dispatcher.sessions.lock().unwrap();
+        assert_eq!(sessions[0].node_id, "", "a first start has no node id");
+        let description = sessions[0].description.as_ref().unwrap();
+        assert_eq!(description.hostname, "worker-1");
+        assert_eq!(description.engine_labels["zone"], "east");
+        assert_eq!(description.resources.unwrap().memory_bytes, 1 << 30);
+    }
+    let stored = std::fs::read_to_string(dir.path().join("node_id")).unwrap();
+    assert_eq!(stored.trim(), NODE_ID);
+    eventually("a heartbeat", || async {
+        (*dispatcher.heartbeats.lock().unwrap() > 0).then_some(())
+    })
+    .await;
+
+    // The manager ends the session: the agent comes back with its node id, and
+    // the task keeps running in the same container.
+    dispatcher.close_sessions();
+    eventually("a second session", || async {
+        (dispatcher.sessions.lock().unwrap().len() >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(dispatcher.sessions.lock().unwrap()[1].node_id, NODE_ID);
+    fake.exit("t1", 1);
+    eventually("t1 reported failed", || async {
+        (dispatcher.latest_state("t1") == Some(TaskState::Failed)).then_some(())
+    })
+    .await;
+    assert_eq!(fake.created_count(), 1);
+
+    shutdown.cancel();
+    agent.await.unwrap().unwrap();
+    server_stop.cancel();
+}
+
+#[tokio::test]
+async fn tasks_keep_running_when_the_agent_stops() {
+    let dispatcher = Arc::new(TestDispatcher {
+        tasks: vec![assigned_task("t1")],
+        ..Default::default()
+    });
+    let server_stop = CancellationToken::new();
+    let addr = serve(dispatcher.clone(), server_stop.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeRuntime::default());
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(crate::run(
+        config(&addr, dir.path()),
+        fake.clone(),
+        shutdown.clone(),
+    ));
+    eventually("t1 reported running", || async {
+        (dispatcher.latest_state("t1") == Some(TaskState::Running)).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    agent.await.unwrap().unwrap();
+    assert_eq!(fake.running(), vec!["t1".to_string()]);
+
+    // A new agent on the same node adopts the container instead of creating one.
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(crate::run(
+        config(&addr, dir.path()),
+        fake.clone(),
+        shutdown.clone(),
+    ));
+    eventually("a second session", || async {
+        (dispatcher.sessions.lock().unwrap().len() >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(dispatcher.sessions.lock().unwrap()[1].node_id, NODE_ID);
+    fake.exit("t1", 0);
+    eventually("t1 reported complete", || async {
+        (dispatcher.latest_state("t1") == Some(TaskState::Complete)).then_some(())
+    })
+    .await;
+    assert_eq!(fake.created_count(), 1);
+    shutdown.cancel();
+    agent.await.unwrap().unwrap();
+    server_stop.cancel();
+}
+
+#[tokio::test]
+async fn an_unreachable_manager_is_retried_until_shutdown() {
+    // A port that was just free: nothing listens there.
+    let addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(crate::run(
+        config(&addr, dir.path()),
+        Arc::new(FakeRuntime::default()),
+        shutdown.clone(),
+    ));
+    tokio::task::yield_now().await;
+    assert!(!agent.is_finished());
+    shutdown.cancel();
+    agent.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_invalid_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config("nowhere", dir.path());
+    config.managers = vec!["nowhere".into()];
+    let err = crate::run(
+        config,
+        Arc::new(FakeRuntime::default()),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("managers"), "{err}");
+}
