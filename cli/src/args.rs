@@ -1,0 +1,508 @@
+//! The command line, as clap derive structs: client commands with Docker's flag
+//! names, and the daemons. Values are parsed here with the shared parsers of
+//! `shoal_proto::validate`, so a bad value is reported against its flag
+//! (`invalid value '5x' for '--restart-delay <DURATION>': ...`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use shoal_proto::validate;
+use shoal_proto::{Mount, PortConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "A container cluster scheduler in the lineage of Docker Swarm mode"
+)]
+pub struct Cli {
+    /// Manager to talk to: unix:///path/shoal.sock, HOST:PORT or tcp://HOST:PORT
+    /// (default: the control socket in the default data directory).
+    #[arg(
+        short = 'H',
+        long,
+        global = true,
+        env = "SHOAL_HOST",
+        value_name = "ADDR"
+    )]
+    pub host: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage services.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Run a manager.
+    Manager(ManagerArgs),
+    /// Run an agent that runs the tasks a manager assigns to this node.
+    Agent(AgentArgs),
+    /// Run a single-node cluster (manager and agent) in one process.
+    Up(UpArgs),
+}
+
+impl Command {
+    /// Daemons log at info by default, clients only at warn.
+    pub fn is_daemon(&self) -> bool {
+        matches!(
+            self,
+            Command::Manager(_) | Command::Agent(_) | Command::Up(_)
+        )
+    }
+}
+
+/// How lists and records are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a new service.
+    Create(CreateArgs),
+    /// List services.
+    #[command(alias = "list")]
+    Ls(ListArgs),
+    /// List the tasks of one or more services, history included.
+    Ps(PsArgs),
+    /// Show the details of one or more services.
+    Inspect(InspectArgs),
+    /// Scale one or more replicated services (SERVICE=REPLICAS).
+    Scale(ScaleArgs),
+    /// Update a service.
+    Update(UpdateArgs),
+    /// Remove one or more services.
+    #[command(alias = "remove")]
+    Rm(RemoveArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    Replicated,
+    Global,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestartConditionArg {
+    None,
+    OnFailure,
+    Any,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UpdateOrderArg {
+    StartFirst,
+    StopFirst,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailureActionArg {
+    Pause,
+    Continue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AvailabilityArg {
+    Active,
+    Pause,
+    Drain,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Service name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Number of tasks (replicated mode; default 1).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count)]
+    pub replicas: Option<u64>,
+    /// Service mode.
+    #[arg(long, value_enum, default_value = "replicated")]
+    pub mode: ModeArg,
+    /// Set environment variables (KEY=VALUE, or KEY to copy it from this shell).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file.
+    #[arg(long = "env-file", value_name = "PATH")]
+    pub env_file: Vec<PathBuf>,
+    /// Publish a port: [PUBLISHED:]TARGET[/PROTOCOL] or published=..,target=..,mode=..,protocol=..
+    #[arg(short = 'p', long = "publish", value_name = "PORT", value_parser = publish)]
+    pub publish: Vec<PortConfig>,
+    /// Attach a mount: type=bind|volume|tmpfs,source=..,target=..[,readonly]
+    #[arg(long = "mount", value_name = "MOUNT", value_parser = mount)]
+    pub mount: Vec<Mount>,
+    /// Placement constraint (node.hostname==a, node.labels.zone!=east, ...).
+    #[arg(long = "constraint", value_name = "EXPR")]
+    pub constraint: Vec<String>,
+    /// Placement preference (spread=node.labels.KEY).
+    #[arg(long = "placement-pref", value_name = "PREF")]
+    pub placement_pref: Vec<String>,
+    /// Service labels.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = label)]
+    pub label: Vec<(String, String)>,
+    /// Container labels.
+    #[arg(long = "container-label", value_name = "KEY=VALUE", value_parser = label)]
+    pub container_label: Vec<(String, String)>,
+    #[command(flatten)]
+    pub task: TaskFlags,
+    /// Exit at once instead of waiting for the service to converge.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Print only the service id (and no progress).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Image to run.
+    pub image: String,
+    /// Command and arguments (the container's Cmd).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub args: Vec<String>,
+}
+
+/// The flags `create` and `update` share: each one replaces one value of the spec.
+#[derive(Debug, Default, Args)]
+pub struct TaskFlags {
+    /// Maximum number of tasks per node (0 = unlimited).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count)]
+    pub replicas_max_per_node: Option<u64>,
+    /// Reserve CPUs (e.g. 0.5).
+    #[arg(long, value_name = "CPUS", allow_negative_numbers = true, value_parser = cpus)]
+    pub reserve_cpu: Option<i64>,
+    /// Reserve memory (e.g. 512m).
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true, value_parser = bytes)]
+    pub reserve_memory: Option<i64>,
+    /// Limit CPUs.
+    #[arg(long, value_name = "CPUS", allow_negative_numbers = true, value_parser = cpus)]
+    pub limit_cpu: Option<i64>,
+    /// Limit memory.
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true, value_parser = bytes)]
+    pub limit_memory: Option<i64>,
+    /// Restart when: none, on-failure or any.
+    #[arg(long, value_enum)]
+    pub restart_condition: Option<RestartConditionArg>,
+    /// Delay between restart attempts (e.g. 5s).
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+    pub restart_delay: Option<i64>,
+    /// Give up restarting after this many attempts (0 = never).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count)]
+    pub restart_max_attempts: Option<u64>,
+    /// Window used to evaluate the restart policy.
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+    pub restart_window: Option<i64>,
+    /// Tasks updated at once (0 = all).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count)]
+    pub update_parallelism: Option<u64>,
+    /// Delay between updates.
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+    pub update_delay: Option<i64>,
+    /// Start the new task before stopping the old one, or the reverse.
+    #[arg(long, value_enum)]
+    pub update_order: Option<UpdateOrderArg>,
+    /// What to do when an update fails.
+    #[arg(long, value_enum)]
+    pub update_failure_action: Option<FailureActionArg>,
+    /// How long a new task must run to count as a success.
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+    pub update_monitor: Option<i64>,
+    /// Command to run to check health (run by the shell).
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Time between health checks.
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+    pub health_interval: Option<i64>,
+    /// Consecutive failures needed to report unhealthy.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count_u32)]
+    pub health_retries: Option<u32>,
+    /// Maximum time one check may take.
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+    pub health_timeout: Option<i64>,
+    /// Start period during which failures do not count.
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+    pub health_start_period: Option<i64>,
+    /// Disable any container health check.
+    #[arg(long, conflicts_with_all = ["health_cmd", "health_interval", "health_retries", "health_timeout", "health_start_period"])]
+    pub no_healthcheck: bool,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User name or UID[:GID].
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Container hostname.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Signal that stops the container.
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// Time to wait before killing the container.
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+    pub stop_grace_period: Option<i64>,
+    /// Override the image's entrypoint.
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Service image.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Number of tasks.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count)]
+    pub replicas: Option<u64>,
+    /// Add or replace environment variables.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env_add: Vec<String>,
+    /// Remove environment variables.
+    #[arg(long, value_name = "KEY")]
+    pub env_rm: Vec<String>,
+    /// Add or replace service labels.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = label)]
+    pub label_add: Vec<(String, String)>,
+    /// Remove service labels.
+    #[arg(long, value_name = "KEY")]
+    pub label_rm: Vec<String>,
+    /// Add or replace container labels.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = label)]
+    pub container_label_add: Vec<(String, String)>,
+    /// Remove container labels.
+    #[arg(long, value_name = "KEY")]
+    pub container_label_rm: Vec<String>,
+    /// Add placement constraints.
+    #[arg(long, value_name = "EXPR")]
+    pub constraint_add: Vec<String>,
+    /// Remove placement constraints.
+    #[arg(long, value_name = "EXPR")]
+    pub constraint_rm: Vec<String>,
+    /// Add placement preferences.
+    #[arg(long, value_name = "PREF")]
+    pub placement_pref_add: Vec<String>,
+    /// Remove placement preferences.
+    #[arg(long, value_name = "PREF")]
+    pub placement_pref_rm: Vec<String>,
+    /// Add or replace a published port (matched by published port and protocol).
+    #[arg(long, value_name = "PORT", value_parser = publish)]
+    pub publish_add: Vec<PortConfig>,
+    /// Remove a published port by its target port (TARGET[/PROTOCOL]).
+    #[arg(long, value_name = "TARGET")]
+    pub publish_rm: Vec<String>,
+    /// Add or replace a mount (matched by target).
+    #[arg(long, value_name = "MOUNT", value_parser = mount)]
+    pub mount_add: Vec<Mount>,
+    /// Remove a mount by its target path.
+    #[arg(long, value_name = "PATH")]
+    pub mount_rm: Vec<String>,
+    #[command(flatten)]
+    pub task: TaskFlags,
+    /// Exit at once instead of waiting for the service to converge.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Print nothing but errors.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Service name or id.
+    pub service: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only print ids.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Only print task ids.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Do not truncate ids and errors.
+    #[arg(long)]
+    pub no_trunc: bool,
+    #[arg(required = true, value_name = "SERVICE")]
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Print a human-readable summary instead of JSON.
+    #[arg(long)]
+    pub pretty: bool,
+    #[arg(required = true, value_name = "SERVICE")]
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// Exit at once instead of waiting for the services to converge.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    #[arg(required = true, value_name = "SERVICE=REPLICAS", value_parser = scale_target)]
+    pub targets: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    #[arg(required = true, value_name = "SERVICE")]
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes.
+    #[command(alias = "list")]
+    Ls(ListArgs),
+    /// Show the details of one or more nodes.
+    Inspect(NodeInspectArgs),
+    /// Change a node's availability or labels.
+    Update(NodeUpdateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeInspectArgs {
+    #[arg(required = true, value_name = "NODE")]
+    pub nodes: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeUpdateArgs {
+    /// Availability of the node.
+    #[arg(long, value_enum)]
+    pub availability: Option<AvailabilityArg>,
+    /// Add or replace node labels.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = label)]
+    pub label_add: Vec<(String, String)>,
+    /// Remove node labels.
+    #[arg(long, value_name = "KEY")]
+    pub label_rm: Vec<String>,
+    /// Node id, id prefix or hostname.
+    pub node: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ManagerArgs {
+    /// Where the manager keeps its state (default: $SHOAL_DATA_DIR, /var/lib/shoal
+    /// for root, else ~/.local/share/shoal).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address, HOST:PORT or a bare PORT (host 127.0.0.1).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4280")]
+    pub listen_addr: String,
+    /// Address other nodes use to reach this manager (default: the listen address).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_addr: Option<String>,
+    /// Period the agents heartbeat on (e.g. 500ms).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub heartbeat_period: Option<i64>,
+    /// A node missing heartbeats for period × this is marked down.
+    #[arg(long, value_name = "N")]
+    pub heartbeat_grace_multiplier: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeArg {
+    Docker,
+    /// An in-memory engine: tasks "run" without containers (tests, benchmarks).
+    Fake,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Manager address HOST:PORT (repeat for several managers).
+    #[arg(long = "manager", value_name = "HOST:PORT", required = true)]
+    pub managers: Vec<String>,
+    /// Node name (default: the engine's hostname).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Where the agent keeps its node id (default: the default data dir + /agent).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Node label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
+    pub labels: Vec<(String, String)>,
+    /// Container engine.
+    #[arg(long, value_enum, default_value = "docker")]
+    pub runtime: RuntimeArg,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where the cluster keeps its state.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address, HOST:PORT or a bare PORT (host 127.0.0.1).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4280")]
+    pub listen_addr: String,
+}
+
+// Value parsers: the shared parsers, with the words clap puts after the flag name.
+
+fn duration(s: &str) -> Result<i64, String> {
+    validate::parse_duration(s)
+}
+
+fn bytes(s: &str) -> Result<i64, String> {
+    validate::parse_bytes(s)
+}
+
+fn cpus(s: &str) -> Result<i64, String> {
+    validate::parse_cpus(s)
+}
+
+fn publish(s: &str) -> Result<PortConfig, String> {
+    validate::parse_publish(s)
+}
+
+fn mount(s: &str) -> Result<Mount, String> {
+    validate::parse_mount(s)
+}
+
+fn label(s: &str) -> Result<(String, String), String> {
+    validate::parse_label(s)
+}
+
+/// A non-negative whole number, refused in words rather than "invalid digit".
+pub fn count(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t.starts_with('-') {
+        return Err("must not be negative".into());
+    }
+    t.parse()
+        .map_err(|_| format!("{t:?} is not a whole number"))
+}
+
+fn count_u32(s: &str) -> Result<u32, String> {
+    let n = count(s)?;
+    u32::try_from(n).map_err(|_| format!("{n} is too large"))
+}
+
+/// `SERVICE=REPLICAS` for `service scale`.
+fn scale_target(s: &str) -> Result<(String, u64), String> {
+    let (name, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not SERVICE=REPLICAS"))?;
+    if name.is_empty() {
+        return Err(format!("{s:?} names no service"));
+    }
+    let n = count(n).map_err(|e| format!("replicas of {name}: {e}"))?;
+    Ok((name.to_string(), n))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+//! Where the CLI finds its manager: the `--host`/`SHOAL_HOST` address (a unix
+//! socket or a TCP address), else the control socket in the default data
+//! directory — the same directory the daemons use, see [`default_data_dir`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use shoal_proto::control_client::ControlClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Name of the control socket inside a manager's data directory.
+pub const SOCKET_NAME: &str = "shoal.sock";
+
+/// The data directory when none is given: `$SHOAL_DATA_DIR`, else `/var/lib/shoal`
+/// for root, else `$XDG_DATA_HOME/shoal` or `~/.local/share/shoal`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SHOAL_DATA_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if running_as_root() {
+        return PathBuf::from("/var/lib/shoal");
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(xdg).join("shoal");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/shoal"),
+        // No home at all (a bare service account): fall back to the system path.
+        None => PathBuf::from("/var/lib/shoal"),
+    }
+}
+
+/// True when the effective user is root. `/proc/self` is owned by the process's
+/// effective uid; reading it avoids an `unsafe` call to `geteuid`.
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// A parsed `--host` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Unix(PathBuf),
+    /// `HOST:PORT`
+    Tcp(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Unix(path) => write!(f, "unix://{}", path.display()),
+            Target::Tcp(addr) => write!(f, "tcp://{addr}"),
+        }
+    }
+}
+
+/// Parse `unix:///path`, `tcp://HOST:PORT` or `HOST:PORT`; `None` means the
+/// default control socket.
+pub fn target(host: Option<&str>) -> anyhow::Result<Target> {
+    let Some(host) = host.map(str::trim).filter(|h| !h.is_empty()) else {
+        return Ok(Target::Unix(default_data_dir().join(SOCKET_NAME)));
+    };
+    if let Some(path) = host.strip_prefix("unix://") {
+        if !path.starts_with('/') {
+            bail!("--host: {host:?} must name an absolute socket path (unix:///path/shoal.sock)");
+        }
+        return Ok(Target::Unix(PathBuf::from(path)));
+    }
+    let addr = host
+        .strip_prefix("tcp://")
+        .unwrap_or(host)
+        .trim_end_matches('/');
+    if addr.contains("://") {
+        bail!(
+            "--host: unsupported scheme in {host:?} (use unix://PATH, tcp://HOST:PORT or HOST:PORT)"
+        );
+    }
+    match addr.rsplit_once(':') {
+        Some((h, port)) if !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
+            Ok(Target::Tcp(addr.to_string()))
+        }
+        _ => bail!("--host: {host:?} is not HOST:PORT (for example 127.0.0.1:4280)"),
+    }
+}
+
+/// Connect to the manager named by `--host` (or the default socket).
+pub async fn control(host: Option<&str>) -> anyhow::Result<ControlClient<Channel>> {
+    let target = target(host)?;
+    let channel = channel(&target).await?;
+    Ok(ControlClient::new(channel))
+}
+
+fn unreachable(target: &Target) -> String {
+    format!("cannot reach the shoal manager at {target}: is `shoal up` or `shoal manager` running?")
+}
+
+async fn channel(target: &Target) -> anyhow::Result<Channel> {
+    match target {
+        Target::Unix(path) => {
+            if !path.exists() {
+                bail!("{} (no socket at {})", unreachable(target), path.display());
+            }
+            unix_channel(path).await.map_err(|e| {
+                anyhow::anyhow!("{} ({})", unreachable(target), root_cause(e.as_ref()))
+            })
+        }
+        Target::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))
+            .with_context(|| format!("--host: invalid address {addr:?}"))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("{} ({})", unreachable(target), root_cause(&e))),
+    }
+}
+
+/// The innermost cause: transport errors nest the same words several times.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+async fn unix_channel(path: &Path) -> anyhow::Result<Channel> {
+    let path = path.to_path_buf();
+    // The URI is required by tonic but unused: the connector dials the socket.
+    let channel = Endpoint::try_from("http://localhost")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await?;
+    Ok(channel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_values_parse() {
+        assert_eq!(
+            target(Some("unix:///run/shoal.sock")).unwrap(),
+            Target::Unix("/run/shoal.sock".into())
+        );
+        assert_eq!(
+            target(Some("tcp://10.0.0.1:4280")).unwrap(),
+            Target::Tcp("10.0.0.1:4280".into())
+        );
+        assert_eq!(
+            target(Some("localhost:4280")).unwrap(),
+            Target::Tcp("localhost:4280".into())
+        );
+        assert_eq!(
+            target(Some("[::1]:4280")).unwrap(),
+            Target::Tcp("[::1]:4280".into())
+        );
+        for bad in [
+            "unix://rel.sock",
+            "https://x:1",
+            "nohost",
+            "x:0",
+            ":4280",
+            "x:port",
+        ] {
+            let err = target(Some(bad)).unwrap_err().to_string();
+            assert!(err.starts_with("--host"), "{bad}: {err}");
+        }
+        assert!(matches!(target(None).unwrap(), Target::Unix(p) if p.ends_with(SOCKET_NAME)));
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_says_what_to_start() {
+        let err = control(Some("unix:///nonexistent/shoal.sock"))
+            .await
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("unix:///nonexistent/shoal.sock"), "{text}");
+        assert!(text.contains("shoal up"), "{text}");
+    }
+}

@@ -1,0 +1,407 @@
+//! The long-running commands: `shoal manager`, `shoal agent` and `shoal up`
+//! (both in one process). They turn flags into the libraries' typed configs,
+//! start the libraries' `run` functions under one root cancellation token, and
+//! share one shutdown story: SIGINT/SIGTERM cancels the root token, then every
+//! task gets [`GRACE`] to finish before it is abandoned.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use shoal_agent::AgentConfig;
+use shoal_agent::docker::DockerRuntime;
+use shoal_agent::fake::FakeRuntime;
+use shoal_manager::ManagerConfig;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{AgentArgs, ManagerArgs, RuntimeArg, UpArgs};
+use crate::connect::default_data_dir;
+
+/// How long tasks may take to stop after the shutdown signal.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// How often the agent retries a Docker engine that is not running.
+const ENGINE_RETRY: Duration = Duration::from_secs(2);
+
+pub async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
+    let config = manager_config(&args)?;
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        listen_addr = %config.listen_addr,
+        "starting manager"
+    );
+    let root = shutdown_on_signal();
+    let mut tasks = JoinSet::new();
+    spawn(
+        &mut tasks,
+        "manager",
+        run_manager(config, root.child_token()),
+    );
+    supervise(root, tasks).await
+}
+
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let config = AgentConfig {
+        managers: args.managers.clone(),
+        node_name: args.node_name.clone(),
+        data_dir: args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| default_data_dir().join("agent")),
+        labels: args.labels.iter().cloned().collect::<HashMap<_, _>>(),
+    };
+    config.validate()?;
+    let root = shutdown_on_signal();
+    let mut tasks = JoinSet::new();
+    spawn(
+        &mut tasks,
+        "agent",
+        run_agent(config, args.runtime, root.child_token()),
+    );
+    supervise(root, tasks).await
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let manager_args = ManagerArgs {
+        data_dir: Some(data_dir.clone()),
+        listen_addr: args.listen_addr.clone(),
+        advertise_addr: None,
+        heartbeat_period: None,
+        heartbeat_grace_multiplier: None,
+    };
+    let config = manager_config(&manager_args)?;
+    let socket = config.control_socket();
+    let agent_config = AgentConfig {
+        managers: vec![dial_addr(config.listen_addr).to_string()],
+        node_name: hostname(),
+        data_dir: data_dir.join("agent"),
+        labels: HashMap::new(),
+    };
+    agent_config.validate()?;
+    let banner = format!(
+        "shoal is up: manager on {}, control socket {}; try: shoal service create --name web --replicas 2 IMAGE",
+        config.listen_addr,
+        socket.display()
+    );
+
+    let root = shutdown_on_signal();
+    let mut tasks = JoinSet::new();
+    spawn(
+        &mut tasks,
+        "manager",
+        run_manager(config, root.child_token()),
+    );
+    let agent_token = root.child_token();
+    spawn(&mut tasks, "agent", async move {
+        // Start the agent once the manager serves, so its first connection works.
+        if !wait_for_socket(&socket, &agent_token).await {
+            return Ok(());
+        }
+        println!("{banner}");
+        run_agent(agent_config, RuntimeArg::Docker, agent_token).await
+    });
+    supervise(root, tasks).await
+}
+
+/// Flags → [`ManagerConfig`], validated before anything is bound.
+pub fn manager_config(args: &ManagerArgs) -> anyhow::Result<ManagerConfig> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let mut config = ManagerConfig::new(data_dir);
+    config.listen_addr = listen_addr(&args.listen_addr)?;
+    config.advertise_addr = args.advertise_addr.clone();
+    if let Some(ms) = args.heartbeat_period {
+        config.dispatcher.heartbeat_period = Duration::from_millis(ms.max(0) as u64);
+    }
+    if let Some(n) = args.heartbeat_grace_multiplier {
+        config.dispatcher.grace_multiplier = n;
+    }
+    config.validate().map_err(|e| anyhow::anyhow!(e))?;
+    Ok(config)
+}
+
+/// `HOST:PORT`, or a bare `PORT` on 127.0.0.1: without TLS yet, listening on
+/// every interface must be asked for explicitly (`0.0.0.0:PORT`).
+pub fn listen_addr(value: &str) -> anyhow::Result<SocketAddr> {
+    let value = value.trim();
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    value
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .with_context(|| format!("--listen-addr: {value:?} is not HOST:PORT or PORT"))
+}
+
+/// The address a local client dials to reach a listener (`0.0.0.0` → loopback).
+fn dial_addr(listen: SocketAddr) -> SocketAddr {
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if listen.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    addr
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+async fn run_manager(config: ManagerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    shoal_manager::server::run(config, shutdown).await?;
+    Ok(())
+}
+
+async fn run_agent(
+    config: AgentConfig,
+    runtime: RuntimeArg,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    match runtime {
+        RuntimeArg::Fake => {
+            let name = config
+                .node_name
+                .clone()
+                .or_else(hostname)
+                .unwrap_or_else(|| "fake".into());
+            let fake = FakeRuntime::with_resources(&name, 4_000_000_000, 8 << 30);
+            shoal_agent::run(config, Arc::new(fake), shutdown).await?;
+        }
+        RuntimeArg::Docker => {
+            let Some(docker) = connect_docker(&shutdown).await else {
+                return Ok(());
+            };
+            shoal_agent::run(config, Arc::new(docker), shutdown).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Connect to the Docker engine, waiting for it if it is not running yet;
+/// `None` when shut down first.
+async fn connect_docker(shutdown: &CancellationToken) -> Option<DockerRuntime> {
+    let mut last_error = String::new();
+    loop {
+        match DockerRuntime::connect().await {
+            Ok(runtime) => {
+                if !last_error.is_empty() {
+                    tracing::info!("connected to the Docker engine");
+                }
+                return Some(runtime);
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if message != last_error {
+                    tracing::error!(
+                        error = %message,
+                        "cannot reach the Docker engine; is it running? retrying every {}s",
+                        ENGINE_RETRY.as_secs()
+                    );
+                    last_error = message;
+                } else {
+                    tracing::debug!(error = %message, "Docker engine still unreachable");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(ENGINE_RETRY) => {}
+        }
+    }
+}
+
+/// Wait until the manager has created its control socket; false on shutdown.
+async fn wait_for_socket(socket: &Path, shutdown: &CancellationToken) -> bool {
+    let mut warned = false;
+    let started = tokio::time::Instant::now();
+    loop {
+        if socket.exists() {
+            return true;
+        }
+        if !warned && started.elapsed() > Duration::from_secs(10) {
+            tracing::warn!(socket = %socket.display(), "the manager has not opened its control socket yet");
+            warned = true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+/// A root token cancelled by the first SIGINT or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let root = CancellationToken::new();
+    let token = root.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops shoal");
+                let _ = tokio::signal::ctrl_c().await;
+                token.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
+            _ = term.recv() => tracing::info!("terminated, shutting down"),
+            _ = token.cancelled() => return,
+        }
+        token.cancel();
+    });
+    root
+}
+
+type Named = (&'static str, anyhow::Result<()>);
+
+fn spawn<F>(tasks: &mut JoinSet<Named>, name: &'static str, future: F)
+where
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    tasks.spawn(async move { (name, future.await) });
+}
+
+/// Log how a task ended and keep its error if it is the first.
+fn record(joined: Result<Named, tokio::task::JoinError>, first_error: &mut Option<anyhow::Error>) {
+    let (name, result) = match joined {
+        Ok(named) => named,
+        Err(e) => ("task", Err(anyhow::anyhow!("panicked: {e}"))),
+    };
+    match result {
+        Ok(()) => tracing::info!(task = name, "stopped"),
+        Err(e) => {
+            tracing::error!(task = name, error = format!("{e:#}"), "failed");
+            if first_error.is_none() {
+                *first_error = Some(e.context(format!("{name} failed")));
+            }
+        }
+    }
+}
+
+/// Run until a signal or until any task ends (an error, or a stop nobody asked
+/// for), then cancel the rest and give them [`GRACE`] to finish. The first
+/// error is the result.
+async fn supervise(root: CancellationToken, mut tasks: JoinSet<Named>) -> anyhow::Result<()> {
+    let mut first_error: Option<anyhow::Error> = None;
+    tokio::select! {
+        _ = root.cancelled() => {}
+        Some(joined) = tasks.join_next() => {
+            record(joined, &mut first_error);
+            root.cancel();
+        }
+    }
+    let drain = async {
+        while let Some(joined) = tasks.join_next().await {
+            record(joined, &mut first_error);
+        }
+    };
+    if tokio::time::timeout(GRACE, drain).await.is_err() {
+        tracing::warn!(
+            "tasks did not stop within {}s; leaving them",
+            GRACE.as_secs()
+        );
+        tasks.abort_all();
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::bail;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            listen_addr("4281").unwrap(),
+            "127.0.0.1:4281".parse().unwrap()
+        );
+        assert_eq!(
+            listen_addr("0.0.0.0:4280").unwrap(),
+            "0.0.0.0:4280".parse().unwrap()
+        );
+        assert_eq!(
+            listen_addr("[::1]:4280").unwrap(),
+            "[::1]:4280".parse().unwrap()
+        );
+        assert!(listen_addr("localhost:4280").unwrap().ip().is_loopback());
+        let err = listen_addr("nope").unwrap_err().to_string();
+        assert!(err.starts_with("--listen-addr"), "{err}");
+        assert_eq!(
+            dial_addr("0.0.0.0:1".parse().unwrap()),
+            "127.0.0.1:1".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn manager_flags_become_a_config() {
+        let args = ManagerArgs {
+            data_dir: Some("/tmp/shoal-test".into()),
+            listen_addr: "4290".into(),
+            advertise_addr: Some("10.0.0.1:4290".into()),
+            heartbeat_period: Some(200),
+            heartbeat_grace_multiplier: Some(3),
+        };
+        let config = manager_config(&args).unwrap();
+        assert_eq!(config.listen_addr, "127.0.0.1:4290".parse().unwrap());
+        assert_eq!(
+            config.dispatcher.heartbeat_period,
+            Duration::from_millis(200)
+        );
+        assert_eq!(config.dispatcher.grace_multiplier, 3);
+        assert_eq!(
+            config.control_socket(),
+            Path::new("/tmp/shoal-test/shoal.sock")
+        );
+
+        let bad = ManagerArgs {
+            heartbeat_period: Some(1),
+            ..args
+        };
+        let err = manager_config(&bad).unwrap_err().to_string();
+        assert!(err.contains("heartbeat-period"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_task_stops_the_others() {
+        let root = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let waiter = root.child_token();
+        spawn(&mut tasks, "waits", async move {
+            waiter.cancelled().await;
+            Ok(())
+        });
+        spawn(&mut tasks, "fails", async { bail!("boom") });
+        let err = supervise(root.clone(), tasks).await.unwrap_err();
+        assert_eq!(format!("{err:#}"), "fails failed: boom");
+        assert!(root.is_cancelled());
+    }
+}

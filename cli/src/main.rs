@@ -1,0 +1,113 @@
+//! `shoal`: the one binary. Client commands talk to a manager over its
+//! `Control` API; `manager`, `agent` and `up` run the daemons from the
+//! shoal-manager and shoal-agent libraries.
+//!
+//! - `args`: the clap command line.
+//! - `connect`: finding and dialling the manager; [`connect::default_data_dir`].
+//! - `service`, `node`: the client commands; `output` and `inspect` print;
+//!   `progress` shows a service converging.
+//! - `daemon`: the daemons and their shutdown.
+
+mod args;
+mod connect;
+mod daemon;
+mod inspect;
+mod node;
+mod output;
+mod progress;
+mod service;
+
+use std::io::IsTerminal;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::args::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.command.is_daemon());
+    // Exactly one rustls provider for the process; an Err means one is set already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {}", describe(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let host = cli.host.as_deref();
+    match cli.command {
+        Command::Service(command) => service::run(host, command).await,
+        Command::Node(command) => node::run(host, command).await,
+        Command::Manager(args) => daemon::manager(args).await,
+        Command::Agent(args) => daemon::agent(args).await,
+        Command::Up(args) => daemon::up(args).await,
+    }
+}
+
+/// `SHOAL_LOG` (an `EnvFilter` directive) or: info for daemons, warn for clients.
+/// Logs go to stderr so that stdout stays for command output.
+fn init_tracing(daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colours only for a person watching; log files stay plain text.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// One line for the user: a gRPC status shows only its message (the manager
+/// words it for people); anything else shows its chain of causes.
+pub fn describe(err: &anyhow::Error) -> String {
+    for cause in err.chain() {
+        if let Some(status) = cause.downcast_ref::<tonic::Status>() {
+            return match status.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+                    if status.message().is_empty() =>
+                {
+                    format!("the manager failed: {status}")
+                }
+                tonic::Code::Unavailable => {
+                    format!("the manager is unavailable: {}", status.message())
+                }
+                _ => status.message().to_string(),
+            };
+        }
+    }
+    format!("{err:#}").replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_errors_show_their_message() {
+        let err = anyhow::Error::new(tonic::Status::invalid_argument(
+            "replicas: must not be negative",
+        ));
+        assert_eq!(describe(&err), "replicas: must not be negative");
+        let err = anyhow::Error::new(tonic::Status::not_found("service web not found"))
+            .context("ignored");
+        assert_eq!(describe(&err), "service web not found");
+        let err = anyhow::anyhow!("root cause").context("outer");
+        assert_eq!(describe(&err), "outer: root cause");
+    }
+}

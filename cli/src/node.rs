@@ -1,0 +1,115 @@
+//! `shoal node ...`: list, inspect and update nodes through the `Control` API.
+
+use anyhow::bail;
+use shoal_proto::control_client::ControlClient;
+use shoal_proto::{
+    GetClusterRequest, GetNodeRequest, ListNodesRequest, Node, NodeAvailability, UpdateNodeRequest,
+    validate,
+};
+use tonic::transport::Channel;
+
+use crate::args::{
+    AvailabilityArg, Format, ListArgs, NodeCommand, NodeInspectArgs, NodeUpdateArgs,
+};
+use crate::output::{self, NODE_HEADERS, NodeRow};
+use crate::{connect, inspect};
+
+type Client = ControlClient<Channel>;
+
+pub async fn run(host: Option<&str>, command: NodeCommand) -> anyhow::Result<()> {
+    let mut client = connect::control(host).await?;
+    match command {
+        NodeCommand::Ls(args) => list(&mut client, &args).await,
+        NodeCommand::Inspect(args) => inspect_nodes(&mut client, &args).await,
+        NodeCommand::Update(args) => update(&mut client, &args).await,
+    }
+}
+
+async fn get(client: &mut Client, reference: &str) -> anyhow::Result<Node> {
+    let response = client
+        .get_node(GetNodeRequest {
+            node: reference.to_string(),
+        })
+        .await?
+        .into_inner();
+    match response.node {
+        Some(node) => Ok(node),
+        None => bail!("node {reference} not found"),
+    }
+}
+
+async fn list(client: &mut Client, args: &ListArgs) -> anyhow::Result<()> {
+    let mut nodes = client
+        .list_nodes(ListNodesRequest {})
+        .await?
+        .into_inner()
+        .nodes;
+    // The leader's address marks its node as "Leader"; without it every
+    // manager reads "Reachable", which is still true.
+    let leader_addr = match client.get_cluster(GetClusterRequest {}).await {
+        Ok(r) => r.into_inner().leader_addr,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the cluster's leader");
+            String::new()
+        }
+    };
+    nodes.sort_by_key(|n| {
+        n.description
+            .as_ref()
+            .map(|d| d.hostname.clone())
+            .unwrap_or_default()
+    });
+    let rows: Vec<NodeRow> = nodes
+        .iter()
+        .map(|n| NodeRow::new(n, &leader_addr))
+        .collect();
+    if args.quiet {
+        for row in &rows {
+            println!("{}", row.id);
+        }
+        return Ok(());
+    }
+    match args.format {
+        Format::Json => output::print_json(&rows),
+        Format::Table => {
+            let cells: Vec<Vec<String>> = rows.iter().map(NodeRow::table_row).collect();
+            output::print_table(&NODE_HEADERS, &cells);
+            Ok(())
+        }
+    }
+}
+
+async fn inspect_nodes(client: &mut Client, args: &NodeInspectArgs) -> anyhow::Result<()> {
+    let mut values = Vec::new();
+    for reference in &args.nodes {
+        values.push(inspect::node(&get(client, reference).await?));
+    }
+    output::print_json(&values)
+}
+
+async fn update(client: &mut Client, args: &NodeUpdateArgs) -> anyhow::Result<()> {
+    let node = get(client, &args.node).await?;
+    let mut spec = node.spec.clone().unwrap_or_default();
+    if let Some(a) = args.availability {
+        spec.availability = match a {
+            AvailabilityArg::Active => NodeAvailability::Active,
+            AvailabilityArg::Pause => NodeAvailability::Pause,
+            AvailabilityArg::Drain => NodeAvailability::Drain,
+        } as i32;
+    }
+    for key in &args.label_rm {
+        if spec.labels.remove(key).is_none() {
+            bail!("--label-rm: node {} has no label {key:?}", args.node);
+        }
+    }
+    spec.labels.extend(args.label_add.iter().cloned());
+    validate::node_spec(&spec)?;
+    let request = UpdateNodeRequest {
+        node: node.id.clone(),
+        version: node.meta.unwrap_or_default().version,
+        spec: Some(spec),
+    };
+    client.update_node(request).await?;
+    println!("{}", args.node);
+    Ok(())
+}
