@@ -1,0 +1,322 @@
+//! The `Assignments` stream: what a node must run.
+//!
+//! First a COMPLETE message (every task on the node at ASSIGNED or later; the
+//! agent decides from `desired_state` what to do), then INCREMENTAL messages
+//! built from the store's change stream. Changes are coalesced: whatever is
+//! available is drained into one message. A task is sent again only when
+//! something the agent acts on changed (desired state, spec, ...), never for
+//! the status updates the agent itself reported: with 100 000 tasks, echoing
+//! every status would double the traffic for nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use shoal_proto::{AssignmentsMessage, AssignmentsType, Task, TaskState};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::store::{ChangeBatch, ChangeKind, MemState, Object, Store};
+
+/// Messages buffered towards a slow agent before the feeder waits.
+const STREAM_BUFFER: usize = 16;
+
+type Sender = mpsc::Sender<Result<AssignmentsMessage, Status>>;
+
+/// Start feeding `node_id`'s assignments until its session ends (`token`) or
+/// the agent leaves.
+pub(super) fn stream(
+    store: Store,
+    node_id: String,
+    token: CancellationToken,
+) -> ReceiverStream<Result<AssignmentsMessage, Status>> {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(feed(store, node_id, token, tx));
+    ReceiverStream::new(rx)
+}
+
+async fn feed(store: Store, node_id: String, token: CancellationToken, tx: Sender) {
+    let mut view = NodeView::new(node_id);
+    // Each pass of this loop starts from a fresh snapshot: at the beginning,
+    // and whenever the change stream lagged (changes were lost).
+    'snapshot: loop {
+        let (tasks, mut changes) = store.read_and_subscribe(|s| view.assigned(s));
+        if !send(&tx, &token, view.complete(tasks)).await {
+            return;
+        }
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = token.cancelled() => return,
+                _ = tx.closed() => return,
+                r = changes.recv() => r,
+            };
+            let mut pending = Pending::default();
+            match first {
+                Ok(batch) => view.absorb(&batch, &mut pending),
+                Err(RecvError::Lagged(_)) => continue 'snapshot,
+                Err(RecvError::Closed) => return,
+            }
+            loop {
+                match changes.try_recv() {
+                    Ok(batch) => view.absorb(&batch, &mut pending),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Lagged(_)) => continue 'snapshot,
+                    Err(TryRecvError::Closed) => return,
+                }
+            }
+            if let Some(message) = view.incremental(pending)
+                && !send(&tx, &token, message).await
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// Send unless the session ended; false when the stream is over.
+async fn send(tx: &Sender, token: &CancellationToken, message: AssignmentsMessage) -> bool {
+    tokio::select! {
+        biased;
+        _ = token.cancelled() => false,
+        r = tx.send(Ok(message)) => r.is_ok(),
+    }
+}
+
+/// What the agent has been told, to decide what is news.
+struct NodeView {
+    node_id: String,
+    /// Tasks the agent knows as assigned.
+    known: HashSet<String>,
+    sequence: u64,
+}
+
+/// The news gathered from a drain of the change stream.
+#[derive(Default)]
+struct Pending {
+    tasks: BTreeMap<String, Task>,
+    removed: BTreeSet<String>,
+}
+
+impl NodeView {
+    fn new(node_id: String) -> Self {
+        NodeView {
+            node_id,
+            known: HashSet::new(),
+            sequence: 0,
+        }
+    }
+
+    fn is_assigned_here(&self, task: &Task) -> bool {
+        task.node_id == self.node_id
+            && task
+                .status
+                .as_ref()
+                .is_some_and(|s| s.state() >= TaskState::Assigned)
+    }
+
+    /// The node's assigned tasks in `state`.
+    fn assigned(&self, state: &MemState) -> Vec<Task> {
+        state
+            .tasks_on_node(&self.node_id)
+            .filter(|t| self.is_assigned_here(t))
+            .cloned()
+            .collect()
+    }
+
+    fn complete(&mut self, tasks: Vec<Task>) -> AssignmentsMessage {
+        self.known = tasks.iter().map(|t| t.id.clone()).collect();
+        self.sequence += 1;
+        AssignmentsMessage {
+            r#type: AssignmentsType::Complete as i32,
+            tasks,
+            removed: Vec::new(),
+            sequence: self.sequence,
+        }
+    }
+
+    /// Fold one committed batch into `pending`.
+    fn absorb(&mut self, batch: &ChangeBatch, pending: &mut Pending) {
+        for change in &batch.changes {
+            let Object::Task(task) = &change.object else {
+                continue;
+            };
+            let gone = change.kind == ChangeKind::Deleted || !self.is_assigned_here(task);
+            if gone {
+                if self.known.remove(&task.id) {
+                    pending.tasks.remove(&task.id);
+                    pending.removed.insert(task.id.clone());
+                }
+                continue;
+            }
+            let old = match &change.old {
+                Some(Object::Task(old)) => Some(old),
+                _ => None,
+            };
+            let news = self.known.insert(task.id.clone())
+                || old.is_none_or(|old| matters_to_agent(old, task))
+                // Already going out in this message: carry the latest copy.
+                || pending.tasks.contains_key(&task.id);
+            if news {
+                pending.removed.remove(&task.id);
+                pending.tasks.insert(task.id.clone(), task.clone());
+            }
+        }
+    }
+
+    fn incremental(&mut self, pending: Pending) -> Option<AssignmentsMessage> {
+        if pending.tasks.is_empty() && pending.removed.is_empty() {
+            return None;
+        }
+        self.sequence += 1;
+        Some(AssignmentsMessage {
+            r#type: AssignmentsType::Incremental as i32,
+            tasks: pending.tasks.into_values().collect(),
+            removed: pending.removed.into_iter().collect(),
+            sequence: self.sequence,
+        })
+    }
+}
+
+/// True when `new` differs from `old` in something the agent acts on. The
+/// observed status is the agent's own report, so it is not news to it.
+fn matters_to_agent(old: &Task, new: &Task) -> bool {
+    old.desired_state != new.desired_state
+        || old.spec_version != new.spec_version
+        || old.spec != new.spec
+        || old.ports != new.ports
+        || old.service_labels != new.service_labels
+        || old.service_name != new.service_name
+}
+
+#[cfg(test)]
+mod unit {
+    use std::sync::Arc;
+
+    use shoal_proto::TaskStatus;
+
+    use super::*;
+    use crate::store::Change;
+
+    fn task(id: &str, node: &str, state: TaskState, desired: TaskState) -> Task {
+        Task {
+            id: id.into(),
+            node_id: node.into(),
+            desired_state: desired as i32,
+            status: Some(TaskStatus {
+                state: state as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn change(kind: ChangeKind, new: Task, old: Option<Task>) -> Arc<ChangeBatch> {
+        Arc::new(ChangeBatch {
+            index: 1,
+            changes: vec![Change {
+                kind,
+                object: Object::Task(new),
+                old: old.map(Object::Task),
+            }],
+        })
+    }
+
+    fn ids(message: &AssignmentsMessage) -> Vec<&str> {
+        message.tasks.iter().map(|t| t.id.as_str()).collect()
+    }
+
+    #[test]
+    fn only_news_reaches_the_agent() {
+        use TaskState::*;
+        let mut view = NodeView::new("n1".into());
+        let complete = view.complete(vec![task("a", "n1", Assigned, Running)]);
+        assert_eq!(complete.sequence, 1);
+
+        let mut p = super::Pending::default();
+        // The agent's own status report: not news.
+        view.absorb(
+            &change(
+                ChangeKind::Updated,
+                task("a", "n1", Running, Running),
+                Some(task("a", "n1", Assigned, Running)),
+            ),
+            &mut p,
+        );
+        // Another node's task and a task not yet assigned: not for this agent.
+        view.absorb(
+            &change(
+                ChangeKind::Created,
+                task("b", "n2", Assigned, Running),
+                None,
+            ),
+            &mut p,
+        );
+        view.absorb(
+            &change(ChangeKind::Created, task("c", "n1", Pending, Running), None),
+            &mut p,
+        );
+        assert!(view.incremental(p).is_none());
+
+        let mut p = super::Pending::default();
+        // The scheduler assigns c: first appearance.
+        view.absorb(
+            &change(
+                ChangeKind::Updated,
+                task("c", "n1", Assigned, Running),
+                Some(task("c", "n1", Pending, Running)),
+            ),
+            &mut p,
+        );
+        // The orchestrator shuts a down: desired state changed.
+        view.absorb(
+            &change(
+                ChangeKind::Updated,
+                task("a", "n1", Running, Shutdown),
+                Some(task("a", "n1", Running, Running)),
+            ),
+            &mut p,
+        );
+        // Then a status update of a in the same drain: the message carries the latest copy.
+        view.absorb(
+            &change(
+                ChangeKind::Updated,
+                task("a", "n1", Shutdown, Shutdown),
+                Some(task("a", "n1", Running, Shutdown)),
+            ),
+            &mut p,
+        );
+        let m = view.incremental(p).expect("news");
+        assert_eq!(m.sequence, 2);
+        assert_eq!(m.r#type, AssignmentsType::Incremental as i32);
+        assert_eq!(ids(&m), vec!["a", "c"]);
+        assert_eq!(
+            m.tasks[0].status.as_ref().map(|s| s.state()),
+            Some(Shutdown)
+        );
+
+        let mut p = super::Pending::default();
+        view.absorb(
+            &change(
+                ChangeKind::Deleted,
+                task("a", "n1", Shutdown, Shutdown),
+                None,
+            ),
+            &mut p,
+        );
+        // Deleting a task the agent never had is not news either.
+        view.absorb(
+            &change(
+                ChangeKind::Deleted,
+                task("b", "n2", Assigned, Running),
+                None,
+            ),
+            &mut p,
+        );
+        let m = view.incremental(p).expect("removal");
+        assert!(m.tasks.is_empty());
+        assert_eq!(m.removed, vec!["a".to_string()]);
+        assert_eq!(m.sequence, 3);
+    }
+}

@@ -1,0 +1,233 @@
+//! The dispatcher: the agents' side door (Swarm's `manager/dispatcher`).
+//!
+//! An agent opens a session ([`session`]), heartbeats on the period it is told,
+//! follows its assignments as a stream (the full set first, then changes:
+//! [`assignments`]) and reports task status, which a batcher commits to the store
+//! in large proposals ([`status`]). A node that stops heartbeating for the grace
+//! period is marked DOWN ([`monitor`]), and the orchestrator replaces its tasks.
+//!
+//! Sessions and heartbeats live in memory only: a heartbeat never becomes a Raft
+//! entry. That is also why only the leader serves agents: the RPCs answer
+//! `unavailable` unless this manager leads and [`Dispatcher::run`] is active.
+
+mod assignments;
+mod monitor;
+mod session;
+mod status;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use shoal_proto::dispatcher_server;
+use shoal_proto::{
+    AssignmentsMessage, AssignmentsRequest, HeartbeatRequest, HeartbeatResponse, SessionMessage,
+    SessionRequest, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::config::DispatcherConfig;
+use crate::store::{Store, StoreError};
+
+/// Serves the `Dispatcher` gRPC service. Clone freely: clones share sessions.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: DispatcherConfig,
+    /// Sessions of the connected agents. A std mutex: every critical section is
+    /// a few map operations and never spans an await.
+    sessions: Mutex<session::Sessions>,
+    /// Set while [`Dispatcher::run`] is active.
+    running: Mutex<Option<Running>>,
+    /// Tells apart successive `run` calls, so that a stale one cannot clear its
+    /// successor's state when it ends.
+    epoch: AtomicU64,
+}
+
+/// What the RPCs need from an active `run`.
+#[derive(Clone)]
+struct Running {
+    epoch: u64,
+    /// Cancelled when `run` stops; every session token is a child of it, so
+    /// stopping ends every stream.
+    token: CancellationToken,
+    /// Queue of the status batcher.
+    status: mpsc::Sender<status::StatusRequest>,
+}
+
+impl Dispatcher {
+    pub fn new(store: Store, config: crate::config::DispatcherConfig) -> Self {
+        Dispatcher {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                sessions: Mutex::new(session::Sessions::default()),
+                running: Mutex::new(None),
+                epoch: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Run the leader-side loops (heartbeat expiry, status batcher) until
+    /// `shutdown` is cancelled. The RPCs are served only while this runs. On
+    /// stop, every session ends and its agent reconnects (to the next leader).
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        let epoch = inner.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        let token = shutdown.child_token();
+        let (status_tx, status_rx) = mpsc::channel(status::QUEUE_CAPACITY);
+        {
+            let mut running = lock(&inner.running);
+            if let Some(previous) = running.take() {
+                previous.token.cancel();
+            }
+            // Nodes the store believes READY get one grace period to find this
+            // leader before they are marked DOWN: no mass rescheduling after a
+            // manager restart or failover.
+            let ready = inner.store.read(monitor::ready_nodes);
+            let mut sessions = lock(&inner.sessions);
+            sessions.clear();
+            sessions.await_nodes(ready, std::time::Instant::now());
+            *running = Some(Running {
+                epoch,
+                token: token.clone(),
+                status: status_tx,
+            });
+        }
+        let _stop = StopGuard {
+            inner: inner.clone(),
+            epoch,
+            token: token.clone(),
+        };
+        tracing::info!(
+            heartbeat_period_ms = inner.config.heartbeat_period.as_millis() as u64,
+            grace_ms = inner.config.grace_period().as_millis() as u64,
+            "dispatcher started"
+        );
+        tokio::join!(
+            monitor::run(inner.clone(), token.clone()),
+            status::run_batcher(inner.store.clone(), status_rx, token.clone()),
+        );
+        tracing::info!("dispatcher stopped");
+    }
+
+    /// True while [`Dispatcher::run`] is active on the leader: the RPCs are served.
+    pub fn is_running(&self) -> bool {
+        self.inner.store.is_leader() && lock(&self.inner.running).is_some()
+    }
+
+    /// The active run, or the error agents get from a manager that cannot serve them.
+    fn running(&self) -> Result<Running, Status> {
+        let running = lock(&self.inner.running).clone();
+        match running {
+            Some(r) if self.inner.store.is_leader() && !r.token.is_cancelled() => Ok(r),
+            _ => Err(Status::unavailable(
+                "this manager is not the leader (or its dispatcher is not running); \
+                 connect to the leader",
+            )),
+        }
+    }
+}
+
+/// Cleans up when `run` ends or its future is dropped: every session ends.
+struct StopGuard {
+    inner: Arc<Inner>,
+    epoch: u64,
+    token: CancellationToken,
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.token.cancel();
+        let mut running = lock(&self.inner.running);
+        if running.as_ref().is_some_and(|r| r.epoch == self.epoch) {
+            *running = None;
+            lock(&self.inner.sessions).clear();
+        }
+    }
+}
+
+/// Lock a mutex, ignoring poisoning: the maps stay consistent after any panic
+/// because every critical section is a handful of infallible map operations.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The status an agent gets for a failed store write.
+fn store_status(err: StoreError) -> Status {
+    match err {
+        StoreError::NotLeader | StoreError::LeadershipLost | StoreError::Stopped => {
+            Status::unavailable(format!("{err}; reconnect to the leader"))
+        }
+        other => Status::internal(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl dispatcher_server::Dispatcher for Dispatcher {
+    type SessionStream = ReceiverStream<Result<SessionMessage, Status>>;
+    type AssignmentsStream = ReceiverStream<Result<AssignmentsMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<SessionRequest>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let running = self.running()?;
+        let addr = request
+            .remote_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let stream = session::open(&self.inner, &running, request.into_inner(), addr).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.running()?;
+        let session_id = request.into_inner().session_id;
+        if !lock(&self.inner.sessions).heartbeat(&session_id, std::time::Instant::now()) {
+            return Err(session::unknown(&session_id));
+        }
+        Ok(Response::new(HeartbeatResponse {
+            period_ms: self.inner.config.heartbeat_period.as_millis() as i64,
+        }))
+    }
+
+    async fn assignments(
+        &self,
+        request: Request<AssignmentsRequest>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        self.running()?;
+        let session_id = request.into_inner().session_id;
+        let live = lock(&self.inner.sessions).lookup(&session_id);
+        let Some((node_id, token)) = live else {
+            return Err(session::unknown(&session_id));
+        };
+        let stream = assignments::stream(self.inner.store.clone(), node_id, token);
+        Ok(Response::new(stream))
+    }
+
+    async fn update_task_status(
+        &self,
+        request: Request<UpdateTaskStatusRequest>,
+    ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        let running = self.running()?;
+        let request = request.into_inner();
+        let live = lock(&self.inner.sessions).lookup(&request.session_id);
+        let Some((node_id, _)) = live else {
+            return Err(session::unknown(&request.session_id));
+        };
+        status::update(&self.inner.store, &running, &node_id, request.updates).await?;
+        Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+}

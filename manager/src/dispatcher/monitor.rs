@@ -1,0 +1,167 @@
+//! The heartbeat monitor: ends sessions whose agent fell silent for the grace
+//! period and marks their nodes DOWN in the store, which makes the
+//! orchestrator replace their tasks elsewhere.
+//!
+//! It ticks a few times per heartbeat period and scans the sessions: a scan is
+//! a pass over a small map, far cheaper than a timer per node, and detection
+//! lags the grace period by at most one tick.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_proto::{NodeState, NodeStatus};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use super::session::Expired;
+use super::{Inner, lock};
+use crate::store::{Action, MemState, Object, StoreError};
+
+/// Nodes the store believes READY.
+pub(super) fn ready_nodes(state: &MemState) -> Vec<String> {
+    state
+        .nodes()
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .is_some_and(|s| s.state() == NodeState::Ready)
+        })
+        .map(|n| n.id.clone())
+        .collect()
+}
+
+/// Expire silent sessions until `token` is cancelled.
+pub(super) async fn run(inner: Arc<Inner>, token: CancellationToken) {
+    let grace = inner.config.grace_period();
+    let tick = (inner.config.heartbeat_period / 4).max(Duration::from_millis(10));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let expired = lock(&inner.sessions).expire(Instant::now(), grace);
+        if expired.is_empty() {
+            continue;
+        }
+        for e in &expired {
+            if let Some(session_id) = &e.session_id {
+                tracing::info!(node.id = %e.node_id, session.id = %session_id,
+                    silent_ms = e.silent_for.as_millis() as u64, "session expired");
+            }
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            result = mark_down(&inner, &expired) => {
+                if let Err(err) = result {
+                    tracing::warn!(error = %err, "could not mark silent nodes down");
+                }
+            }
+        }
+    }
+}
+
+/// What a DOWN node's status says.
+pub(super) fn down_message(silent_for: Duration) -> String {
+    format!("heartbeat failure: no heartbeat for {}", human(silent_for))
+}
+
+/// `850ms`, `2s`, `2.3s`.
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let tenths = (ms + 50) / 100;
+    if tenths.is_multiple_of(10) {
+        format!("{}s", tenths / 10)
+    } else {
+        format!("{}.{}s", tenths / 10, tenths % 10)
+    }
+}
+
+/// Mark the nodes of `expired` DOWN in one proposal. A node that opened a new
+/// session meanwhile, is already not READY, or was removed is left alone.
+async fn mark_down(inner: &Inner, expired: &[Expired]) -> Result<(), StoreError> {
+    let mut todo: Vec<&Expired> = expired.iter().collect();
+    // One retry: a conflict means the node changed between read and commit
+    // (typically its agent reconnected); the re-read decides again.
+    for _attempt in 0..2 {
+        // Read the node before checking for a session: a session opened after
+        // the check writes READY after our read, so our write then conflicts
+        // instead of overwriting it.
+        let nodes: Vec<_> = inner.store.read(|s| {
+            todo.iter()
+                .filter_map(|e| s.node(&e.node_id).cloned().map(|n| (*e, n)))
+                .collect()
+        });
+        let mut actions = Vec::new();
+        let mut targets = Vec::new();
+        {
+            let sessions = lock(&inner.sessions);
+            for (e, mut node) in nodes {
+                let ready = node
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.state() == NodeState::Ready);
+                if !ready || sessions.has_node(&e.node_id) {
+                    continue;
+                }
+                let addr = node.status.take().map(|s| s.addr).unwrap_or_default();
+                node.status = Some(NodeStatus {
+                    state: NodeState::Down as i32,
+                    message: down_message(e.silent_for),
+                    addr,
+                });
+                actions.push(Action::Update(Object::Node(node)));
+                targets.push(e);
+            }
+        }
+        if actions.is_empty() {
+            return Ok(());
+        }
+        let applied = inner.store.propose_each(actions).await?;
+        let mut retry = Vec::new();
+        for (pos, target) in targets.iter().enumerate() {
+            match applied.refused.iter().find(|(p, _)| *p == pos) {
+                None => tracing::warn!(node.id = %target.node_id,
+                    silent_ms = target.silent_for.as_millis() as u64, "node down: heartbeat failure"),
+                Some((_, StoreError::Conflict { .. })) => retry.push(*target),
+                Some((_, err)) => {
+                    tracing::debug!(node.id = %target.node_id, error = %err, "node not marked down")
+                }
+            }
+        }
+        if retry.is_empty() {
+            return Ok(());
+        }
+        todo = retry;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn down_messages_give_the_real_silence() {
+        assert_eq!(
+            down_message(Duration::from_millis(2010)),
+            "heartbeat failure: no heartbeat for 2s"
+        );
+        assert_eq!(
+            down_message(Duration::from_millis(320)),
+            "heartbeat failure: no heartbeat for 320ms"
+        );
+        assert_eq!(
+            down_message(Duration::from_millis(2340)),
+            "heartbeat failure: no heartbeat for 2.3s"
+        );
+        assert_eq!(
+            down_message(Duration::from_millis(2960)),
+            "heartbeat failure: no heartbeat for 3s"
+        );
+    }
+}

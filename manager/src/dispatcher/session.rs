@@ -1,0 +1,352 @@
+//! Agent sessions: the in-memory registry (who is connected, when each last
+//! heartbeated, which nodes are still awaited after a leader change) and the
+//! `Session` RPC that registers a node and opens its session stream.
+//!
+//! A node has at most one session: a new one replaces the old, whose streams
+//! end. The registry is plain data over `Instant`s so expiry is tested without
+//! clocks or IO; the monitor drives it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_proto::{
+    Node, NodeAvailability, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
+    SessionMessage, SessionRequest,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use super::{Inner, Running, lock, store_status};
+use crate::store::{Action, Object, Store, StoreError};
+
+/// The error that makes an agent open a new session.
+pub(super) fn unknown(session_id: &str) -> Status {
+    Status::not_found(format!(
+        "session {session_id} is unknown; open a new session"
+    ))
+}
+
+struct Entry {
+    node_id: String,
+    last_heartbeat: Instant,
+    /// Cancelled when the session ends; its streams watch it.
+    token: CancellationToken,
+}
+
+/// A session (or an awaited node) whose grace period ran out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Expired {
+    pub node_id: String,
+    /// None for a node that never opened a session with this leader.
+    pub session_id: Option<String>,
+    /// How long the node has been silent.
+    pub silent_for: Duration,
+}
+
+/// Live sessions, by session id and by node.
+#[derive(Default)]
+pub(super) struct Sessions {
+    by_id: HashMap<String, Entry>,
+    by_node: HashMap<String, String>,
+    /// Nodes the store says READY that have not connected to this leader yet,
+    /// with the time the wait started.
+    awaiting: HashMap<String, Instant>,
+}
+
+impl Sessions {
+    /// Register a session for `node_id`, ending the node's previous one (whose
+    /// id is returned).
+    pub fn open(
+        &mut self,
+        node_id: &str,
+        session_id: &str,
+        token: CancellationToken,
+        now: Instant,
+    ) -> Option<String> {
+        self.awaiting.remove(node_id);
+        let previous = self
+            .by_node
+            .insert(node_id.to_string(), session_id.to_string());
+        if let Some(old) = previous.as_ref().and_then(|id| self.by_id.remove(id)) {
+            old.token.cancel();
+        }
+        self.by_id.insert(
+            session_id.to_string(),
+            Entry {
+                node_id: node_id.to_string(),
+                last_heartbeat: now,
+                token,
+            },
+        );
+        previous
+    }
+
+    /// End `session_id` if it is still live.
+    pub fn close(&mut self, session_id: &str) {
+        if let Some(entry) = self.by_id.remove(session_id) {
+            entry.token.cancel();
+            if self
+                .by_node
+                .get(&entry.node_id)
+                .is_some_and(|s| s == session_id)
+            {
+                self.by_node.remove(&entry.node_id);
+            }
+        }
+    }
+
+    /// Record a heartbeat. False when the session is unknown or expired.
+    pub fn heartbeat(&mut self, session_id: &str, now: Instant) -> bool {
+        match self.by_id.get_mut(session_id) {
+            Some(entry) => {
+                entry.last_heartbeat = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The node and the end-of-session token of a live session.
+    pub fn lookup(&self, session_id: &str) -> Option<(String, CancellationToken)> {
+        self.by_id
+            .get(session_id)
+            .map(|e| (e.node_id.clone(), e.token.clone()))
+    }
+
+    pub fn has_node(&self, node_id: &str) -> bool {
+        self.by_node.contains_key(node_id)
+    }
+
+    /// Give each of `nodes` until `now + grace` to connect.
+    pub fn await_nodes(&mut self, nodes: impl IntoIterator<Item = String>, now: Instant) {
+        for node in nodes {
+            if !self.by_node.contains_key(&node) {
+                self.awaiting.insert(node, now);
+            }
+        }
+    }
+
+    /// Remove (and end) every session silent for longer than `grace`, and
+    /// every awaited node that did not connect within it.
+    pub fn expire(&mut self, now: Instant, grace: Duration) -> Vec<Expired> {
+        let mut expired = Vec::new();
+        let stale: Vec<String> = self
+            .by_id
+            .iter()
+            .filter(|(_, e)| now.saturating_duration_since(e.last_heartbeat) > grace)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for session_id in stale {
+            let entry = &self.by_id[&session_id];
+            expired.push(Expired {
+                node_id: entry.node_id.clone(),
+                silent_for: now.saturating_duration_since(entry.last_heartbeat),
+                session_id: Some(session_id.clone()),
+            });
+            self.close(&session_id);
+        }
+        self.awaiting.retain(|node, since| {
+            let silent_for = now.saturating_duration_since(*since);
+            if silent_for <= grace {
+                return true;
+            }
+            expired.push(Expired {
+                node_id: node.clone(),
+                session_id: None,
+                silent_for,
+            });
+            false
+        });
+        expired
+    }
+
+    /// End every session (the dispatcher stops).
+    pub fn clear(&mut self) {
+        for (_, entry) in self.by_id.drain() {
+            entry.token.cancel();
+        }
+        self.by_node.clear();
+        self.awaiting.clear();
+    }
+}
+
+/// The `Session` RPC: register the node as READY and open its session stream.
+pub(super) async fn open(
+    inner: &Arc<Inner>,
+    running: &Running,
+    request: SessionRequest,
+    addr: String,
+) -> Result<ReceiverStream<Result<SessionMessage, Status>>, Status> {
+    let node_id = if request.node_id.is_empty() {
+        shoal_proto::ids::new_id()
+    } else {
+        request.node_id
+    };
+    let session_id = shoal_proto::ids::new_id();
+    let token = running.token.child_token();
+    // The session is registered before the node is written READY, so the
+    // monitor (which reads the node, then checks for a session) can never
+    // mark a node DOWN over a session that is being opened.
+    let replaced = lock(&inner.sessions).open(&node_id, &session_id, token.clone(), Instant::now());
+    if let Some(old) = replaced {
+        tracing::info!(node.id = %node_id, session.id = %old, "session replaced by a new one");
+    }
+    let description = request.description.unwrap_or_default();
+    if let Err(err) = register_node(&inner.store, &node_id, description, addr).await {
+        lock(&inner.sessions).close(&session_id);
+        tracing::warn!(node.id = %node_id, error = %err, "could not register node");
+        return Err(store_status(err));
+    }
+    tracing::info!(node.id = %node_id, session.id = %session_id, "session opened");
+
+    let (tx, rx) = mpsc::channel(1);
+    let first = SessionMessage {
+        session_id: session_id.clone(),
+        node_id: node_id.clone(),
+        heartbeat_period_ms: inner.config.heartbeat_period.as_millis() as i64,
+        managers: Vec::new(),
+    };
+    // Capacity 1 and nothing sent yet: this cannot fail.
+    let _ = tx.try_send(Ok(first));
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = token.cancelled() => {
+                tracing::info!(node.id = %node_id, session.id = %session_id, "session closed");
+            }
+            // The agent dropped the stream; its heartbeats (or their absence)
+            // still decide the session's fate.
+            _ = tx.closed() => {
+                tracing::debug!(node.id = %node_id, session.id = %session_id, "agent left the session stream");
+            }
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
+/// Create or update the node: its description, READY status and address. A
+/// new node starts as an active worker labelled with its engine labels.
+async fn register_node(
+    store: &Store,
+    node_id: &str,
+    description: NodeDescription,
+    addr: String,
+) -> Result<(), StoreError> {
+    let status = NodeStatus {
+        state: NodeState::Ready as i32,
+        message: String::new(),
+        addr,
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let action = match store.read(|s| s.node(node_id).cloned()) {
+            Some(mut node) => {
+                node.description = Some(description.clone());
+                node.status = Some(status.clone());
+                Action::Update(Object::Node(node))
+            }
+            None => Action::Create(Object::Node(Node {
+                id: node_id.to_string(),
+                meta: None,
+                spec: Some(NodeSpec {
+                    labels: description.engine_labels.clone(),
+                    role: NodeRole::Worker as i32,
+                    availability: NodeAvailability::Active as i32,
+                }),
+                description: Some(description.clone()),
+                status: Some(status.clone()),
+            })),
+        };
+        match store.propose(vec![action]).await {
+            Ok(_) => return Ok(()),
+            // Someone wrote the node between our read and our write (the
+            // monitor, the control API): read it again.
+            Err(
+                StoreError::Conflict { .. }
+                | StoreError::AlreadyExists { .. }
+                | StoreError::NotFound { .. },
+            ) if attempt < 5 => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_millis(300);
+
+    #[test]
+    fn a_new_session_replaces_and_ends_the_old_one() {
+        let mut s = Sessions::default();
+        let now = Instant::now();
+        let first = CancellationToken::new();
+        assert_eq!(s.open("n1", "s1", first.clone(), now), None);
+        assert_eq!(
+            s.open("n1", "s2", CancellationToken::new(), now),
+            Some("s1".into())
+        );
+        assert!(first.is_cancelled());
+        assert!(s.lookup("s1").is_none());
+        assert_eq!(s.lookup("s2").map(|l| l.0), Some("n1".to_string()));
+        assert!(!s.heartbeat("s1", now));
+        // Closing the replaced session must not unregister the node's new one.
+        s.close("s1");
+        assert!(s.has_node("n1"));
+    }
+
+    #[test]
+    fn silent_sessions_expire_after_the_grace_period() {
+        let mut s = Sessions::default();
+        let t0 = Instant::now();
+        let token = CancellationToken::new();
+        s.open("quiet", "s1", token.clone(), t0);
+        s.open("chatty", "s2", CancellationToken::new(), t0);
+        assert!(s.heartbeat("s2", t0 + Duration::from_millis(250)));
+        assert!(
+            s.expire(t0 + GRACE, GRACE).is_empty(),
+            "exactly the grace period is still alive"
+        );
+        let expired = s.expire(t0 + Duration::from_millis(400), GRACE);
+        assert_eq!(
+            expired,
+            vec![Expired {
+                node_id: "quiet".into(),
+                session_id: Some("s1".into()),
+                silent_for: Duration::from_millis(400),
+            }]
+        );
+        assert!(token.is_cancelled());
+        assert!(!s.has_node("quiet"));
+        assert!(s.has_node("chatty"));
+    }
+
+    #[test]
+    fn awaited_nodes_get_one_grace_period_to_connect() {
+        let mut s = Sessions::default();
+        let t0 = Instant::now();
+        s.open("connected", "s1", CancellationToken::new(), t0);
+        s.await_nodes(["connected".to_string(), "late".into(), "gone".into()], t0);
+        s.open(
+            "late",
+            "s2",
+            CancellationToken::new(),
+            t0 + Duration::from_millis(200),
+        );
+        s.heartbeat("s1", t0 + Duration::from_millis(350));
+        let expired = s.expire(t0 + Duration::from_millis(350), GRACE);
+        let nodes: Vec<_> = expired
+            .iter()
+            .map(|e| (e.node_id.as_str(), e.session_id.is_some()))
+            .collect();
+        assert_eq!(nodes, vec![("gone", false)]);
+        assert!(
+            s.expire(t0 + Duration::from_millis(360), GRACE).is_empty(),
+            "reported once"
+        );
+    }
+}

@@ -1,0 +1,296 @@
+//! Task status reports: screening (a node reports only its own tasks, states
+//! only move forward) and the batcher that commits the reports of all agents
+//! in few, large proposals.
+//!
+//! One Raft entry per report would cap the cluster at a few thousand status
+//! changes per second (an fsync each); the batcher takes whatever queued up
+//! while the previous commit was in flight, merges reports about the same task
+//! and commits them together. Each RPC replies once its own updates are
+//! committed, so an agent that got `Ok` knows its report is durable.
+
+use std::collections::HashMap;
+
+use futures::future::join_all;
+use shoal_proto::{Task, TaskState, TaskStatus, TaskStatusUpdate};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use super::{Running, store_status};
+use crate::store::{Action, MemState, Object, Store, StoreError};
+
+/// Reports (RPCs) queued towards the batcher before senders wait.
+pub(super) const QUEUE_CAPACITY: usize = 1024;
+/// Task updates gathered into one round of proposals.
+const MAX_ROUND: usize = 4096;
+/// Task updates per proposal: keeps each Raft entry well below the size that
+/// sled stores out of line (a quarter of its segment size).
+const MAX_PER_PROPOSAL: usize = 128;
+
+/// One RPC's screened updates, waiting for their commit.
+pub(super) struct StatusRequest {
+    updates: Vec<(String, TaskStatus)>,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The `UpdateTaskStatus` RPC for `node_id`: queue the acceptable updates,
+/// wait for their commit, then refuse the updates about other nodes' tasks.
+pub(super) async fn update(
+    store: &Store,
+    running: &Running,
+    node_id: &str,
+    updates: Vec<TaskStatusUpdate>,
+) -> Result<(), Status> {
+    for (i, u) in updates.iter().enumerate() {
+        if u.task_id.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "updates[{i}].task_id: must not be empty"
+            )));
+        }
+        if u.status.is_none() {
+            return Err(Status::invalid_argument(format!(
+                "updates[{i}].status: missing for task {}",
+                u.task_id
+            )));
+        }
+    }
+    let screened = store.read(|s| screen(s, node_id, updates));
+    if !screened.accepted.is_empty() {
+        let (reply, done) = oneshot::channel();
+        let request = StatusRequest {
+            updates: screened.accepted,
+            reply,
+        };
+        let stopped =
+            || Status::unavailable("the dispatcher stopped; report the status to the new leader");
+        running.status.send(request).await.map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?.map_err(store_status)?;
+    }
+    if !screened.refused.is_empty() {
+        return Err(Status::permission_denied(format!(
+            "node {node_id} may only report the status of its own tasks; refused: task {}",
+            screened.refused.join(", task ")
+        )));
+    }
+    Ok(())
+}
+
+/// Updates split by what may be done with them.
+#[derive(Debug, Default, PartialEq)]
+struct Screened {
+    accepted: Vec<(String, TaskStatus)>,
+    /// Tasks of other nodes.
+    refused: Vec<String>,
+}
+
+/// Sort `node_id`'s updates: its own tasks moving forward are accepted, other
+/// nodes' tasks refused. Unknown tasks (perhaps reaped already) and backward
+/// moves (a late, reordered report) are dropped silently: they are not errors
+/// the agent could fix.
+fn screen(state: &MemState, node_id: &str, updates: Vec<TaskStatusUpdate>) -> Screened {
+    let mut out = Screened::default();
+    for u in updates {
+        let (Some(task), Some(status)) = (state.task(&u.task_id), u.status) else {
+            continue;
+        };
+        if task.node_id != node_id {
+            out.refused.push(u.task_id);
+        } else if moves_forward(task.status.as_ref(), &status) {
+            out.accepted.push((u.task_id, status));
+        }
+    }
+    out
+}
+
+fn moves_forward(current: Option<&TaskStatus>, new: &TaskStatus) -> bool {
+    let from = current.map(|s| s.state()).unwrap_or(TaskState::New);
+    shoal_proto::state::may_advance(from, new.state())
+}
+
+/// Commit queued reports until `token` is cancelled.
+pub(super) async fn run_batcher(
+    store: Store,
+    mut queue: mpsc::Receiver<StatusRequest>,
+    token: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = token.cancelled() => break,
+            r = queue.recv() => match r {
+                Some(r) => r,
+                None => break,
+            },
+        };
+        let mut count = first.updates.len();
+        let mut round = vec![first];
+        while count < MAX_ROUND {
+            match queue.try_recv() {
+                Ok(r) => {
+                    count += r.updates.len();
+                    round.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let merged = merge(round.iter().flat_map(|r| r.updates.iter().cloned()));
+        let result = tokio::select! {
+            _ = token.cancelled() => Err(StoreError::Stopped),
+            r = commit(&store, merged) => r,
+        };
+        for request in round {
+            let _ = request.reply.send(result.clone());
+        }
+    }
+    // Whoever is still queued hears that the dispatcher stopped (their reply
+    // senders drop), and reports again to the next leader.
+    queue.close();
+}
+
+/// One status per task: the furthest state wins; among equal states the later
+/// report (it may carry a newer message or exit code).
+fn merge(updates: impl Iterator<Item = (String, TaskStatus)>) -> HashMap<String, TaskStatus> {
+    let mut merged: HashMap<String, TaskStatus> = HashMap::new();
+    for (id, status) in updates {
+        match merged.get(&id) {
+            Some(kept) if kept.state() > status.state() => {}
+            _ => {
+                merged.insert(id, status);
+            }
+        }
+    }
+    merged
+}
+
+/// Write `merged` over the current tasks, in proposals of bounded size sent
+/// together. A task that changed between read and commit is read again and
+/// retried once.
+async fn commit(store: &Store, merged: HashMap<String, TaskStatus>) -> Result<(), StoreError> {
+    let mut todo: Vec<(String, TaskStatus)> = merged.into_iter().collect();
+    for attempt in 0..2 {
+        // Clone under the read lock; change and log outside it.
+        let current: Vec<(String, TaskStatus, Task)> = store.read(|s| {
+            todo.iter()
+                .filter_map(|(id, status)| {
+                    let task = s.task(id)?;
+                    moves_forward(task.status.as_ref(), status)
+                        .then(|| (id.clone(), status.clone(), task.clone()))
+                })
+                .collect()
+        });
+        let actions = current.into_iter().map(|(id, status, mut task)| {
+            log_transition(&id, task.status.as_ref(), &status);
+            task.status = Some(status.clone());
+            (id, status, Action::Update(Object::Task(task)))
+        });
+        let mut chunks = Vec::new();
+        let mut proposals = Vec::new();
+        let mut rest = actions.peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<_> = rest.by_ref().take(MAX_PER_PROPOSAL).collect();
+            let (keys, actions): (Vec<_>, Vec<_>) =
+                chunk.into_iter().map(|(id, s, a)| ((id, s), a)).unzip();
+            chunks.push(keys);
+            proposals.push(store.propose_each(actions));
+        }
+        let mut conflicted = Vec::new();
+        for (keys, result) in chunks.into_iter().zip(join_all(proposals).await) {
+            for (pos, err) in result?.refused {
+                match err {
+                    StoreError::Conflict { .. } => conflicted.push(keys[pos].clone()),
+                    // NotFound: the task was reaped meanwhile; nothing to report on.
+                    other => {
+                        tracing::debug!(task.id = %keys[pos].0, error = %other, "status update dropped")
+                    }
+                }
+            }
+        }
+        if conflicted.is_empty() {
+            return Ok(());
+        }
+        if attempt == 1 {
+            for (id, _) in &conflicted {
+                tracing::warn!(task.id = %id, "status update lost to repeated concurrent writes");
+            }
+        }
+        todo = conflicted;
+    }
+    Ok(())
+}
+
+fn log_transition(task_id: &str, from: Option<&TaskStatus>, to: &TaskStatus) {
+    let from = from.map(|s| s.state()).unwrap_or(TaskState::New);
+    if from != to.state() {
+        tracing::debug!(
+            task.id = %task_id,
+            from = shoal_proto::state::name(from),
+            to = shoal_proto::state::name(to.state()),
+            "task state reported"
+        );
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    fn status(state: TaskState, message: &str) -> TaskStatus {
+        TaskStatus {
+            state: state as i32,
+            message: message.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn merging_keeps_the_furthest_state() {
+        let merged = merge(
+            [
+                ("a".to_string(), status(TaskState::Running, "up")),
+                ("a".to_string(), status(TaskState::Starting, "late")),
+                ("b".to_string(), status(TaskState::Running, "first")),
+                ("b".to_string(), status(TaskState::Running, "second")),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(merged["a"].message, "up");
+        assert_eq!(merged["b"].message, "second");
+    }
+
+    #[tokio::test]
+    async fn screening_refuses_other_nodes_and_drops_backward_moves() {
+        let store = Store::in_memory();
+        let mk = |id: &str, node: &str, state: TaskState| {
+            Action::Create(Object::Task(Task {
+                id: id.into(),
+                node_id: node.into(),
+                status: Some(status(state, "")),
+                ..Default::default()
+            }))
+        };
+        store
+            .propose(vec![
+                mk("mine", "n1", TaskState::Running),
+                mk("theirs", "n2", TaskState::Assigned),
+            ])
+            .await
+            .expect("seed");
+        let u = |id: &str, state: TaskState| TaskStatusUpdate {
+            task_id: id.into(),
+            status: Some(status(state, "")),
+        };
+        let updates = vec![
+            u("mine", TaskState::Starting),
+            u("mine", TaskState::Complete),
+            u("theirs", TaskState::Running),
+            u("reaped", TaskState::Running),
+        ];
+        let screened = store.read(|s| screen(s, "n1", updates));
+        assert_eq!(screened.refused, vec!["theirs".to_string()]);
+        let accepted: Vec<_> = screened
+            .accepted
+            .iter()
+            .map(|(id, s)| (id.as_str(), s.state()))
+            .collect();
+        assert_eq!(accepted, vec![("mine", TaskState::Complete)]);
+    }
+}

@@ -1,0 +1,253 @@
+//! The dispatcher over real gRPC, in process: a tonic server on a port-0
+//! listener, an in-memory store, and the generated client playing the agent.
+//! Timing waits poll with a deadline; measured times are printed, not asserted
+//! against upper bounds (the machine is shared).
+//!
+//! [`sessions`]: sessions, heartbeats, expiry, leadership; [`tasks`]:
+//! assignments and status reports.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use shoal_proto::dispatcher_client::DispatcherClient;
+use shoal_proto::dispatcher_server::DispatcherServer;
+use shoal_proto::{
+    AssignmentsMessage, AssignmentsRequest, AssignmentsType, HeartbeatRequest, Node,
+    NodeDescription, NodeRole, NodeState, NodeStatus, SessionMessage, SessionRequest, Task,
+    TaskState, TaskStatus, TaskStatusUpdate, UpdateTaskStatusRequest,
+};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Server};
+use tonic::{Code, Streaming};
+
+use super::Dispatcher;
+use crate::config::DispatcherConfig;
+use crate::store::{Action, Object, Store};
+
+mod sessions;
+mod tasks;
+
+const PERIOD: Duration = Duration::from_millis(100);
+const GRACE: Duration = Duration::from_millis(300);
+/// Upper bound for anything expected to happen "soon" on a loaded machine.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+struct Harness {
+    store: Store,
+    dispatcher: Dispatcher,
+    client: DispatcherClient<Channel>,
+    shutdown: CancellationToken,
+}
+
+impl Harness {
+    /// 100 ms × 3: expiry within a third of a second, for the session tests.
+    async fn start() -> Harness {
+        Harness::start_with(Store::in_memory(), 3).await
+    }
+
+    /// A 3 s grace period, for tests about tasks: hundreds of RPCs on a shared
+    /// 2-core machine can delay a heartbeat past 300 ms, and an expired
+    /// session there would be a false failure.
+    async fn start_patient() -> Harness {
+        Harness::start_with(Store::in_memory(), 30).await
+    }
+
+    /// Serve a dispatcher over `store`, running its leader loops.
+    async fn start_with(store: Store, grace_multiplier: u32) -> Harness {
+        let config = DispatcherConfig {
+            heartbeat_period: PERIOD,
+            grace_multiplier,
+        };
+        let dispatcher = Dispatcher::new(store.clone(), config);
+        let shutdown = CancellationToken::new();
+        let (d, token) = (dispatcher.clone(), shutdown.clone());
+        tokio::spawn(async move { d.run(token).await });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let server = Server::builder()
+            .add_service(DispatcherServer::new(dispatcher.clone()))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        tokio::spawn(server);
+        // A COMPLETE set of thousands of tasks exceeds tonic's default 4 MiB
+        // decoding limit; agents must raise it too.
+        let client = DispatcherClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect")
+            .max_decoding_message_size(256 << 20);
+        eventually("dispatcher running", || {
+            dispatcher.is_running().then_some(())
+        })
+        .await;
+        Harness {
+            store,
+            dispatcher,
+            client,
+            shutdown,
+        }
+    }
+
+    /// Open a session kept alive by a background heartbeat (at half the
+    /// period, as a margin against a loaded machine) until it is refused.
+    async fn open(
+        &mut self,
+        node_id: &str,
+        hostname: &str,
+    ) -> (SessionMessage, Streaming<SessionMessage>) {
+        let (first, stream) = self.open_quiet(node_id, hostname).await;
+        let mut client = self.client.clone();
+        let (session_id, stop) = (first.session_id.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            let mut beats = tokio::time::interval(PERIOD / 2);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = beats.tick() => {}
+                }
+                let request = HeartbeatRequest {
+                    session_id: session_id.clone(),
+                };
+                if client.heartbeat(request).await.is_err() {
+                    return;
+                }
+            }
+        });
+        (first, stream)
+    }
+
+    /// Open a session whose heartbeats are up to the test.
+    async fn open_quiet(
+        &mut self,
+        node_id: &str,
+        hostname: &str,
+    ) -> (SessionMessage, Streaming<SessionMessage>) {
+        let request = SessionRequest {
+            node_id: node_id.into(),
+            description: Some(NodeDescription {
+                hostname: hostname.into(),
+                engine_labels: HashMap::from([("zone".to_string(), "east".to_string())]),
+                ..Default::default()
+            }),
+        };
+        let mut stream = self
+            .client
+            .session(request)
+            .await
+            .expect("session")
+            .into_inner();
+        let first = next(&mut stream).await.expect("first session message");
+        (first, stream)
+    }
+
+    async fn heartbeat(&mut self, session_id: &str) -> Result<i64, tonic::Status> {
+        let request = HeartbeatRequest {
+            session_id: session_id.into(),
+        };
+        Ok(self.client.heartbeat(request).await?.into_inner().period_ms)
+    }
+
+    async fn assignments(&mut self, session_id: &str) -> Streaming<AssignmentsMessage> {
+        let request = AssignmentsRequest {
+            session_id: session_id.into(),
+        };
+        self.client
+            .assignments(request)
+            .await
+            .expect("assignments")
+            .into_inner()
+    }
+
+    async fn report(
+        &mut self,
+        session_id: &str,
+        updates: &[(&str, TaskState)],
+    ) -> Result<(), tonic::Status> {
+        let updates = updates
+            .iter()
+            .map(|(id, state)| TaskStatusUpdate {
+                task_id: id.to_string(),
+                status: Some(TaskStatus {
+                    state: *state as i32,
+                    ..Default::default()
+                }),
+            })
+            .collect();
+        let request = UpdateTaskStatusRequest {
+            session_id: session_id.into(),
+            updates,
+        };
+        self.client.update_task_status(request).await.map(|_| ())
+    }
+
+    fn node(&self, id: &str) -> Node {
+        self.store
+            .read(|s| s.node(id).cloned())
+            .expect("node in the store")
+    }
+
+    fn task(&self, id: &str) -> Task {
+        self.store
+            .read(|s| s.task(id).cloned())
+            .expect("task in the store")
+    }
+
+    async fn write(&self, action: Action) {
+        self.store.propose(vec![action]).await.expect("store write");
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn node_state(node: &Node) -> NodeState {
+    node.status.as_ref().map(|s| s.state()).unwrap_or_default()
+}
+
+fn task_state(task: &Task) -> TaskState {
+    task.status.as_ref().map(|s| s.state()).unwrap_or_default()
+}
+
+fn task(id: &str, node: &str, state: TaskState, desired: TaskState) -> Task {
+    Task {
+        id: id.into(),
+        service_id: "svc".into(),
+        node_id: node.into(),
+        desired_state: desired as i32,
+        status: Some(TaskStatus {
+            state: state as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The next message of a stream; None when it ended (or failed).
+async fn next<T>(stream: &mut Streaming<T>) -> Option<T> {
+    match tokio::time::timeout(DEADLINE, stream.message()).await {
+        Ok(result) => result.ok().flatten(),
+        Err(_) => panic!("no stream message within {DEADLINE:?}"),
+    }
+}
+
+/// Poll `check` until it gives a value, or fail after the deadline.
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: not reached within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

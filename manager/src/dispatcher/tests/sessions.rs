@@ -1,0 +1,177 @@
+//! Sessions: registration, heartbeats, expiry, replacement, and who may serve.
+
+use super::*;
+
+#[tokio::test]
+async fn a_session_registers_a_ready_node() {
+    let mut h = Harness::start().await;
+    let (first, _stream) = h.open("", "host-a").await;
+    assert!(!first.node_id.is_empty(), "a node id is assigned");
+    assert!(!first.session_id.is_empty());
+    assert_eq!(first.heartbeat_period_ms, 100);
+    assert!(first.managers.is_empty());
+    let node = h.node(&first.node_id);
+    assert_eq!(node_state(&node), NodeState::Ready);
+    let status = node.status.as_ref().expect("status");
+    assert_eq!(status.addr, "127.0.0.1");
+    assert_eq!(
+        node.description.as_ref().map(|d| d.hostname.as_str()),
+        Some("host-a")
+    );
+    let spec = node.spec.expect("spec");
+    assert_eq!(spec.role(), NodeRole::Worker);
+    assert_eq!(spec.labels.get("zone").map(String::as_str), Some("east"));
+    // A given node id is kept.
+    let (again, _stream) = h.open("chosen-id", "host-b").await;
+    assert_eq!(again.node_id, "chosen-id");
+    assert_eq!(node_state(&h.node("chosen-id")), NodeState::Ready);
+}
+
+#[tokio::test]
+async fn heartbeats_keep_a_node_ready_and_silence_marks_it_down() {
+    let mut h = Harness::start().await;
+    let (first, mut stream) = h.open_quiet("", "host-a").await;
+    let node_id = first.node_id.clone();
+    // Heartbeat for well over the grace period, at half the period as a margin
+    // against scheduling delays on a loaded machine.
+    let mut beats = tokio::time::interval(PERIOD / 2);
+    for _ in 0..16 {
+        beats.tick().await;
+        assert_eq!(
+            h.heartbeat(&first.session_id).await.expect("heartbeat"),
+            100
+        );
+    }
+    assert_eq!(node_state(&h.node(&node_id)), NodeState::Ready);
+
+    let silent_since = Instant::now();
+    h.heartbeat(&first.session_id)
+        .await
+        .expect("last heartbeat");
+    eventually("node down", || {
+        (node_state(&h.node(&node_id)) == NodeState::Down).then_some(())
+    })
+    .await;
+    let took = silent_since.elapsed();
+    println!("node marked down {took:?} after its last heartbeat (grace {GRACE:?})");
+    assert!(
+        took >= GRACE,
+        "down before the grace period ran out ({took:?})"
+    );
+    let message = h.node(&node_id).status.expect("status").message;
+    assert!(
+        message.starts_with("heartbeat failure: no heartbeat for "),
+        "{message}"
+    );
+
+    // The session is over: its stream ends and its heartbeats are refused.
+    assert!(next(&mut stream).await.is_none(), "session stream ends");
+    let err = h
+        .heartbeat(&first.session_id)
+        .await
+        .expect_err("expired session");
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        err.message().contains("open a new session"),
+        "{}",
+        err.message()
+    );
+
+    // Reconnecting makes the node READY again.
+    let (second, _stream) = h.open(&node_id, "host-a").await;
+    assert_eq!(second.node_id, node_id);
+    assert_ne!(second.session_id, first.session_id);
+    assert_eq!(node_state(&h.node(&node_id)), NodeState::Ready);
+    assert_eq!(h.node(&node_id).status.expect("status").message, "");
+}
+
+#[tokio::test]
+async fn a_second_session_for_the_node_ends_the_first() {
+    let mut h = Harness::start().await;
+    let (old, mut old_stream) = h.open("n1", "host-a").await;
+    let mut old_assignments = h.assignments(&old.session_id).await;
+    assert!(next(&mut old_assignments).await.is_some(), "complete set");
+
+    let (new, _new_stream) = h.open("n1", "host-a").await;
+    assert_ne!(new.session_id, old.session_id);
+    assert!(
+        next(&mut old_stream).await.is_none(),
+        "old session stream ends"
+    );
+    assert!(
+        next(&mut old_assignments).await.is_none(),
+        "old assignments stream ends"
+    );
+    assert_eq!(
+        h.heartbeat(&old.session_id)
+            .await
+            .expect_err("old session")
+            .code(),
+        Code::NotFound
+    );
+    h.heartbeat(&new.session_id)
+        .await
+        .expect("new session lives");
+}
+
+#[tokio::test]
+async fn nodes_ready_before_a_leader_change_get_one_grace_period() {
+    let store = Store::in_memory();
+    let ready = |id: &str| {
+        Action::Create(Object::Node(Node {
+            id: id.into(),
+            status: Some(NodeStatus {
+                state: NodeState::Ready as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    };
+    store
+        .propose(vec![ready("returning"), ready("lost")])
+        .await
+        .expect("seed");
+    let started = Instant::now();
+    let mut h = Harness::start_with(store, 3).await;
+    // The returning node connects (and keeps heartbeating); the lost one never does.
+    let (_first, _session) = h.open("returning", "host-a").await;
+    eventually("lost node down", || {
+        (node_state(&h.node("lost")) == NodeState::Down).then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    println!(
+        "node without a session marked down {took:?} after the dispatcher started (grace {GRACE:?})"
+    );
+    assert!(took >= GRACE, "no grace period given ({took:?})");
+    assert_eq!(node_state(&h.node("returning")), NodeState::Ready);
+}
+
+#[tokio::test]
+async fn only_a_running_leader_dispatcher_serves_agents() {
+    let mut h = Harness::start().await;
+    let (first, mut stream) = h.open("n1", "host-a").await;
+    h.shutdown.cancel();
+    eventually("dispatcher stopped", || {
+        (!h.dispatcher.is_running()).then_some(())
+    })
+    .await;
+    assert!(
+        next(&mut stream).await.is_none(),
+        "sessions end when the dispatcher stops"
+    );
+
+    // A dispatcher whose run never started refuses agents with a clear reason.
+    let idle = Dispatcher::new(Store::in_memory(), DispatcherConfig::default());
+    use shoal_proto::dispatcher_server::Dispatcher as _;
+    let request = tonic::Request::new(HeartbeatRequest {
+        session_id: first.session_id,
+    });
+    let err = idle.heartbeat(request).await.expect_err("not running");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message().contains("not the leader"),
+        "{}",
+        err.message()
+    );
+}
