@@ -38,8 +38,7 @@ pub struct TaskController<R> {
     reporter: Arc<Reporter>,
     task: Task,
     observed: TaskState,
-    /// The engine's container id, known for adopted containers (the runtime
-    /// contract gives no id for a container `prepare` creates).
+    /// The engine's container id: from adoption or from `prepare`.
     container_id: String,
     updates: watch::Receiver<Task>,
     updates_open: bool,
@@ -137,7 +136,8 @@ impl<R: Runtime> TaskController<R> {
                         .interruptible(async move { runtime.prepare(&task).await })
                         .await
                     {
-                        Outcome::Done(Ok(())) => {
+                        Outcome::Done(Ok(container_id)) => {
+                            self.container_id = container_id;
                             self.transition(TaskState::Ready, String::new(), None, Vec::new());
                         }
                         Outcome::Done(Err(e)) => self.fail(e),

@@ -184,7 +184,7 @@ impl Runtime for FakeRuntime {
             .collect())
     }
 
-    async fn prepare(&self, task: &Task) -> Result<(), RuntimeError> {
+    async fn prepare(&self, task: &Task) -> Result<String, RuntimeError> {
         let image = image(task);
         if image.starts_with("missing") {
             return Err(RuntimeError::ImageNotFound {
@@ -192,8 +192,7 @@ impl Runtime for FakeRuntime {
                 reason: "no such image in the fake runtime".into(),
             });
         }
-        self.lock().create(&task.node_id, &task.id);
-        Ok(())
+        Ok(self.lock().create(&task.node_id, &task.id))
     }
 
     async fn start(&self, task: &Task) -> Result<(), RuntimeError> {

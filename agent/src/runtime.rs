@@ -84,7 +84,8 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<ContainerInfo>, RuntimeError>> + Send;
 
     /// Make the task ready to start: ensure its image, create its container.
-    fn prepare(&self, task: &Task) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Returns the container's id (reported in the task status).
+    fn prepare(&self, task: &Task) -> impl Future<Output = Result<String, RuntimeError>> + Send;
 
     /// Start the prepared container; returns once the engine has started it.
     fn start(&self, task: &Task) -> impl Future<Output = Result<(), RuntimeError>> + Send;

@@ -151,14 +151,14 @@ impl DockerRuntime {
         task: &Task,
         name: &str,
         existing: &ContainerInspectResponse,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<String, RuntimeError> {
         let owner = existing
             .config
             .as_ref()
             .and_then(|c| c.labels.as_ref())
             .and_then(|l| l.get(LABEL_TASK_ID));
         if owner.map(String::as_str) == Some(task.id.as_str()) {
-            Ok(())
+            Ok(existing.id.clone().unwrap_or_default())
         } else {
             Err(RuntimeError::Invalid(format!(
                 "a container named {name} already exists and does not belong to task {}",
@@ -261,7 +261,7 @@ impl Runtime for DockerRuntime {
         Ok(out)
     }
 
-    async fn prepare(&self, task: &Task) -> Result<(), RuntimeError> {
+    async fn prepare(&self, task: &Task) -> Result<String, RuntimeError> {
         let name = container_name(task);
         if let Some(existing) = self.inspect(&name).await? {
             return Self::check_owner(task, &name, &existing);
@@ -279,7 +279,7 @@ impl Runtime for DockerRuntime {
         match self.docker.create_container(Some(options), config).await {
             Ok(created) => {
                 tracing::info!(task.id = %task.id, service.name = %task.service_name, container.id = %created.id, "container created");
-                Ok(())
+                Ok(created.id)
             }
             // Created meanwhile (a concurrent prepare): reuse it if it is ours.
             Err(e) if status(&e) == Some(409) => match self.inspect(&name).await? {

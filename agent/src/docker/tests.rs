@@ -453,7 +453,7 @@ async fn engine_gone_mid_way_is_unavailable() {
     };
     unavailable(rt.describe().await.map(|_| ()));
     unavailable(rt.list("n").await.map(|_| ()));
-    unavailable(rt.prepare(&task).await);
+    unavailable(rt.prepare(&task).await.map(|_| ()));
     unavailable(rt.start(&task).await);
     unavailable(rt.stop(&task, Duration::from_secs(1)).await);
     unavailable(rt.remove(&task).await);
