@@ -1,0 +1,89 @@
+//! Leader-only components, started and stopped as one unit.
+//!
+//! When this manager becomes Raft leader, the orchestrator, the scheduler and the
+//! dispatcher's loops start under one child cancellation token; when it loses
+//! leadership (or shuts down) the token is cancelled and all three are joined
+//! before anything else happens, so two leaders' components never overlap on
+//! one manager.
+
+use std::time::Duration;
+
+use shoal_proto::{Cluster, ClusterSpec, DispatcherConfig, OrchestrationConfig};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::ManagerConfig;
+use crate::dispatcher::Dispatcher;
+use crate::store::{Action, Object, Store, StoreError};
+use crate::{orchestrator, scheduler};
+
+/// How long leader components get to stop before they are abandoned.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Follow leadership until `shutdown`, running the leader-only components
+/// whenever this manager leads.
+pub async fn run(store: Store, config: ManagerConfig, dispatcher: Dispatcher, shutdown: CancellationToken) {
+    let mut leadership = store.leadership();
+    loop {
+        // Wait to lead.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            res = leadership.wait_for(|l| l.is_leader) => if res.is_err() { return },
+        }
+        let term = leadership.borrow().term;
+        info!(raft.term = term, "became leader: starting orchestrator, scheduler and dispatcher");
+        if let Err(err) = ensure_cluster(&store, &config).await {
+            warn!(error = %err, "could not record the cluster object");
+        }
+        let unit = shutdown.child_token();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(orchestrator::run(store.clone(), config.orchestrator.clone(), unit.clone()));
+        tasks.spawn(scheduler::run(store.clone(), unit.clone()));
+        let d = dispatcher.clone();
+        let token = unit.clone();
+        tasks.spawn(async move { d.run(token).await });
+
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = leadership.wait_for(|l| !l.is_leader) => {
+                info!("lost leadership: stopping orchestrator, scheduler and dispatcher");
+            }
+        }
+        unit.cancel();
+        let joined = tokio::time::timeout(STOP_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if joined.is_err() {
+            warn!("leader components did not stop within {STOP_GRACE:?}; abandoning them");
+            tasks.abort_all();
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// Create the cluster object on the first leadership of a new cluster.
+async fn ensure_cluster(store: &Store, config: &ManagerConfig) -> Result<(), StoreError> {
+    if store.read(|s| s.cluster().is_some()) {
+        return Ok(());
+    }
+    let cluster = Cluster {
+        id: shoal_proto::ids::new_id(),
+        meta: None,
+        spec: Some(ClusterSpec {
+            name: "default".into(),
+            dispatcher: Some(DispatcherConfig {
+                heartbeat_period_ms: config.dispatcher.heartbeat_period.as_millis() as i64,
+                heartbeat_grace_multiplier: config.dispatcher.grace_multiplier,
+            }),
+            orchestration: Some(OrchestrationConfig {
+                task_history_retention_limit: config.orchestrator.task_history_limit as u64,
+            }),
+        }),
+    };
+    store.propose(vec![Action::Create(Object::Cluster(cluster))]).await?;
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! The shoal manager: holds the desired state of the cluster and makes it so.
+//!
+//! - [`store`]: the replicated tables (services, tasks, nodes, cluster), proposals
+//!   and the watch channel of committed changes.
+//! - [`raft`]: raft-rs `RawNode` driven by one task, its log and state on sled.
+//! - [`orchestrator`]: turns service specs into tasks (replicas, global, restart
+//!   and update policies, history).
+//! - [`scheduler`]: places PENDING tasks on nodes through a filter pipeline.
+//! - [`dispatcher`]: agent sessions, heartbeats, assignments and task status.
+//! - [`control`]: the `Control` and `Watch` gRPC APIs the CLI talks to.
+//! - [`leader`]: starts the leader-only components together and stops them together.
+//! - [`server`]: [`server::run`] wires it all onto a TCP listener and a unix socket.
+
+pub mod config;
+pub mod control;
+pub mod dispatcher;
+pub mod leader;
+pub mod orchestrator;
+pub mod raft;
+pub mod scheduler;
+pub mod server;
+pub mod store;
+
+pub use config::ManagerConfig;
