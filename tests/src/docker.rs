@@ -1,0 +1,220 @@
+//! Real-Docker end-to-end support: `shoal agent` processes on the local engine,
+//! the engine's own view of shoal's containers (through bollard, not through
+//! shoal), and a guard that removes every container a test's nodes made, even
+//! when the test fails.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use bollard::Docker;
+use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder};
+use tempfile::TempDir;
+
+use crate::process::shoal_bin;
+use crate::wait::eventually;
+
+/// The locally built test images (see tests/images/build-test-images.sh).
+pub const IMAGE: &str = "shoal-test/busybox:latest";
+pub const IMAGE_V2: &str = "shoal-test/busybox:v2";
+
+/// Build the test images if they are missing (idempotent).
+pub fn ensure_images() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("images/build-test-images.sh");
+    let status = Command::new("sh").arg(script).status().expect("run build-test-images.sh");
+    assert!(status.success(), "building the test images failed");
+}
+
+/// A connection to the local engine for checking what shoal did (the API
+/// version is agreed with the engine: this one is older than bollard's default).
+pub async fn engine() -> Docker {
+    Docker::connect_with_local_defaults()
+        .expect("the Docker engine socket")
+        .negotiate_version()
+        .await
+        .expect("the Docker engine answers")
+}
+
+/// A shoal container as the engine reports it.
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    pub labels: HashMap<String, String>,
+}
+
+/// Every container (running or not) whose label `key` equals `value`.
+pub async fn containers(docker: &Docker, key: &str, value: &str) -> anyhow::Result<Vec<Container>> {
+    let filters: HashMap<String, Vec<String>> =
+        HashMap::from([("label".to_string(), vec![format!("{key}={value}")])]);
+    let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+    let list = docker.list_containers(Some(opts)).await?;
+    Ok(list
+        .into_iter()
+        .map(|c| Container {
+            id: c.id.unwrap_or_default(),
+            name: c
+                .names
+                .unwrap_or_default()
+                .first()
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default(),
+            state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+            labels: c.labels.unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// Running containers of a service.
+pub async fn running(docker: &Docker, service: &str) -> anyhow::Result<Vec<Container>> {
+    Ok(containers(docker, "shoal.service.name", service)
+        .await?
+        .into_iter()
+        .filter(|c| c.state == "running")
+        .collect())
+}
+
+/// Env and command of a container, from inspect.
+pub async fn env_and_cmd(docker: &Docker, id: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let info = docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await?;
+    let config = info.config.unwrap_or_default();
+    Ok((config.env.unwrap_or_default(), config.cmd.unwrap_or_default()))
+}
+
+/// Host ports the engine bound for a container's `port/tcp`.
+pub async fn host_port(docker: &Docker, id: &str, port: u16) -> anyhow::Result<Option<u16>> {
+    let info = docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await?;
+    let ports = info
+        .network_settings
+        .and_then(|n| n.ports)
+        .unwrap_or_default();
+    Ok(ports
+        .get(&format!("{port}/tcp"))
+        .cloned()
+        .flatten()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|b| b.host_port.and_then(|p| p.parse().ok()))
+        .next())
+}
+
+/// A `shoal agent` process on the local Docker engine.
+pub struct AgentProcess {
+    pub name: String,
+    pub data_dir: TempDir,
+    manager: SocketAddr,
+    child: Option<Child>,
+}
+
+impl AgentProcess {
+    pub fn start(manager: SocketAddr, name: &str) -> anyhow::Result<AgentProcess> {
+        let mut a = AgentProcess {
+            name: name.to_string(),
+            data_dir: TempDir::new()?,
+            manager,
+            child: None,
+        };
+        a.spawn()?;
+        Ok(a)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new(shoal_bin())
+            .args(["agent", "--manager", &self.manager.to_string(), "--node-name", &self.name])
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .env("SHOAL_LOG", std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("start shoal agent")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.path().with_extension("log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The node id the manager gave this agent, once it has registered.
+    pub async fn node_id(&self) -> anyhow::Result<String> {
+        let path = self.data_dir.path().join("node_id");
+        eventually("the agent to register", Duration::from_secs(30), || {
+            let path = path.clone();
+            async move {
+                std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| "no node_id file yet".to_string())
+            }
+        })
+        .await
+    }
+
+    /// SIGKILL the agent: its containers stay behind, as after a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Removes, on drop, every container labelled with one of the node ids it was
+/// told about: a failing test leaves nothing running.
+#[derive(Default)]
+pub struct Cleanup {
+    node_ids: std::sync::Mutex<Vec<String>>,
+}
+
+impl Cleanup {
+    pub fn watch_node(&self, node_id: &str) {
+        self.node_ids.lock().unwrap().push(node_id.to_string());
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for node in self.node_ids.lock().unwrap().iter() {
+            let out = Command::new("docker")
+                .args(["ps", "-aq", "--filter", &format!("label=shoal.node.id={node}")])
+                .output();
+            let Ok(out) = out else { continue };
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).output();
+            }
+        }
+    }
+}
