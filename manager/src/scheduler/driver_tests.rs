@@ -1,0 +1,130 @@
+//! The driver against `Store::in_memory()`: snapshot, change stream, batching.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use shoal_proto::{Node, Task, TaskState};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::scheduler::ASSIGNED_MESSAGE;
+use crate::scheduler::pass::tests::{node, pending};
+use crate::store::{Action, Object, Store};
+
+async fn create(store: &Store, objects: Vec<Object>) {
+    let actions = objects.into_iter().map(Action::Create).collect();
+    store.propose(actions).await.expect("create");
+}
+
+fn nodes(ids: &[&str]) -> Vec<Object> {
+    ids.iter().map(|id| Object::Node(node(id, &[]))).collect()
+}
+
+fn tasks(prefix: &str, n: usize) -> Vec<Object> {
+    (0..n)
+        .map(|i| Object::Task(pending(&format!("{prefix}{i:05}"), "svc")))
+        .collect()
+}
+
+/// Poll the store until `check` holds, or fail after a deadline.
+async fn eventually(store: &Store, what: &str, check: impl Fn(&[Task]) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let all: Vec<Task> = store.read(|s| s.tasks().cloned().collect());
+        if check(&all) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {all:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn state_of(t: &Task) -> TaskState {
+    t.status
+        .as_ref()
+        .map(|s| s.state())
+        .unwrap_or(TaskState::New)
+}
+
+fn start(store: &Store) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(run(store.clone(), shutdown.clone()));
+    (shutdown, handle)
+}
+
+#[tokio::test]
+async fn assigns_pending_tasks_evenly() {
+    let store = Store::in_memory();
+    create(&store, nodes(&["a", "b", "c"])).await;
+    // Some tasks exist before the scheduler starts, others arrive after.
+    create(&store, tasks("early", 3)).await;
+    let (shutdown, handle) = start(&store);
+    create(&store, tasks("late", 3)).await;
+    eventually(&store, "6 assigned tasks", |all| {
+        all.len() == 6 && all.iter().all(|t| state_of(t) == TaskState::Assigned)
+    })
+    .await;
+    let all: Vec<Task> = store.read(|s| s.tasks().cloned().collect());
+    let mut per_node: HashMap<&str, usize> = HashMap::new();
+    for t in &all {
+        *per_node.entry(t.node_id.as_str()).or_default() += 1;
+        assert_eq!(t.status.as_ref().unwrap().message, ASSIGNED_MESSAGE);
+        assert!(t.status.as_ref().unwrap().timestamp > 0);
+    }
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+    assert!(per_node.values().all(|&n| n == 2), "{per_node:?}");
+    shutdown.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn constrained_task_waits_with_a_reason_then_lands_on_a_matching_node() {
+    let store = Store::in_memory();
+    create(&store, nodes(&["a"])).await;
+    let (shutdown, handle) = start(&store);
+    let mut task = pending("t1", "svc");
+    task.spec.as_mut().unwrap().placement = Some(shoal_proto::Placement {
+        constraints: vec!["node.labels.zone==east".into()],
+        ..Default::default()
+    });
+    create(&store, vec![Object::Task(task)]).await;
+    let reason = "no suitable node (1 node does not satisfy constraint node.labels.zone==east)";
+    eventually(&store, "an explained pending task", |all| {
+        all[0].status.as_ref().unwrap().message == reason
+    })
+    .await;
+    assert_eq!(
+        state_of(&store.read(|s| s.task("t1").cloned()).unwrap()),
+        TaskState::Pending
+    );
+
+    let east: Node = node("east-1", &[("zone", "east")]);
+    create(&store, vec![Object::Node(east)]).await;
+    eventually(&store, "the task assigned to east-1", |all| {
+        state_of(&all[0]) == TaskState::Assigned && all[0].node_id == "east-1"
+    })
+    .await;
+    shutdown.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn commits_large_batches_in_chunks() {
+    let store = Store::in_memory();
+    create(&store, nodes(&["a", "b", "c", "d"])).await;
+    let (shutdown, handle) = start(&store);
+    // More than CHUNK * MAX_IN_FLIGHT updates in one pass.
+    let n = CHUNK * MAX_IN_FLIGHT + 500;
+    create(&store, tasks("t", n)).await;
+    eventually(&store, "all tasks assigned", |all| {
+        all.len() == n && all.iter().all(|t| state_of(t) == TaskState::Assigned)
+    })
+    .await;
+    let per_node = store.read(|s| ["a", "b", "c", "d"].map(|id| s.tasks_on_node(id).count()));
+    assert!(per_node.iter().all(|&c| c == n / 4), "{per_node:?}");
+    shutdown.cancel();
+    handle.await.unwrap();
+}
