@@ -21,9 +21,20 @@ pub fn shoal_bin() -> PathBuf {
     BIN.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        build
             .args(["build", "-q", "-p", "shoal-cli", "--bin", "shoal"])
-            .current_dir(&root)
+            .current_dir(&root);
+        // The test process carries the CARGO_* variables cargo set for *this*
+        // crate; passed on, they change rustc's environment and make cargo
+        // rebuild the whole workspace on every call.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().to_string();
+            if key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR" {
+                build.env_remove(key);
+            }
+        }
+        let status = build
             .status()
             .expect("run cargo build for the shoal binary");
         assert!(status.success(), "building the shoal binary failed");

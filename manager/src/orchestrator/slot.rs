@@ -127,6 +127,17 @@ fn replace_broken(
         .copied()
         .max_by_key(|t| super::task::age_key(t))
         .expect("broken is not empty");
+    // A replacement that died while still waiting out its restart delay (it is
+    // prepared during the wait, so a missing image rejects it at once) does not
+    // get a successor before that delay is over: otherwise a task that fails in
+    // preparation would be replaced as fast as the agent can reject it.
+    if desired(newest) == TaskState::Ready
+        && let Some(at) = ctx.start_at.get(&newest.id)
+        && *at > ctx.now
+    {
+        ops.push(Op::WakeAt(*at));
+        return;
+    }
     match restarts.decide(newest, key, ctx.now) {
         Verdict::GiveUp => {
             tracing::info!(
