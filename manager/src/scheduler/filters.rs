@@ -264,7 +264,7 @@ impl Filter for ResourceFilter {
     }
 }
 
-/// Host-mode published ports are free on the node.
+/// The fixed published ports are free on the node.
 pub struct HostPortFilter;
 impl Filter for HostPortFilter {
     fn name(&self) -> &'static str {

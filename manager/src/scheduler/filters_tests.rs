@@ -189,10 +189,13 @@ fn host_port_filter_refuses_ports_in_use() {
     i.add(&Footprint::of(&task(0, 0, 8080, &[], 0), true));
     let err = HostPortFilter.check(&req, &n, &i).unwrap_err();
     assert_eq!(err.describe(2), "2 nodes have host port 8080/tcp in use");
-    // An ingress port is not a host port.
+    // Without a routing mesh an ingress port is bound on the task's node too.
     let mut ingress = task(0, 0, 8080, &[], 0);
     ingress.ports[0].publish_mode = PublishMode::Ingress as i32;
-    assert!(!HostPortFilter.applies(&Requirements::of(&ingress).unwrap()));
+    assert!(HostPortFilter.applies(&Requirements::of(&ingress).unwrap()));
+    // A port the engine picks (published 0) never conflicts.
+    let dynamic = task(0, 0, 0, &[], 0);
+    assert!(!HostPortFilter.applies(&Requirements::of(&dynamic).unwrap()));
 }
 
 #[test]

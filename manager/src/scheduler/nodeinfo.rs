@@ -11,7 +11,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use shoal_proto::{Node, PortProtocol, PublishMode, Task, TaskState};
+use shoal_proto::{Node, PortProtocol, Task, TaskState};
 
 use super::fasthash::FastMap;
 
@@ -33,12 +33,14 @@ impl fmt::Display for HostPort {
     }
 }
 
-/// Host ports a task publishes (host mode with a fixed published port).
+/// Host ports a task binds on its node: every fixed published port. There is
+/// no routing mesh yet, so the agent publishes ingress ports on the task's own
+/// node too, and two tasks with the same one cannot share a node.
 pub fn host_ports(task: &Task) -> Vec<HostPort> {
     let mut ports: Vec<HostPort> = task
         .ports
         .iter()
-        .filter(|p| p.publish_mode == PublishMode::Host as i32 && p.published_port != 0)
+        .filter(|p| p.published_port != 0)
         .map(|p| HostPort {
             protocol: p.protocol,
             port: p.published_port,
@@ -267,7 +269,7 @@ mod tests {
                 protocol: PortProtocol::Tcp as i32,
                 target_port: 80,
                 published_port: 8080,
-                publish_mode: PublishMode::Host as i32,
+                publish_mode: shoal_proto::PublishMode::Host as i32,
             }],
             ..Default::default()
         }
