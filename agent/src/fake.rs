@@ -2,16 +2,31 @@
 //! engine, tasks start at once, and tests drive crashes by hand.
 //!
 //! It must stay cheap at 100 000 tasks in one process: a container is a map entry
-//! and a watch channel, and no call spawns anything.
+//! and a watch channel, and no call spawns anything. Its containers "write"
+//! [`FAKE_LOG_LINES`] synthetic lines ([`fake_log_line`]; the last on stderr), so
+//! `service logs` can be tested end to end on hollow nodes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use shoal_proto::{PortConfig, PublishMode, Task};
+use futures::StreamExt;
+use shoal_proto::{LogStream, PortConfig, PublishMode, Task};
 use tokio::sync::watch;
 
-use crate::runtime::{ContainerInfo, ContainerState, EngineInfo, Exit, Runtime, RuntimeError};
+use crate::runtime::{
+    ContainerInfo, ContainerState, EngineInfo, Exit, LogLine, LogLines, LogOptions, Runtime,
+    RuntimeError,
+};
+
+/// Lines in the log of every fake container.
+pub const FAKE_LOG_LINES: u64 = 3;
+
+/// Line `n` (1-based) of the log of task `task_id`'s fake container. The last
+/// line goes to stderr, the others to stdout.
+pub fn fake_log_line(task_id: &str, n: u64) -> String {
+    format!("fake log line {n} for task {task_id}")
+}
 
 /// Exit code of a container stopped by shoal (SIGTERM).
 const STOPPED_EXIT_CODE: i64 = 143;
@@ -20,6 +35,8 @@ struct FakeContainer {
     id: String,
     node_id: String,
     state: ContainerState,
+    /// When it was created (unix ns): the fake log's lines are stamped from it.
+    created_ns: i64,
     /// `Some` once the current run ended; replaced by `None` on each start.
     exit: watch::Sender<Option<Exit>>,
 }
@@ -145,6 +162,7 @@ impl FakeState {
                 id: id.clone(),
                 node_id: node_id.to_string(),
                 state: ContainerState::Created,
+                created_ns: shoal_proto::now_ms().saturating_mul(1_000_000),
                 exit: watch::channel(None).0,
             },
         );
@@ -280,6 +298,54 @@ impl Runtime for FakeRuntime {
             })
             .collect()
     }
+
+    async fn logs(
+        &self,
+        node_id: &str,
+        task_id: &str,
+        options: LogOptions,
+    ) -> Result<LogLines, RuntimeError> {
+        let (created_ns, mut exit) = {
+            let state = self.lock();
+            match state.containers.get(task_id) {
+                Some(c) if c.node_id == node_id => (c.created_ns, c.exit.subscribe()),
+                _ => return Err(RuntimeError::NotFound(task_id.to_string())),
+            }
+        };
+        let lines = futures::stream::iter(
+            fake_log(task_id, created_ns, options.tail)
+                .into_iter()
+                .map(Ok),
+        );
+        if !options.follow {
+            return Ok(lines.boxed());
+        }
+        // Like the engine: following ends when the container stops (or is removed).
+        let until_stopped = futures::stream::once(async move {
+            let _ = exit.wait_for(Option::is_some).await;
+        })
+        .filter_map(|()| async { None });
+        Ok(lines.chain(until_stopped).boxed())
+    }
+}
+
+/// The fake log of a container created at `created_ns`, honouring `tail`.
+fn fake_log(task_id: &str, created_ns: i64, tail: Option<u64>) -> Vec<LogLine> {
+    let first = match tail {
+        Some(n) => FAKE_LOG_LINES.saturating_sub(n) + 1,
+        None => 1,
+    };
+    (first..=FAKE_LOG_LINES)
+        .map(|n| LogLine {
+            stream: if n == FAKE_LOG_LINES {
+                LogStream::Stderr
+            } else {
+                LogStream::Stdout
+            },
+            timestamp_ns: created_ns + n as i64 * 1_000_000,
+            data: fake_log_line(task_id, n).into_bytes(),
+        })
+        .collect()
 }
 
 /// The exit reported for a container that no longer exists.

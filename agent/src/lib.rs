@@ -8,6 +8,8 @@
 //! - [`controller`]: drives one task through the engine, one state at a time,
 //!   as the pure [`step`] function decides.
 //! - [`reporter`]: the outbox of task statuses, sent in batches.
+//! - [`logs`]: answers the manager's log subscriptions (`service logs`) with
+//!   the runtime's logs, in batches.
 //! - [`runtime`]: the container-engine seam ([`runtime::Runtime`]); `fake` (feature
 //!   `fake`) is an in-memory runtime for tests and benchmarks.
 //! - `docker`: the Docker runtime (bollard).
@@ -22,6 +24,7 @@ pub mod docker;
 mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
+pub mod logs;
 pub mod reporter;
 pub mod runtime;
 mod session;

@@ -9,7 +9,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use shoal_proto::{PortConfig, Task};
+use futures::stream::BoxStream;
+use shoal_proto::{LogStream, PortConfig, Task};
 
 /// What the engine says about the machine, sent when the agent registers.
 #[derive(Debug, Clone, Default)]
@@ -49,6 +50,27 @@ pub struct Exit {
     /// True when the health check, not the process, ended the task.
     pub unhealthy: bool,
 }
+
+/// What to read of a task's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogOptions {
+    /// Keep the stream open for new lines until the container stops.
+    pub follow: bool,
+    /// Only the last `n` lines written so far (None: all of them).
+    pub tail: Option<u64>,
+}
+
+/// One line a container wrote, without its line end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub stream: LogStream,
+    /// Unix nanoseconds as the engine recorded them (0 if unknown).
+    pub timestamp_ns: i64,
+    pub data: Vec<u8>,
+}
+
+/// A task's log lines, oldest first.
+pub type LogLines = BoxStream<'static, Result<LogLine, RuntimeError>>;
 
 /// Failures a runtime reports. The message is shown to the user as the task's error.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -100,12 +122,26 @@ pub trait Runtime: Send + Sync + 'static {
     fn wait_exit(&self, task: &Task) -> impl Future<Output = Exit> + Send;
 
     /// Stop the container: its stop signal, then SIGKILL after `grace`.
-    fn stop(&self, task: &Task, grace: Duration)
-    -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn stop(
+        &self,
+        task: &Task,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// Remove the container (and anonymous volumes).
     fn remove(&self, task: &Task) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// Published ports as the engine bound them (host mode), for the task status.
     fn ports(&self, task: &Task) -> impl Future<Output = Vec<PortConfig>> + Send;
+
+    /// The log of the container of task `task_id` on node `node_id` (the
+    /// labels, not the assignment set, say which: the task may be long dead).
+    /// `NotFound` when the node holds no container for the task. The stream
+    /// borrows nothing, so it can outlive the call.
+    fn logs(
+        &self,
+        node_id: &str,
+        task_id: &str,
+        options: LogOptions,
+    ) -> impl Future<Output = Result<LogLines, RuntimeError>> + Send;
 }

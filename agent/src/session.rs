@@ -4,7 +4,8 @@
 //!
 //! A session ends on a closed session stream, a failed heartbeat (the manager
 //! forgot the session, or is gone), a broken assignments stream or a refused
-//! status batch. Unsent statuses stay queued for the next session.
+//! status batch. Unsent statuses stay queued for the next session. Log
+//! subscriptions (`crate::logs`) ride on the session but never end it.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use crate::backoff::Backoff;
 use crate::config::{AgentConfig, load_node_id, manager_addr, store_node_id};
 use crate::connect;
 use crate::error::AgentError;
+use crate::logs;
 use crate::reporter::{Reporter, send_loop};
 use crate::runtime::Runtime;
 use crate::worker::Worker;
@@ -166,6 +168,7 @@ impl Session<'_> {
         let node_id = self.node_id.clone();
         let heartbeat = heartbeat_loop(client.clone(), session_id.clone(), period);
         let reports = send_loop(reporter, client.clone(), session_id.clone());
+        let logs = logs::serve(client.clone(), runtime, &node_id, &session_id);
         let consume = async {
             while let Some(msg) = assignments.message().await? {
                 worker
@@ -186,6 +189,7 @@ impl Session<'_> {
             status = reports => Err(SessionEnd::Rpc(status)),
             end = consume => end,
             end = watch_session => end,
+            never = logs => match never {},
         }
     }
 

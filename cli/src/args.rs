@@ -83,6 +83,8 @@ pub enum ServiceCommand {
     /// Remove one or more services.
     #[command(alias = "remove")]
     Rm(RemoveArgs),
+    /// Fetch the logs of a service's tasks.
+    Logs(LogsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -340,6 +342,34 @@ pub struct PsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Service name or id.
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
+    /// Follow log output.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Number of lines to show from the end of each task's log ("all" for every line).
+    #[arg(short = 'n', long, value_name = "N", default_value = "all", value_parser = tail)]
+    pub tail: i64,
+    /// Show timestamps.
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
+    /// Do not include task ids in the output.
+    #[arg(long)]
+    pub no_task_ids: bool,
+    /// Do not truncate task ids.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Do not map node ids to hostnames.
+    #[arg(long)]
+    pub no_resolve: bool,
+    /// Print only the log lines: no task, node or timestamp prefix.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct InspectArgs {
     /// Print a human-readable summary instead of JSON.
     #[arg(long)]
@@ -485,6 +515,15 @@ pub fn count(s: &str) -> Result<u64, String> {
     }
     t.parse()
         .map_err(|_| format!("{t:?} is not a whole number"))
+}
+
+/// `--tail`: a number of lines, or "all" (sent as -1).
+pub fn tail(s: &str) -> Result<i64, String> {
+    if s.trim().eq_ignore_ascii_case("all") {
+        return Ok(-1);
+    }
+    let n = count(s).map_err(|e| format!("{e} (expected a number of lines or \"all\")"))?;
+    i64::try_from(n).map_err(|_| format!("{n} is too large"))
 }
 
 fn count_u32(s: &str) -> Result<u32, String> {

@@ -1,7 +1,8 @@
 //! `shoal service ...`: the client side of the `Control` API for services.
-//! Specs are built from flags in [`spec`], task listings live in [`ps`]; this
-//! module sends the requests and prints what comes back.
+//! Specs are built from flags in [`spec`], task listings live in [`ps`], task
+//! logs in [`logs`]; this module sends the requests and prints what comes back.
 
+pub mod logs;
 pub mod ps;
 pub mod spec;
 
@@ -38,6 +39,7 @@ pub async fn run(host: Option<&str>, command: ServiceCommand) -> anyhow::Result<
         ServiceCommand::Scale(args) => scale(&mut client, &args).await,
         ServiceCommand::Update(args) => update(&mut client, &args).await,
         ServiceCommand::Rm(args) => remove(&mut client, &args).await,
+        ServiceCommand::Logs(args) => logs::run(&mut client, &args).await,
     }
 }
 

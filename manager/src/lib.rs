@@ -8,6 +8,8 @@
 //! - [`scheduler`]: places PENDING tasks on nodes through a filter pipeline.
 //! - [`dispatcher`]: agent sessions, heartbeats, assignments and task status.
 //! - [`control`]: the `Control` and `Watch` gRPC APIs the CLI talks to.
+//! - [`logbroker`]: `service logs`: asks the agents for their tasks' logs and
+//!   streams what they publish to the client.
 //! - [`leader`]: starts the leader-only components together and stops them together.
 //! - [`server`]: [`server::run`] wires it all onto a TCP listener and a unix socket.
 
@@ -15,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod dispatcher;
 pub mod leader;
+pub mod logbroker;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;

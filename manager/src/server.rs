@@ -65,7 +65,7 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(|e| ServerError::Io(e.to_string()))?;
 
     let dispatcher = Dispatcher::new(store.clone(), config.dispatcher.clone());
-    let control = ControlService::new(store.clone(), Some(raft.clone()));
+    let control = ControlService::new(store.clone(), Some(raft.clone())).with_dispatcher(dispatcher.clone());
     let watch = WatchService::new(store.clone(), shutdown.clone());
 
     let socket_path = config.control_socket();

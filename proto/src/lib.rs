@@ -8,9 +8,12 @@
 //! - [`validate`]: spec validation and the parsers for user-facing values
 //!   (durations, sizes, ports, mounts), shared by the manager and the CLI so both
 //!   refuse bad input with the same words.
+//! - [`rfc3339`]: log timestamps as the engine writes them and as `service logs`
+//!   prints them.
 
 pub mod constraint;
 pub mod ids;
+pub mod rfc3339;
 pub mod state;
 pub mod validate;
 

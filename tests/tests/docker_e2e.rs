@@ -363,3 +363,84 @@ async fn an_agent_without_an_engine_says_so_and_joins_once_it_appears() {
     said.unwrap();
     joined.unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
 }
+
+#[tokio::test]
+async fn service_logs_show_both_replicas_with_task_prefixes_tail_and_follow() {
+    let c = Cluster::start().await;
+    let script = "echo hello-$HOSTNAME; echo oops >&2; sleep 3600";
+    c.ok(&["service", "create", "-d", "--name", "e2e-logs", "--replicas", "2", IMAGE, "sh", "-c", script]).await;
+    let containers = c.wait_running("e2e-logs", 2).await;
+    // Per task: the prefix `service logs` must print, and the container's hostname.
+    let mut expected = Vec::new();
+    for t in c.json(&["service", "ps", "e2e-logs"]).await {
+        if t["state"] != "running" {
+            continue;
+        }
+        let id = t["id"].as_str().unwrap();
+        let prefix = format!("{}.{}@{}    | ", t["name"].as_str().unwrap(), &id[..12], t["node"].as_str().unwrap());
+        let container = containers.iter().find(|x| x.labels.get("shoal.task.id").map(String::as_str) == Some(id)).unwrap();
+        let inspect = c.engine.inspect_container(&container.id, None).await.unwrap();
+        let hostname = inspect.config.and_then(|cfg| cfg.hostname).unwrap();
+        expected.push((prefix, hostname));
+    }
+    assert_eq!(expected.len(), 2);
+
+    // The containers write their lines soon after they start: poll until both are there.
+    let cluster = &c;
+    let run = |args: &'static [&'static str]| async move {
+        let out = tokio::time::timeout(WAIT, cluster.manager.cli(args)).await.expect("service logs ends");
+        assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), cluster.logs());
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (out, err) = eventually("both replicas' lines", WAIT, || async {
+        let (out, err) = run(&["service", "logs", "e2e-logs"]).await;
+        if out.lines().count() == 2 && err.lines().count() == 2 { Ok((out, err)) } else { Err(format!("stdout {out:?}, stderr {err:?}")) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    for (prefix, hostname) in &expected {
+        let hello = format!("{prefix}hello-{hostname}");
+        assert!(out.lines().any(|l| l == hello), "{hello:?} not in stdout:\n{out}");
+        let oops = format!("{prefix}oops");
+        assert!(err.lines().any(|l| l == oops), "{oops:?} not in stderr:\n{err}");
+    }
+
+    // --tail 1: one line per container (which one depends on how the engine
+    // interleaved stdout and stderr).
+    let (out, err) = run(&["service", "logs", "--tail", "1", "e2e-logs"]).await;
+    let all: Vec<&str> = out.lines().chain(err.lines()).collect();
+    assert_eq!(all.len(), 2, "{all:?}");
+    for (prefix, _) in &expected {
+        assert_eq!(all.iter().filter(|l| l.starts_with(prefix.as_str())).count(), 1, "{prefix:?} in {all:?}");
+    }
+
+    // --follow shows a line written after it started.
+    let ticker = "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 1; done";
+    c.ok(&["service", "create", "-d", "--name", "e2e-logs-f", IMAGE, "sh", "-c", ticker]).await;
+    c.wait_running("e2e-logs-f", 1).await;
+    let started_ns = i128::from(shoal_proto::now_ms()) * 1_000_000;
+    let mut follow = tokio::process::Command::new(shoal_tests::process::shoal_bin())
+        .args(["--host", &c.manager.addr.to_string(), "service", "logs", "-f", "-t", "e2e-logs-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(follow.stdout.take().unwrap()));
+    let fresh = tokio::time::timeout(WAIT, async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("--follow ended early");
+            let (stamp, rest) = line.split_once(' ').unwrap();
+            let ns = shoal_proto::rfc3339::parse_ns(stamp).unwrap_or_else(|| panic!("no timestamp: {line}"));
+            assert!(rest.starts_with("e2e-logs-f.1.") && rest.contains("    | tick-"), "{line}");
+            if i128::from(ns) > started_ns + 1_000_000_000 {
+                return line;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("--follow showed no new line\n{}", c.logs()));
+    println!("--follow showed: {fresh}");
+    assert!(follow.try_wait().unwrap().is_none(), "--follow exited by itself");
+    follow.kill().await.unwrap();
+}

@@ -2,10 +2,11 @@
 //! Docker engine through bollard. The pure task → container translation lives in
 //! [`spec`]; this module makes the calls and turns the engine's answers and errors
 //! into shoal's ([`RuntimeError`], [`ContainerInfo`]); waiting for health and exit
-//! is in `wait`. Containers are addressed by their deterministic name
+//! is in `wait`, reading task logs in `logs`. Containers are addressed by their deterministic name
 //! ([`spec::container_name`]) and recognised by their `shoal.task.id` label, so
 //! every call is idempotent and survives an agent restart.
 
+mod logs;
 pub mod spec;
 pub mod test_image;
 mod wait;
@@ -23,7 +24,9 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 use shoal_proto::{PortConfig, Task};
 
-use crate::runtime::{ContainerInfo, ContainerState, EngineInfo, Exit, Runtime, RuntimeError};
+use crate::runtime::{
+    ContainerInfo, ContainerState, EngineInfo, Exit, LogLines, LogOptions, Runtime, RuntimeError,
+};
 use spec::{LABEL_NODE_ID, LABEL_TASK_ID, container_name};
 
 /// Time allowed for the engine to answer a request (streams: to start answering).
@@ -376,7 +379,18 @@ impl Runtime for DockerRuntime {
             }
         }
     }
+
+    async fn logs(
+        &self,
+        node_id: &str,
+        task_id: &str,
+        options: LogOptions,
+    ) -> Result<LogLines, RuntimeError> {
+        logs::logs(self, node_id, task_id, options).await
+    }
 }
 
+#[cfg(test)]
+mod logs_tests;
 #[cfg(test)]
 mod tests;

@@ -56,6 +56,21 @@ impl TestDispatcher {
 impl Dispatcher for TestDispatcher {
     type SessionStream = ReceiverStream<Result<SessionMessage, Status>>;
     type AssignmentsStream = ReceiverStream<Result<AssignmentsMessage, Status>>;
+    type LogSubscriptionsStream = ReceiverStream<Result<shoal_proto::LogSubscription, Status>>;
+
+    async fn log_subscriptions(
+        &self,
+        _request: Request<shoal_proto::LogSubscriptionsRequest>,
+    ) -> Result<Response<Self::LogSubscriptionsStream>, Status> {
+        Err(Status::unimplemented("this test dispatcher serves no logs"))
+    }
+
+    async fn publish_logs(
+        &self,
+        _request: Request<tonic::Streaming<shoal_proto::PublishLogsMessage>>,
+    ) -> Result<Response<shoal_proto::PublishLogsResponse>, Status> {
+        Err(Status::unimplemented("this test dispatcher serves no logs"))
+    }
 
     async fn session(
         &self,

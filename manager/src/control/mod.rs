@@ -14,6 +14,8 @@ use shoal_proto::control_server::Control;
 use shoal_proto::*;
 use tonic::{Request, Response, Status};
 
+use crate::dispatcher::Dispatcher;
+use crate::logbroker::LogStream;
 use crate::raft::RaftHandle;
 use crate::store::Store;
 
@@ -25,12 +27,20 @@ pub use watch::WatchService;
 pub struct ControlService {
     store: Store,
     raft: Option<RaftHandle>,
+    /// Serves `ServiceLogs` through the agents' sessions (absent: no logs).
+    dispatcher: Option<Dispatcher>,
 }
 
 impl ControlService {
     /// `raft` supplies the Raft status shown by `GetCluster` (absent in unit tests).
     pub fn new(store: Store, raft: Option<RaftHandle>) -> Self {
-        ControlService { store, raft }
+        ControlService { store, raft, dispatcher: None }
+    }
+
+    /// Serve `ServiceLogs` through `dispatcher`, whose sessions reach the agents.
+    pub fn with_dispatcher(mut self, dispatcher: Dispatcher) -> Self {
+        self.dispatcher = Some(dispatcher);
+        self
     }
 }
 
@@ -38,6 +48,23 @@ type Reply<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl Control for ControlService {
+    type ServiceLogsStream = LogStream;
+
+    async fn service_logs(&self, req: Request<ServiceLogsRequest>) -> Reply<Self::ServiceLogsStream> {
+        let Some(dispatcher) = &self.dispatcher else {
+            return Err(Status::unimplemented("this manager does not serve logs"));
+        };
+        // Agents keep their sessions with the leader only.
+        if !dispatcher.is_running() {
+            return Err(Status::unavailable(
+                "logs are gathered by the leader manager, and this manager is not the leader; \
+                 connect to the leader",
+            ));
+        }
+        let stream = dispatcher.log_broker().subscribe(&self.store, req.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+
     async fn create_service(&self, req: Request<CreateServiceRequest>) -> Reply<CreateServiceResponse> {
         let spec = req.into_inner().spec.unwrap_or_default();
         let service = services::create(&self.store, spec).await?;

@@ -5,12 +5,15 @@
 //! [`assignments`]) and reports task status, which a batcher commits to the store
 //! in large proposals ([`status`]). A node that stops heartbeating for the grace
 //! period is marked DOWN ([`monitor`]), and the orchestrator replaces its tasks.
+//! A session also carries `service logs` traffic ([`logs`]): log subscriptions
+//! to the agent and the logs it publishes, routed by a [`LogBroker`].
 //!
 //! Sessions and heartbeats live in memory only: a heartbeat never becomes a Raft
 //! entry. That is also why only the leader serves agents: the RPCs answer
 //! `unavailable` unless this manager leads and [`Dispatcher::run`] is active.
 
 mod assignments;
+mod logs;
 mod monitor;
 mod session;
 mod status;
@@ -31,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::config::DispatcherConfig;
+use crate::logbroker::{LogBroker, SubscriptionStream};
 use crate::store::{Store, StoreError};
 
 /// Serves the `Dispatcher` gRPC service. Clone freely: clones share sessions.
@@ -50,6 +54,8 @@ struct Inner {
     /// Tells apart successive `run` calls, so that a stale one cannot clear its
     /// successor's state when it ends.
     epoch: AtomicU64,
+    /// Routes `service logs` between clients and agents.
+    logs: LogBroker,
 }
 
 /// What the RPCs need from an active `run`.
@@ -72,6 +78,7 @@ impl Dispatcher {
                 sessions: Mutex::new(session::Sessions::default()),
                 running: Mutex::new(None),
                 epoch: AtomicU64::new(0),
+                logs: LogBroker::new(),
             }),
         }
     }
@@ -122,6 +129,11 @@ impl Dispatcher {
     /// True while [`Dispatcher::run`] is active on the leader: the RPCs are served.
     pub fn is_running(&self) -> bool {
         self.inner.store.is_leader() && lock(&self.inner.running).is_some()
+    }
+
+    /// The log broker that serves `ServiceLogs` through this dispatcher's sessions.
+    pub fn log_broker(&self) -> LogBroker {
+        self.inner.logs.clone()
     }
 
     /// The active run, or the error agents get from a manager that cannot serve them.
@@ -175,6 +187,25 @@ fn store_status(err: StoreError) -> Status {
 impl dispatcher_server::Dispatcher for Dispatcher {
     type SessionStream = ReceiverStream<Result<SessionMessage, Status>>;
     type AssignmentsStream = ReceiverStream<Result<AssignmentsMessage, Status>>;
+    type LogSubscriptionsStream = SubscriptionStream;
+
+    async fn log_subscriptions(
+        &self,
+        request: Request<shoal_proto::LogSubscriptionsRequest>,
+    ) -> Result<Response<Self::LogSubscriptionsStream>, Status> {
+        self.running()?;
+        let stream = logs::subscriptions(&self.inner, &request.into_inner().session_id)?;
+        Ok(Response::new(stream))
+    }
+
+    async fn publish_logs(
+        &self,
+        request: Request<tonic::Streaming<shoal_proto::PublishLogsMessage>>,
+    ) -> Result<Response<shoal_proto::PublishLogsResponse>, Status> {
+        self.running()?;
+        let response = logs::publish(&self.inner, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
 
     async fn session(
         &self,
