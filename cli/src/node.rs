@@ -8,9 +8,7 @@ use shoal_proto::{
 };
 use tonic::transport::Channel;
 
-use crate::args::{
-    AvailabilityArg, Format, ListArgs, NodeCommand, NodeInspectArgs, NodeUpdateArgs,
-};
+use crate::args::{AvailabilityArg, ListArgs, NodeCommand, NodeInspectArgs, NodeUpdateArgs};
 use crate::output::{self, NODE_HEADERS, NodeRow};
 use crate::{connect, inspect};
 
@@ -63,20 +61,14 @@ async fn list(client: &mut Client, args: &ListArgs) -> anyhow::Result<()> {
         .iter()
         .map(|n| NodeRow::new(n, &leader_addr))
         .collect();
-    if args.quiet {
-        for row in &rows {
-            println!("{}", row.id);
-        }
-        return Ok(());
-    }
-    match args.format {
-        Format::Json => output::print_json(&rows),
-        Format::Table => {
-            let cells: Vec<Vec<String>> = rows.iter().map(NodeRow::table_row).collect();
-            output::print_table(&NODE_HEADERS, &cells);
-            Ok(())
-        }
-    }
+    output::print_list(
+        &rows,
+        args.quiet,
+        args.format,
+        &NODE_HEADERS,
+        |r| &r.id,
+        NodeRow::table_row,
+    )
 }
 
 async fn inspect_nodes(client: &mut Client, args: &NodeInspectArgs) -> anyhow::Result<()> {

@@ -46,6 +46,31 @@ pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// Print a value as pretty JSON.
+/// Print list rows the docker way: ids only with `-q`, else JSON or a table.
+pub fn print_list<R: Serialize>(
+    rows: &[R],
+    quiet: bool,
+    format: crate::args::Format,
+    headers: &[&str],
+    id: impl Fn(&R) -> &str,
+    cells: impl Fn(&R) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if quiet {
+        for row in rows {
+            println!("{}", id(row));
+        }
+        return Ok(());
+    }
+    match format {
+        crate::args::Format::Json => print_json(rows),
+        crate::args::Format::Table => {
+            let table: Vec<Vec<String>> = rows.iter().map(cells).collect();
+            print_table(headers, &table);
+            Ok(())
+        }
+    }
+}
+
 pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

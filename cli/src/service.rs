@@ -15,7 +15,7 @@ use shoal_proto::{
 use tonic::transport::Channel;
 
 use crate::args::{
-    CreateArgs, Format, InspectArgs, ListArgs, RemoveArgs, ScaleArgs, ServiceCommand, UpdateArgs,
+    CreateArgs, InspectArgs, ListArgs, RemoveArgs, ScaleArgs, ServiceCommand, UpdateArgs,
 };
 use crate::output::{self, SERVICE_HEADERS, ServiceRow};
 use crate::progress::{self, Goal};
@@ -88,20 +88,14 @@ async fn list(client: &mut Client, args: &ListArgs) -> anyhow::Result<()> {
     };
     summaries.sort_by_key(name);
     let rows: Vec<ServiceRow> = summaries.iter().map(ServiceRow::from_summary).collect();
-    if args.quiet {
-        for row in &rows {
-            println!("{}", row.id);
-        }
-        return Ok(());
-    }
-    match args.format {
-        Format::Json => output::print_json(&rows),
-        Format::Table => {
-            let cells: Vec<Vec<String>> = rows.iter().map(ServiceRow::table_row).collect();
-            output::print_table(&SERVICE_HEADERS, &cells);
-            Ok(())
-        }
-    }
+    output::print_list(
+        &rows,
+        args.quiet,
+        args.format,
+        &SERVICE_HEADERS,
+        |r| &r.id,
+        ServiceRow::table_row,
+    )
 }
 
 async fn inspect_services(client: &mut Client, args: &InspectArgs) -> anyhow::Result<()> {
