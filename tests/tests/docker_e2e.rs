@@ -252,7 +252,9 @@ async fn a_killed_agent_is_replaced_and_its_stale_containers_go_on_return() {
 #[tokio::test]
 async fn an_image_update_rolls_tasks_over() {
     let c = Cluster::start().await;
-    c.ok(&["service", "create", "-d", "--name", "e2e-roll", "--replicas", "3", IMAGE, "sleep", "3600"]).await;
+    // `sleep` as PID 1 ignores SIGTERM: a short grace keeps each stop brief.
+    c.ok(&["service", "create", "-d", "--name", "e2e-roll", "--replicas", "3", "--stop-grace-period", "1s",
+        IMAGE, "sleep", "3600"]).await;
     c.wait_running("e2e-roll", 3).await;
     let t0 = Instant::now();
     c.ok(&["service", "update", "-d", "--update-parallelism", "1", "--image", IMAGE_V2, "e2e-roll"]).await;
