@@ -23,7 +23,12 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Follow leadership until `shutdown`, running the leader-only components
 /// whenever this manager leads.
-pub async fn run(store: Store, config: ManagerConfig, dispatcher: Dispatcher, shutdown: CancellationToken) {
+pub async fn run(
+    store: Store,
+    config: ManagerConfig,
+    dispatcher: Dispatcher,
+    shutdown: CancellationToken,
+) {
     let mut leadership = store.leadership();
     loop {
         // Wait to lead.
@@ -32,13 +37,20 @@ pub async fn run(store: Store, config: ManagerConfig, dispatcher: Dispatcher, sh
             res = leadership.wait_for(|l| l.is_leader) => if res.is_err() { return },
         }
         let term = leadership.borrow().term;
-        info!(raft.term = term, "became leader: starting orchestrator, scheduler and dispatcher");
+        info!(
+            raft.term = term,
+            "became leader: starting orchestrator, scheduler and dispatcher"
+        );
         if let Err(err) = ensure_cluster(&store, &config).await {
             warn!(error = %err, "could not record the cluster object");
         }
         let unit = shutdown.child_token();
         let mut tasks = JoinSet::new();
-        tasks.spawn(orchestrator::run(store.clone(), config.orchestrator.clone(), unit.clone()));
+        tasks.spawn(orchestrator::run(
+            store.clone(),
+            config.orchestrator.clone(),
+            unit.clone(),
+        ));
         tasks.spawn(scheduler::run(store.clone(), unit.clone()));
         let d = dispatcher.clone();
         let token = unit.clone();
@@ -84,6 +96,8 @@ async fn ensure_cluster(store: &Store, config: &ManagerConfig) -> Result<(), Sto
             }),
         }),
     };
-    store.propose(vec![Action::Create(Object::Cluster(cluster))]).await?;
+    store
+        .propose(vec![Action::Create(Object::Cluster(cluster))])
+        .await?;
     Ok(())
 }

@@ -62,10 +62,13 @@ pub async fn serve(
     let (store, raft) = raft::start(&config)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
-    let addr = listener.local_addr().map_err(|e| ServerError::Io(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Io(e.to_string()))?;
 
     let dispatcher = Dispatcher::new(store.clone(), config.dispatcher.clone());
-    let control = ControlService::new(store.clone(), Some(raft.clone())).with_dispatcher(dispatcher.clone());
+    let control =
+        ControlService::new(store.clone(), Some(raft.clone())).with_dispatcher(dispatcher.clone());
     let watch = WatchService::new(store.clone(), shutdown.clone());
 
     let socket_path = config.control_socket();
@@ -83,14 +86,27 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .add_service(RaftServer::new(RaftService::new(raft.clone())).max_decoding_message_size(MAX_MESSAGE))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+        .add_service(
+            RaftServer::new(RaftService::new(raft.clone())).max_decoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
     let unix_server = Server::builder()
         .add_service(control_server(control))
         .add_service(watch_server(watch))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(unix),
+            shutdown.clone().cancelled_owned(),
+        );
 
-    let leader = tokio::spawn(leader::run(store.clone(), config.clone(), dispatcher, shutdown.clone()));
+    let leader = tokio::spawn(leader::run(
+        store.clone(),
+        config.clone(),
+        dispatcher,
+        shutdown.clone(),
+    ));
     info!(%addr, socket = %socket_path.display(), data_dir = %config.data_dir.display(), "manager listening");
 
     let tcp = tokio::spawn(tcp_server);
@@ -103,7 +119,10 @@ pub async fn serve(
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => warn!(listener = name, error = %e, "gRPC server ended with an error"),
             Ok(Err(e)) => warn!(listener = name, error = %e, "gRPC server task failed"),
-            Err(_) => warn!(listener = name, "open streams did not finish in {DRAIN_GRACE:?}; closing them"),
+            Err(_) => warn!(
+                listener = name,
+                "open streams did not finish in {DRAIN_GRACE:?}; closing them"
+            ),
         }
     }
     raft.shutdown().await;

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use shoal_agent::fake::FakeRuntime;
 use shoal_agent::AgentConfig;
+use shoal_agent::fake::FakeRuntime;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -43,7 +43,10 @@ impl HollowAgent {
             shutdown: CancellationToken::new(),
             handle: None,
             managers: vec![manager.to_string()],
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         agent.spawn();
         agent

@@ -24,7 +24,10 @@ pub const IMAGE_V2: &str = "shoal-test/busybox:v2";
 /// Build the test images if they are missing (idempotent).
 pub fn ensure_images() {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("images/build-test-images.sh");
-    let status = Command::new("sh").arg(script).status().expect("run build-test-images.sh");
+    let status = Command::new("sh")
+        .arg(script)
+        .status()
+        .expect("run build-test-images.sh");
     assert!(status.success(), "building the test images failed");
 }
 
@@ -51,7 +54,10 @@ pub struct Container {
 pub async fn containers(docker: &Docker, key: &str, value: &str) -> anyhow::Result<Vec<Container>> {
     let filters: HashMap<String, Vec<String>> =
         HashMap::from([("label".to_string(), vec![format!("{key}={value}")])]);
-    let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+    let opts = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
     let list = docker.list_containers(Some(opts)).await?;
     Ok(list
         .into_iter()
@@ -84,7 +90,10 @@ pub async fn env_and_cmd(docker: &Docker, id: &str) -> anyhow::Result<(Vec<Strin
         .inspect_container(id, None::<InspectContainerOptions>)
         .await?;
     let config = info.config.unwrap_or_default();
-    Ok((config.env.unwrap_or_default(), config.cmd.unwrap_or_default()))
+    Ok((
+        config.env.unwrap_or_default(),
+        config.cmd.unwrap_or_default(),
+    ))
 }
 
 /// Host ports the engine bound for a container's `port/tcp`.
@@ -132,10 +141,19 @@ impl AgentProcess {
             .append(true)
             .open(self.log_path())?;
         let child = Command::new(shoal_bin())
-            .args(["agent", "--manager", &self.manager.to_string(), "--node-name", &self.name])
+            .args([
+                "agent",
+                "--manager",
+                &self.manager.to_string(),
+                "--node-name",
+                &self.name,
+            ])
             .arg("--data-dir")
             .arg(self.data_dir.path())
-            .env("SHOAL_LOG", std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "SHOAL_LOG",
+                std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -205,7 +223,12 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         for node in self.node_ids.lock().unwrap().iter() {
             let out = Command::new("docker")
-                .args(["ps", "-aq", "--filter", &format!("label=shoal.node.id={node}")])
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=shoal.node.id={node}"),
+                ])
                 .output();
             let Ok(out) = out else { continue };
             let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
@@ -213,7 +236,10 @@ impl Drop for Cleanup {
                 .map(str::to_string)
                 .collect();
             if !ids.is_empty() {
-                let _ = Command::new("docker").args(["rm", "-f", "-v"]).args(&ids).output();
+                let _ = Command::new("docker")
+                    .args(["rm", "-f", "-v"])
+                    .args(&ids)
+                    .output();
             }
         }
     }

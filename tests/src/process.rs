@@ -19,7 +19,10 @@ use crate::wait::eventually;
 pub fn shoal_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
         build
@@ -85,7 +88,10 @@ impl ManagerProcess {
             .arg("--listen-addr")
             .arg(self.addr.to_string())
             .args(&self.extra_args)
-            .env("SHOAL_LOG", std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "SHOAL_LOG",
+                std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -97,15 +103,21 @@ impl ManagerProcess {
     /// Wait until the manager answers and has created its cluster object (it leads).
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         let addr = self.addr;
-        eventually("the manager to lead", Duration::from_secs(30), || async move {
-            let mut c = control(addr).await.map_err(|e| e.to_string())?;
-            let info = c
-                .get_cluster(shoal_proto::GetClusterRequest {})
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner();
-            info.cluster.map(|_| ()).ok_or_else(|| "no cluster object yet".to_string())
-        })
+        eventually(
+            "the manager to lead",
+            Duration::from_secs(30),
+            || async move {
+                let mut c = control(addr).await.map_err(|e| e.to_string())?;
+                let info = c
+                    .get_cluster(shoal_proto::GetClusterRequest {})
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                info.cluster
+                    .map(|_| ())
+                    .ok_or_else(|| "no cluster object yet".to_string())
+            },
+        )
         .await
     }
 

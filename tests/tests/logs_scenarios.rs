@@ -45,7 +45,11 @@ async fn running_tasks(m: &ManagerProcess, service: &str, n: usize) -> Vec<Runni
                 (s("id"), s("name"), s("node"))
             })
             .collect();
-        if running.len() == n { Ok(running) } else { Err(format!("{} running", running.len())) }
+        if running.len() == n {
+            Ok(running)
+        } else {
+            Err(format!("{} running", running.len()))
+        }
     })
     .await
     .unwrap()
@@ -59,15 +63,29 @@ fn expected((id, name, node): &RunningTask, n: u64) -> String {
 async fn cluster(agents: usize) -> (ManagerProcess, Vec<HollowAgent>) {
     shoal_tests::init();
     let m = ManagerProcess::start(&[]).await.unwrap();
-    let agents: Vec<HollowAgent> =
-        (1..=agents).map(|i| HollowAgent::start(m.addr, &format!("node-{i}"), &[])).collect();
+    let agents: Vec<HollowAgent> = (1..=agents)
+        .map(|i| HollowAgent::start(m.addr, &format!("node-{i}"), &[]))
+        .collect();
     (m, agents)
 }
 
 #[tokio::test]
 async fn service_logs_show_every_tasks_lines_prefixed_by_task_name() {
     let (m, _agents) = cluster(2).await;
-    ok(&m, &["service", "create", "-d", "--name", "web", "--replicas", "3", "img:v1"]).await;
+    ok(
+        &m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "img:v1",
+        ],
+    )
+    .await;
     let tasks = running_tasks(&m, "web", 3).await;
     let nodes: std::collections::BTreeSet<&str> = tasks.iter().map(|t| t.2.as_str()).collect();
     assert_eq!(nodes.len(), 2, "tasks spread over both nodes: {tasks:?}");
@@ -75,13 +93,24 @@ async fn service_logs_show_every_tasks_lines_prefixed_by_task_name() {
     // Everything: stdout lines on stdout, the last (stderr) line on stderr.
     let (out, err) = ok(&m, &["service", "logs", "web"]).await;
     let (out, err): (Vec<&str>, Vec<&str>) = (out.lines().collect(), err.lines().collect());
-    assert_eq!(out.len(), tasks.len() * (FAKE_LOG_LINES as usize - 1), "{out:#?}");
+    assert_eq!(
+        out.len(),
+        tasks.len() * (FAKE_LOG_LINES as usize - 1),
+        "{out:#?}"
+    );
     assert_eq!(err.len(), tasks.len(), "{err:#?}");
     for task in &tasks {
         for n in 1..FAKE_LOG_LINES {
-            assert!(out.contains(&expected(task, n).as_str()), "{:?} missing from {out:#?}", expected(task, n));
+            assert!(
+                out.contains(&expected(task, n).as_str()),
+                "{:?} missing from {out:#?}",
+                expected(task, n)
+            );
         }
-        assert!(err.contains(&expected(task, FAKE_LOG_LINES).as_str()), "{err:#?}");
+        assert!(
+            err.contains(&expected(task, FAKE_LOG_LINES).as_str()),
+            "{err:#?}"
+        );
         // A task's lines keep their order.
         let first = out.iter().position(|l| *l == expected(task, 1)).unwrap();
         let second = out.iter().position(|l| *l == expected(task, 2)).unwrap();
@@ -100,7 +129,10 @@ async fn service_logs_show_every_tasks_lines_prefixed_by_task_name() {
         assert!(shoal_proto::rfc3339::parse_ns(stamp).is_some(), "{line}");
         let (prefix, _) = rest.split_once("    | ").unwrap();
         let (name, node) = prefix.split_once('@').unwrap();
-        assert!(name.starts_with("web.") && name.matches('.').count() == 1, "{line}");
+        assert!(
+            name.starts_with("web.") && name.matches('.').count() == 1,
+            "{line}"
+        );
         assert!(node.starts_with("node-"), "{line}");
     }
     let (out, _) = ok(&m, &["service", "logs", "--raw", "web"]).await;
@@ -115,28 +147,58 @@ async fn service_logs_show_every_tasks_lines_prefixed_by_task_name() {
 #[tokio::test]
 async fn service_logs_follow_streams_until_the_client_leaves() {
     let (m, _agents) = cluster(1).await;
-    ok(&m, &["service", "create", "-d", "--name", "web", "--replicas", "2", "img:v1"]).await;
+    ok(
+        &m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "img:v1",
+        ],
+    )
+    .await;
     let tasks = running_tasks(&m, "web", 2).await;
 
     let mut child = tokio::process::Command::new(shoal_bin())
-        .args(["--host", &m.addr.to_string(), "service", "logs", "--follow", "web"])
+        .args([
+            "--host",
+            &m.addr.to_string(),
+            "service",
+            "logs",
+            "--follow",
+            "web",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut want: Vec<String> = tasks.iter().flat_map(|t| (1..FAKE_LOG_LINES).map(|n| expected(t, n))).collect();
+    let mut want: Vec<String> = tasks
+        .iter()
+        .flat_map(|t| (1..FAKE_LOG_LINES).map(|n| expected(t, n)))
+        .collect();
     tokio::time::timeout(WAIT, async {
         while !want.is_empty() {
-            let line = lines.next_line().await.unwrap().expect("the follow stream ended early");
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the follow stream ended early");
             want.retain(|w| *w != line);
         }
     })
     .await
     .unwrap_or_else(|_| panic!("lines never shown: {want:#?}"));
     // Still following: the fake containers run on.
-    assert!(child.try_wait().unwrap().is_none(), "--follow exited by itself");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "--follow exited by itself"
+    );
     child.kill().await.unwrap();
     // The manager drops the subscription once the client is gone; a new
     // request is served as before.
@@ -147,7 +209,20 @@ async fn service_logs_follow_streams_until_the_client_leaves() {
 #[tokio::test]
 async fn service_logs_leave_out_nodes_without_an_agent() {
     let (m, mut agents) = cluster(2).await;
-    ok(&m, &["service", "create", "-d", "--name", "web", "--replicas", "4", "img:v1"]).await;
+    ok(
+        &m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--replicas",
+            "4",
+            "img:v1",
+        ],
+    )
+    .await;
     let tasks = running_tasks(&m, "web", 4).await;
     agents[1].stop().await;
     // The command ends even though node-2 cannot answer, with node-1's lines.

@@ -42,20 +42,29 @@ async fn running_per_node(m: &ManagerProcess, service: &str) -> BTreeMap<String,
     let mut per = BTreeMap::new();
     for t in json(m, &["service", "ps", service]).await {
         if t["desired_state"] == "running" && t["state"] == "running" {
-            *per.entry(t["node"].as_str().unwrap_or("").to_string()).or_default() += 1;
+            *per.entry(t["node"].as_str().unwrap_or("").to_string())
+                .or_default() += 1;
         }
     }
     per
 }
 
-async fn wait_distribution(m: &ManagerProcess, service: &str, want: &[usize]) -> anyhow::Result<()> {
+async fn wait_distribution(
+    m: &ManagerProcess,
+    service: &str,
+    want: &[usize],
+) -> anyhow::Result<()> {
     let mut want = want.to_vec();
     want.sort();
     eventually(&format!("{service} running as {want:?}"), WAIT, || async {
         let per = running_per_node(m, service).await;
         let mut got: Vec<usize> = per.values().copied().collect();
         got.sort();
-        if got == want { Ok(()) } else { Err(format!("{per:?}")) }
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{per:?}"))
+        }
     })
     .await
 }
@@ -65,8 +74,16 @@ async fn three_agents(m: &ManagerProcess) -> Vec<HollowAgent> {
         .map(|i| HollowAgent::start(m.addr, &format!("node-{i}"), &[]))
         .collect();
     eventually("3 ready nodes", WAIT, || async {
-        let ready = json(m, &["node", "ls"]).await.iter().filter(|n| n["status"] == "ready").count();
-        if ready == 3 { Ok(()) } else { Err(format!("{ready} ready")) }
+        let ready = json(m, &["node", "ls"])
+            .await
+            .iter()
+            .filter(|n| n["status"] == "ready")
+            .count();
+        if ready == 3 {
+            Ok(())
+        } else {
+            Err(format!("{ready} ready"))
+        }
     })
     .await
     .unwrap();
@@ -79,7 +96,20 @@ async fn replicated_service_lifecycle_spreads_scales_updates_and_removes() {
     let m = ManagerProcess::start(&[]).await.unwrap();
     let agents = three_agents(&m).await;
 
-    ok(&m, &["service", "create", "-d", "--name", "web", "--replicas", "6", "img:v1"]).await;
+    ok(
+        &m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--replicas",
+            "6",
+            "img:v1",
+        ],
+    )
+    .await;
     wait_distribution(&m, "web", &[2, 2, 2]).await.unwrap();
 
     ok(&m, &["service", "scale", "web=9"]).await;
@@ -91,7 +121,20 @@ async fn replicated_service_lifecycle_spreads_scales_updates_and_removes() {
     wait_distribution(&m, "web", &[1, 1, 1]).await.unwrap();
 
     // Rolling update, parallelism 1: never more than one slot without a running task.
-    ok(&m, &["service", "update", "-d", "--update-parallelism", "1", "--image", "img:v2", "web"]).await;
+    ok(
+        &m,
+        &[
+            "service",
+            "update",
+            "-d",
+            "--update-parallelism",
+            "1",
+            "--image",
+            "img:v2",
+            "web",
+        ],
+    )
+    .await;
     let worst = std::cell::Cell::new(3);
     eventually("every task on img:v2", WAIT, || async {
         let tasks = json(&m, &["service", "ps", "web"]).await;
@@ -101,17 +144,29 @@ async fn replicated_service_lifecycle_spreads_scales_updates_and_removes() {
             .collect();
         worst.set(worst.get().min(live.len()));
         let v2 = live.iter().filter(|t| t["image"] == "img:v2").count();
-        if v2 == 3 { Ok(()) } else { Err(format!("{v2} of 3 on v2")) }
+        if v2 == 3 {
+            Ok(())
+        } else {
+            Err(format!("{v2} of 3 on v2"))
+        }
     })
     .await
     .unwrap();
     let worst = worst.get();
-    assert!(worst >= 2, "parallelism 1 took {} tasks down at once", 3 - worst);
+    assert!(
+        worst >= 2,
+        "parallelism 1 took {} tasks down at once",
+        3 - worst
+    );
 
     ok(&m, &["service", "rm", "web"]).await;
     eventually("no live task", WAIT, || async {
         let running: usize = agents.iter().map(|a| a.runtime.running().len()).sum();
-        if running == 0 { Ok(()) } else { Err(format!("{running} fake containers still running")) }
+        if running == 0 {
+            Ok(())
+        } else {
+            Err(format!("{running} fake containers still running"))
+        }
     })
     .await
     .unwrap();
@@ -123,7 +178,13 @@ async fn global_service_follows_nodes_joining_and_draining() {
     shoal_tests::init();
     let m = ManagerProcess::start(&[]).await.unwrap();
     let mut agents = three_agents(&m).await;
-    ok(&m, &["service", "create", "-d", "--name", "mon", "--mode", "global", "img:v1"]).await;
+    ok(
+        &m,
+        &[
+            "service", "create", "-d", "--name", "mon", "--mode", "global", "img:v1",
+        ],
+    )
+    .await;
     wait_distribution(&m, "mon", &[1, 1, 1]).await.unwrap();
 
     agents.push(HollowAgent::start(m.addr, "node-4", &[]));
@@ -132,11 +193,19 @@ async fn global_service_follows_nodes_joining_and_draining() {
     ok(&m, &["node", "update", "--availability", "drain", "node-2"]).await;
     eventually("no task on the drained node", WAIT, || async {
         let per = running_per_node(&m, "mon").await;
-        if per.len() == 3 && !per.contains_key("node-2") { Ok(()) } else { Err(format!("{per:?}")) }
+        if per.len() == 3 && !per.contains_key("node-2") {
+            Ok(())
+        } else {
+            Err(format!("{per:?}"))
+        }
     })
     .await
     .unwrap();
-    ok(&m, &["node", "update", "--availability", "active", "node-2"]).await;
+    ok(
+        &m,
+        &["node", "update", "--availability", "active", "node-2"],
+    )
+    .await;
     wait_distribution(&m, "mon", &[1, 1, 1, 1]).await.unwrap();
 }
 
@@ -145,15 +214,48 @@ async fn unplaceable_tasks_wait_with_a_reason_and_are_placed_when_a_node_fits() 
     shoal_tests::init();
     let m = ManagerProcess::start(&[]).await.unwrap();
     let _agents = three_agents(&m).await;
-    ok(&m, &["service", "create", "-d", "--name", "east", "--replicas", "2",
-        "--constraint", "node.labels.zone==east", "img:v1"]).await;
-    ok(&m, &["service", "create", "-d", "--name", "big", "--reserve-memory", "64g", "img:v1"]).await;
+    ok(
+        &m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "east",
+            "--replicas",
+            "2",
+            "--constraint",
+            "node.labels.zone==east",
+            "img:v1",
+        ],
+    )
+    .await;
+    ok(
+        &m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "big",
+            "--reserve-memory",
+            "64g",
+            "img:v1",
+        ],
+    )
+    .await;
     for (svc, needle) in [("east", "constraint"), ("big", "memory")] {
         eventually(&format!("{svc} pending with a reason"), WAIT, || async {
             let tasks = json(&m, &["service", "ps", svc]).await;
-            let msg = tasks.first().map(|t| t["message"].as_str().unwrap_or("").to_string());
+            let msg = tasks
+                .first()
+                .map(|t| t["message"].as_str().unwrap_or("").to_string());
             match msg {
-                Some(msg) if tasks.iter().all(|t| t["state"] == "pending") && msg.contains(needle) => Ok(()),
+                Some(msg)
+                    if tasks.iter().all(|t| t["state"] == "pending") && msg.contains(needle) =>
+                {
+                    Ok(())
+                }
                 other => Err(format!("{other:?}")),
             }
         })
@@ -172,9 +274,24 @@ async fn unplaceable_tasks_wait_with_a_reason_and_are_placed_when_a_node_fits() 
 #[tokio::test]
 async fn tasks_of_a_lost_agent_are_replaced_within_the_grace_period() {
     shoal_tests::init();
-    let m = ManagerProcess::start(&["--heartbeat-period", "200ms"]).await.unwrap();
+    let m = ManagerProcess::start(&["--heartbeat-period", "200ms"])
+        .await
+        .unwrap();
     let mut agents = three_agents(&m).await;
-    ok(&m, &["service", "create", "-d", "--name", "web", "--replicas", "6", "img:v1"]).await;
+    ok(
+        &m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--replicas",
+            "6",
+            "img:v1",
+        ],
+    )
+    .await;
     wait_distribution(&m, "web", &[2, 2, 2]).await.unwrap();
 
     let lost = agents.remove(0);
@@ -183,8 +300,12 @@ async fn tasks_of_a_lost_agent_are_replaced_within_the_grace_period() {
     lost.stop().await;
     wait_distribution(&m, "web", &[3, 3]).await.unwrap();
     let took = started.elapsed();
-    println!("agent lost -> replacements running: {:.2} s (grace 4 x 200 ms)", took.as_secs_f64());
-    let node = json(&m, &["node", "ls"]).await
+    println!(
+        "agent lost -> replacements running: {:.2} s (grace 4 x 200 ms)",
+        took.as_secs_f64()
+    );
+    let node = json(&m, &["node", "ls"])
+        .await
         .into_iter()
         .find(|n| n["hostname"] == "node-1")
         .unwrap();
@@ -196,9 +317,23 @@ async fn manager_restart_keeps_state_and_agents_reconnect_without_duplicates() {
     shoal_tests::init();
     let mut m = ManagerProcess::start(&[]).await.unwrap();
     let agents = three_agents(&m).await;
-    ok(&m, &["service", "create", "-d", "--name", "web", "--replicas", "6", "img:v1"]).await;
+    ok(
+        &m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--replicas",
+            "6",
+            "img:v1",
+        ],
+    )
+    .await;
     wait_distribution(&m, "web", &[2, 2, 2]).await.unwrap();
-    let before: Vec<String> = json(&m, &["service", "ps", "web"]).await
+    let before: Vec<String> = json(&m, &["service", "ps", "web"])
+        .await
         .iter()
         .map(|t| t["id"].as_str().unwrap().to_string())
         .collect();
@@ -207,13 +342,22 @@ async fn manager_restart_keeps_state_and_agents_reconnect_without_duplicates() {
 
     assert_eq!(json(&m, &["service", "ls"]).await.len(), 1);
     eventually("3 ready nodes after restart", WAIT, || async {
-        let ready = json(&m, &["node", "ls"]).await.iter().filter(|n| n["status"] == "ready").count();
-        if ready == 3 { Ok(()) } else { Err(format!("{ready} ready")) }
+        let ready = json(&m, &["node", "ls"])
+            .await
+            .iter()
+            .filter(|n| n["status"] == "ready")
+            .count();
+        if ready == 3 {
+            Ok(())
+        } else {
+            Err(format!("{ready} ready"))
+        }
     })
     .await
     .unwrap();
     wait_distribution(&m, "web", &[2, 2, 2]).await.unwrap();
-    let after: Vec<String> = json(&m, &["service", "ps", "web"]).await
+    let after: Vec<String> = json(&m, &["service", "ps", "web"])
+        .await
         .iter()
         .map(|t| t["id"].as_str().unwrap().to_string())
         .collect();
@@ -230,8 +374,22 @@ async fn failed_tasks_restart_after_the_delay_and_not_beyond_max_attempts() {
     shoal_tests::init();
     let m = ManagerProcess::start(&[]).await.unwrap();
     let agents = three_agents(&m).await;
-    ok(&m, &["service", "create", "-d", "--name", "flaky", "--restart-delay", "1s",
-        "--restart-max-attempts", "2", "img:v1"]).await;
+    ok(
+        &m,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "flaky",
+            "--restart-delay",
+            "1s",
+            "--restart-max-attempts",
+            "2",
+            "img:v1",
+        ],
+    )
+    .await;
     wait_distribution(&m, "flaky", &[1]).await.unwrap();
 
     for attempt in 1..=3 {
@@ -249,14 +407,25 @@ async fn failed_tasks_restart_after_the_delay_and_not_beyond_max_attempts() {
         agent.runtime.exit(&task, 1);
         if attempt <= 2 {
             eventually("a replacement running", WAIT, || async {
-                let running: Vec<String> = agents.iter().flat_map(|a| a.runtime.running()).collect();
-                if running.len() == 1 && running[0] != task { Ok(()) } else { Err(format!("{running:?}")) }
+                let running: Vec<String> =
+                    agents.iter().flat_map(|a| a.runtime.running()).collect();
+                if running.len() == 1 && running[0] != task {
+                    Ok(())
+                } else {
+                    Err(format!("{running:?}"))
+                }
             })
             .await
             .unwrap();
             let took = failed_at.elapsed();
-            println!("attempt {attempt}: replacement running after {:.2} s", took.as_secs_f64());
-            assert!(took >= Duration::from_millis(900), "restart delay not honoured: {took:?}");
+            println!(
+                "attempt {attempt}: replacement running after {:.2} s",
+                took.as_secs_f64()
+            );
+            assert!(
+                took >= Duration::from_millis(900),
+                "restart delay not honoured: {took:?}"
+            );
         }
     }
     // Third failure: max attempts reached, nothing replaces it.
@@ -264,14 +433,21 @@ async fn failed_tasks_restart_after_the_delay_and_not_beyond_max_attempts() {
     eventually("the failure recorded", WAIT, || async {
         let tasks = json(&m, &["service", "ps", "flaky"]).await;
         let failed = tasks.iter().filter(|t| t["state"] == "failed").count();
-        if failed == 3 { Ok(()) } else { Err(format!("{failed} failed")) }
+        if failed == 3 {
+            Ok(())
+        } else {
+            Err(format!("{failed} failed"))
+        }
     })
     .await
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
         let running: usize = agents.iter().map(|a| a.runtime.running().len()).sum();
-        assert_eq!(running, 0, "a task was restarted beyond max attempts: {tasks:?}");
+        assert_eq!(
+            running, 0,
+            "a task was restarted beyond max attempts: {tasks:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -280,17 +456,84 @@ async fn failed_tasks_restart_after_the_delay_and_not_beyond_max_attempts() {
 async fn bad_input_gets_one_clear_line_and_changes_nothing() {
     shoal_tests::init();
     let m = ManagerProcess::start(&[]).await.unwrap();
-    ok(&m, &["service", "create", "-d", "--name", "web", "-p", "8080:80", "img:v1"]).await;
+    ok(
+        &m,
+        &[
+            "service", "create", "-d", "--name", "web", "-p", "8080:80", "img:v1",
+        ],
+    )
+    .await;
     let cases: &[(&[&str], &str)] = &[
-        (&["service", "create", "-d", "--name", "x", "--replicas", "-1", "img"], "replicas"),
+        (
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "x",
+                "--replicas",
+                "-1",
+                "img",
+            ],
+            "replicas",
+        ),
         (&["service", "create", "-d", "--name", "x", ""], "image"),
-        (&["service", "create", "-d", "--name", "x", "Not A Ref"], "image"),
-        (&["service", "create", "-d", "--name", "x", "--constraint", "node.labels.zone=east", "img"], "constraint"),
-        (&["service", "create", "-d", "--name", "x", "--mode", "sideways", "img"], "mode"),
+        (
+            &["service", "create", "-d", "--name", "x", "Not A Ref"],
+            "image",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "x",
+                "--constraint",
+                "node.labels.zone=east",
+                "img",
+            ],
+            "constraint",
+        ),
+        (
+            &[
+                "service", "create", "-d", "--name", "x", "--mode", "sideways", "img",
+            ],
+            "mode",
+        ),
         (&["service", "create", "-d", "--name", "web", "img"], "web"),
-        (&["service", "create", "-d", "--name", "x", "-p", "8080:80", "img"], "8080"),
-        (&["service", "create", "-d", "--name", "x", "--restart-delay", "soon", "img"], "restart-delay"),
-        (&["service", "create", "-d", "--name", "x", "--reserve-memory", "lots", "img"], "reserve-memory"),
+        (
+            &[
+                "service", "create", "-d", "--name", "x", "-p", "8080:80", "img",
+            ],
+            "8080",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "x",
+                "--restart-delay",
+                "soon",
+                "img",
+            ],
+            "restart-delay",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "x",
+                "--reserve-memory",
+                "lots",
+                "img",
+            ],
+            "reserve-memory",
+        ),
         (&["service", "ls", "--format", "yaml"], "format"),
     ];
     for (args, needle) in cases {
@@ -302,5 +545,9 @@ async fn bad_input_gets_one_clear_line_and_changes_nothing() {
         );
     }
     let services = json(&m, &["service", "ls"]).await;
-    assert_eq!(services.len(), 1, "bad input must not write anything: {services:?}");
+    assert_eq!(
+        services.len(),
+        1,
+        "bad input must not write anything: {services:?}"
+    );
 }

@@ -34,7 +34,11 @@ pub struct ControlService {
 impl ControlService {
     /// `raft` supplies the Raft status shown by `GetCluster` (absent in unit tests).
     pub fn new(store: Store, raft: Option<RaftHandle>) -> Self {
-        ControlService { store, raft, dispatcher: None }
+        ControlService {
+            store,
+            raft,
+            dispatcher: None,
+        }
     }
 
     /// Serve `ServiceLogs` through `dispatcher`, whose sessions reach the agents.
@@ -50,7 +54,10 @@ type Reply<T> = Result<Response<T>, Status>;
 impl Control for ControlService {
     type ServiceLogsStream = LogStream;
 
-    async fn service_logs(&self, req: Request<ServiceLogsRequest>) -> Reply<Self::ServiceLogsStream> {
+    async fn service_logs(
+        &self,
+        req: Request<ServiceLogsRequest>,
+    ) -> Reply<Self::ServiceLogsStream> {
         let Some(dispatcher) = &self.dispatcher else {
             return Err(Status::unimplemented("this manager does not serve logs"));
         };
@@ -61,11 +68,17 @@ impl Control for ControlService {
                  connect to the leader",
             ));
         }
-        let stream = dispatcher.log_broker().subscribe(&self.store, req.into_inner()).await?;
+        let stream = dispatcher
+            .log_broker()
+            .subscribe(&self.store, req.into_inner())
+            .await?;
         Ok(Response::new(stream))
     }
 
-    async fn create_service(&self, req: Request<CreateServiceRequest>) -> Reply<CreateServiceResponse> {
+    async fn create_service(
+        &self,
+        req: Request<CreateServiceRequest>,
+    ) -> Reply<CreateServiceResponse> {
         let spec = req.into_inner().spec.unwrap_or_default();
         let service = services::create(&self.store, spec).await?;
         Ok(Response::new(CreateServiceResponse {
@@ -84,26 +97,37 @@ impl Control for ControlService {
         }))
     }
 
-    async fn list_services(&self, _req: Request<ListServicesRequest>) -> Reply<ListServicesResponse> {
+    async fn list_services(
+        &self,
+        _req: Request<ListServicesRequest>,
+    ) -> Reply<ListServicesResponse> {
         Ok(Response::new(ListServicesResponse {
             services: self.store.read(services::summaries),
         }))
     }
 
-    async fn update_service(&self, req: Request<UpdateServiceRequest>) -> Reply<UpdateServiceResponse> {
+    async fn update_service(
+        &self,
+        req: Request<UpdateServiceRequest>,
+    ) -> Reply<UpdateServiceResponse> {
         let service = services::update(&self.store, req.into_inner()).await?;
         Ok(Response::new(UpdateServiceResponse {
             service: Some(service),
         }))
     }
 
-    async fn remove_service(&self, req: Request<RemoveServiceRequest>) -> Reply<RemoveServiceResponse> {
+    async fn remove_service(
+        &self,
+        req: Request<RemoveServiceRequest>,
+    ) -> Reply<RemoveServiceResponse> {
         services::remove(&self.store, &req.into_inner().service).await?;
         Ok(Response::new(RemoveServiceResponse {}))
     }
 
     async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Reply<ListTasksResponse> {
-        let tasks = self.store.read(|s| services::list_tasks(s, &req.into_inner()))?;
+        let tasks = self
+            .store
+            .read(|s| services::list_tasks(s, &req.into_inner()))?;
         Ok(Response::new(ListTasksResponse { tasks }))
     }
 
@@ -154,7 +178,10 @@ impl Control for ControlService {
 }
 
 fn hostname(node: &Node) -> &str {
-    node.description.as_ref().map(|d| d.hostname.as_str()).unwrap_or("")
+    node.description
+        .as_ref()
+        .map(|d| d.hostname.as_str())
+        .unwrap_or("")
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Node writes of the Control API: availability, labels, removal.
 
-use shoal_proto::{Node, NodeState, UpdateNodeRequest, RemoveNodeRequest, validate};
+use shoal_proto::{Node, NodeState, RemoveNodeRequest, UpdateNodeRequest, validate};
 use tonic::Status;
 
 use super::errors::{lookup_status, spec_status, store_status};

@@ -41,7 +41,10 @@ pub async fn create(store: &Store, mut spec: ServiceSpec) -> Result<Service, Sta
 /// Replace a service's spec. Changing the task template or the ports bumps
 /// `spec_version`, which makes the orchestrator roll the tasks over; scaling
 /// alone does not.
-pub async fn update(store: &Store, req: shoal_proto::UpdateServiceRequest) -> Result<Service, Status> {
+pub async fn update(
+    store: &Store,
+    req: shoal_proto::UpdateServiceRequest,
+) -> Result<Service, Status> {
     let mut spec = req.spec.unwrap_or_default();
     validate::service_spec(&spec).map_err(spec_status)?;
     let mut service = store
@@ -112,13 +115,17 @@ pub fn summaries(state: &MemState) -> Vec<ServiceSummary> {
                 .tasks_of_service(&service.id)
                 .filter(live)
                 .filter(|t| {
-                    t.status.as_ref().is_some_and(|s| s.state() == TaskState::Running)
+                    t.status
+                        .as_ref()
+                        .is_some_and(|s| s.state() == TaskState::Running)
                         && node_is_up(state, &t.node_id)
                 })
                 .count() as u64;
             let spec = service.spec.as_ref();
             let desired = match spec.map(|s| s.mode()) {
-                Some(ServiceMode::Global) => state.tasks_of_service(&service.id).filter(live).count() as u64,
+                Some(ServiceMode::Global) => {
+                    state.tasks_of_service(&service.id).filter(live).count() as u64
+                }
                 _ => spec.map(|s| s.replicas).unwrap_or_default(),
             };
             ServiceSummary {

@@ -58,7 +58,11 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_written() {
     for (bad, code, needle) in cases {
         let err = create(&api, bad).await.unwrap_err();
         assert_eq!(err.code(), code, "{}", err.message());
-        assert!(err.message().contains(needle), "{:?} should name {needle}", err.message());
+        assert!(
+            err.message().contains(needle),
+            "{:?} should name {needle}",
+            err.message()
+        );
     }
     assert_eq!(store.read(|s| s.services().count()), 1);
 }
@@ -79,7 +83,11 @@ async fn a_port_published_by_another_service_is_refused() {
     a.name = "b".into();
     let err = create(&api, a).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
-    assert!(err.message().contains("publish") && err.message().contains("8080"), "{}", err.message());
+    assert!(
+        err.message().contains("publish") && err.message().contains("8080"),
+        "{}",
+        err.message()
+    );
     assert_eq!(store.read(|s| s.services().count()), 1);
 }
 
@@ -118,7 +126,14 @@ async fn scaling_keeps_spec_version_and_an_image_change_bumps_it() {
         .unwrap();
     assert_eq!(updated.spec_version, 2);
     assert_eq!(
-        updated.previous_spec.unwrap().task.unwrap().container.unwrap().image,
+        updated
+            .previous_spec
+            .unwrap()
+            .task
+            .unwrap()
+            .container
+            .unwrap()
+            .image,
         "nginx:1"
     );
 }
@@ -128,12 +143,16 @@ async fn remove_deletes_the_service() {
     let store = Store::in_memory();
     let api = ControlService::new(store.clone(), None);
     create(&api, spec("web", "nginx", 1)).await.unwrap();
-    api.remove_service(Request::new(RemoveServiceRequest { service: "web".into() }))
-        .await
-        .unwrap();
+    api.remove_service(Request::new(RemoveServiceRequest {
+        service: "web".into(),
+    }))
+    .await
+    .unwrap();
     assert_eq!(store.read(|s| s.services().count()), 0);
     let err = api
-        .remove_service(Request::new(RemoveServiceRequest { service: "web".into() }))
+        .remove_service(Request::new(RemoveServiceRequest {
+            service: "web".into(),
+        }))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);

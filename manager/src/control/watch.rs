@@ -32,7 +32,10 @@ impl WatchService {
 impl Watch for WatchService {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchMessage, Status>> + Send>>;
 
-    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let kinds = req.into_inner().kinds;
         for k in &kinds {
             if !["node", "service", "task", "cluster"].contains(&k.as_str()) {
@@ -65,7 +68,9 @@ impl Watch for WatchService {
                 let events: Vec<WatchEvent> = batch
                     .changes
                     .iter()
-                    .filter(|c| kinds.is_empty() || kinds.iter().any(|k| k == c.object.kind().name()))
+                    .filter(|c| {
+                        kinds.is_empty() || kinds.iter().any(|k| k == c.object.kind().name())
+                    })
                     .map(|c| WatchEvent {
                         kind: match c.kind {
                             ChangeKind::Created => WatchKind::Create,

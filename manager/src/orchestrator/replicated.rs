@@ -175,11 +175,15 @@ mod tests {
         let mut waiting = task(&svc, 1, "a", TaskState::Ready, TaskState::Rejected, 2);
         waiting.status.as_mut().unwrap().err = "image not found".into();
         let old = task(&svc, 1, "a", TaskState::Shutdown, TaskState::Failed, 1);
-        w.start_at.insert(waiting.id.clone(), w.now + Duration::from_secs(5));
+        w.start_at
+            .insert(waiting.id.clone(), w.now + Duration::from_secs(5));
         let tasks = vec![old.clone(), waiting.clone()];
         let mut restarts = RestartTracker::default();
         let ops = reconcile(&svc, &tasks, &w.ctx(), &mut restarts);
-        assert!(created(&ops).is_empty(), "no successor before the delay: {ops:?}");
+        assert!(
+            created(&ops).is_empty(),
+            "no successor before the delay: {ops:?}"
+        );
         assert!(ops.iter().any(|op| matches!(op, Op::WakeAt(_))));
         // Once the delay is over, the slot is restarted as usual.
         w.now += Duration::from_secs(6);

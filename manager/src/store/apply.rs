@@ -31,7 +31,11 @@ pub fn apply(state: &mut MemState, proposal: Proposal, index: u64) -> Outcome {
         match apply_action(state, action, index, proposal.timestamp) {
             Ok(change) => {
                 if proposal.atomic {
-                    undo.push((change.object.kind(), change.object.id().to_string(), change.old.clone()));
+                    undo.push((
+                        change.object.kind(),
+                        change.object.id().to_string(),
+                        change.old.clone(),
+                    ));
                 }
                 outcome.changes.push(change);
             }
@@ -93,7 +97,10 @@ fn apply_action(
             })
         }
         ActionKind::Update => {
-            let current = current.ok_or(StoreError::NotFound { kind: k, id: id.clone() })?;
+            let current = current.ok_or(StoreError::NotFound {
+                kind: k,
+                id: id.clone(),
+            })?;
             let given = object.version();
             if given != current {
                 return Err(StoreError::Conflict {
@@ -120,7 +127,10 @@ fn apply_action(
             })
         }
         ActionKind::Delete => {
-            let current = current.ok_or(StoreError::NotFound { kind: k, id: id.clone() })?;
+            let current = current.ok_or(StoreError::NotFound {
+                kind: k,
+                id: id.clone(),
+            })?;
             let given = object.version();
             if given != 0 && given != current {
                 return Err(StoreError::Conflict {

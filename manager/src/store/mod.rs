@@ -86,7 +86,9 @@ pub enum StoreError {
     NotFound { kind: Kind, id: String },
     #[error("{kind} with {what} already exists")]
     AlreadyExists { kind: Kind, what: String },
-    #[error("{kind} {id} was changed concurrently (version {expected} is stale, current is {actual}); read it again and retry")]
+    #[error(
+        "{kind} {id} was changed concurrently (version {expected} is stale, current is {actual}); read it again and retry"
+    )]
     Conflict {
         kind: Kind,
         id: String,

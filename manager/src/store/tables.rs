@@ -104,7 +104,11 @@ impl MemState {
         let by_host: Vec<&Node> = self
             .nodes
             .values()
-            .filter(|n| n.description.as_ref().is_some_and(|d| d.hostname == reference))
+            .filter(|n| {
+                n.description
+                    .as_ref()
+                    .is_some_and(|d| d.hostname == reference)
+            })
             .collect();
         match by_host.len() {
             1 => return Ok(by_host[0]),

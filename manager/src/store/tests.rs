@@ -26,13 +26,19 @@ fn task(id: &str, service: &str, node: &str) -> Object {
 async fn create_sets_version_and_indexes() {
     let store = Store::in_memory();
     let applied = store
-        .propose(vec![Action::Create(service("s1", "web")), Action::Create(task("t1", "s1", "n1"))])
+        .propose(vec![
+            Action::Create(service("s1", "web")),
+            Action::Create(task("t1", "s1", "n1")),
+        ])
         .await
         .unwrap();
     assert_eq!(applied.batch.changes.len(), 2);
     store.read(|s| {
         assert_eq!(s.find_service("web").unwrap().id, "s1");
-        assert_eq!(s.service("s1").unwrap().meta.as_ref().unwrap().version, applied.index);
+        assert_eq!(
+            s.service("s1").unwrap().meta.as_ref().unwrap().version,
+            applied.index
+        );
         assert_eq!(s.tasks_of_service("s1").count(), 1);
         assert_eq!(s.tasks_on_node("n1").count(), 1);
     });
@@ -41,7 +47,10 @@ async fn create_sets_version_and_indexes() {
 #[tokio::test]
 async fn stale_version_is_refused() {
     let store = Store::in_memory();
-    store.propose(vec![Action::Create(service("s1", "web"))]).await.unwrap();
+    store
+        .propose(vec![Action::Create(service("s1", "web"))])
+        .await
+        .unwrap();
     let mut stale = store.read(|s| s.service("s1").unwrap().clone());
     stale.meta = Some(Meta {
         version: 999,
@@ -57,14 +66,23 @@ async fn stale_version_is_refused() {
 #[tokio::test]
 async fn atomic_proposal_rolls_back_on_refusal() {
     let store = Store::in_memory();
-    store.propose(vec![Action::Create(service("s1", "web"))]).await.unwrap();
+    store
+        .propose(vec![Action::Create(service("s1", "web"))])
+        .await
+        .unwrap();
     let err = store
-        .propose(vec![Action::Create(task("t1", "s1", "n1")), Action::Create(service("s2", "web"))])
+        .propose(vec![
+            Action::Create(task("t1", "s1", "n1")),
+            Action::Create(service("s2", "web")),
+        ])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
     store.read(|s| {
-        assert!(s.task("t1").is_none(), "the first action must be rolled back");
+        assert!(
+            s.task("t1").is_none(),
+            "the first action must be rolled back"
+        );
         assert_eq!(s.tasks_on_node("n1").count(), 0);
     });
 }
@@ -73,7 +91,10 @@ async fn atomic_proposal_rolls_back_on_refusal() {
 async fn non_atomic_proposal_applies_what_it_can() {
     let store = Store::in_memory();
     let applied = store
-        .propose_each(vec![Action::Create(task("t1", "s1", "")), Action::Create(task("t1", "s1", ""))])
+        .propose_each(vec![
+            Action::Create(task("t1", "s1", "")),
+            Action::Create(task("t1", "s1", "")),
+        ])
         .await
         .unwrap();
     assert_eq!(applied.batch.changes.len(), 1);
@@ -84,10 +105,16 @@ async fn non_atomic_proposal_applies_what_it_can() {
 #[tokio::test]
 async fn reassigning_a_task_moves_it_between_node_indexes() {
     let store = Store::in_memory();
-    store.propose(vec![Action::Create(task("t1", "s1", ""))]).await.unwrap();
+    store
+        .propose(vec![Action::Create(task("t1", "s1", ""))])
+        .await
+        .unwrap();
     let mut t = store.read(|s| s.task("t1").unwrap().clone());
     t.node_id = "n2".into();
-    store.propose(vec![Action::Update(Object::Task(t))]).await.unwrap();
+    store
+        .propose(vec![Action::Update(Object::Task(t))])
+        .await
+        .unwrap();
     store.read(|s| {
         assert_eq!(s.tasks_on_node("n2").count(), 1);
         assert_eq!(s.tasks_on_node("").count(), 0);
@@ -97,10 +124,16 @@ async fn reassigning_a_task_moves_it_between_node_indexes() {
 #[tokio::test]
 async fn subscribers_see_each_committed_batch_once() {
     let store = Store::in_memory();
-    store.propose(vec![Action::Create(service("s1", "a"))]).await.unwrap();
+    store
+        .propose(vec![Action::Create(service("s1", "a"))])
+        .await
+        .unwrap();
     let (count, mut rx) = store.read_and_subscribe(|s| s.services().count());
     assert_eq!(count, 1);
-    store.propose(vec![Action::Create(service("s2", "b"))]).await.unwrap();
+    store
+        .propose(vec![Action::Create(service("s2", "b"))])
+        .await
+        .unwrap();
     let batch = rx.recv().await.unwrap();
     assert_eq!(batch.changes.len(), 1);
     assert_eq!(batch.changes[0].object.id(), "s2");
