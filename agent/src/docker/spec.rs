@@ -243,20 +243,31 @@ pub fn ms_to_whole_secs(ms: i64) -> i64 {
 /// The published ports as the engine bound them, one `PortConfig` per requested
 /// port, with `published_port` set to the real host port. Ports the engine did not
 /// bind (not started yet) are left out.
+///
+/// The engine binds IPv4 and IPv6 separately. For an engine-chosen port the two
+/// can differ (Docker 20.10 picks each from the ephemeral range on its own), so
+/// the IPv4 binding is the one reported, as `docker port` lists it first; an
+/// IPv6-only binding is reported when it is all there is.
 pub fn published_ports(requested: &[PortConfig], bound: &PortMap) -> Vec<PortConfig> {
     let mut out: Vec<PortConfig> = Vec::new();
     for port in requested {
         let Some(Some(bindings)) = bound.get(&port_key(port)) else {
             continue;
         };
-        // The engine binds IPv4 and IPv6 separately, usually on the same port.
-        for host_port in bindings
+        let candidates: Vec<(bool, u32)> = bindings
             .iter()
-            .filter_map(|b| b.host_port.as_deref()?.parse::<u32>().ok())
-        {
-            if port.published_port != 0 && port.published_port != host_port {
-                continue;
-            }
+            .filter_map(|b| {
+                let host_port = b.host_port.as_deref()?.parse::<u32>().ok()?;
+                let ipv6 = b.host_ip.as_deref().is_some_and(|ip| ip.contains(':'));
+                Some((ipv6, host_port))
+            })
+            .filter(|&(_, host_port)| port.published_port == 0 || port.published_port == host_port)
+            .collect();
+        let chosen = candidates
+            .iter()
+            .find(|(ipv6, _)| !ipv6)
+            .or_else(|| candidates.first());
+        if let Some(&(_, host_port)) = chosen {
             let found = PortConfig {
                 published_port: host_port,
                 ..*port

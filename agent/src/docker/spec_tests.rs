@@ -312,6 +312,11 @@ fn published_ports_report_the_bound_host_port_once() {
         ),
         ("53/udp".to_string(), Some(vec![binding("0.0.0.0", "5353")])),
         ("443/tcp".to_string(), None),
+        // Docker 20.10 may pick different ephemeral ports for IPv6 and IPv4.
+        (
+            "9000/tcp".to_string(),
+            Some(vec![binding("::", "32816"), binding("0.0.0.0", "32812")]),
+        ),
     ]);
     let ports = published_ports(&requested, &bound);
     assert_eq!(
@@ -319,6 +324,7 @@ fn published_ports_report_the_bound_host_port_once() {
         vec![
             port(80, 49153, PortProtocol::Tcp, PublishMode::Host),
             port(53, 5353, PortProtocol::Udp, PublishMode::Ingress),
+            port(9000, 32812, PortProtocol::Tcp, PublishMode::Host),
         ]
     );
 }
