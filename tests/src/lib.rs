@@ -8,8 +8,10 @@
 //! - [`agents`]: hollow agents with the fake runtime (the scenarios' and the
 //!   benchmark's nodes).
 //! - [`wait`]: [`wait::eventually`], the only way a scenario waits.
+//! - [`bench`]: the benchmark harness behind the `shoal-bench` binary.
 
 pub mod agents;
+pub mod bench;
 pub mod docker;
 pub mod process;
 pub mod wait;

@@ -1,0 +1,335 @@
+//! Release-built `shoal` daemons for the benchmarks: the binary (built with
+//! `cargo build --release` on first use; cargo makes that a no-op when fresh),
+//! a manager process and Docker agent processes, each with a temp data dir and
+//! a log file, killed when dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Context;
+use shoal_proto::control_client::ControlClient;
+use shoal_proto::{ListNodesRequest, NodeState};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+use super::figures::{note, proc_mib};
+use crate::process::{control, free_addr};
+use crate::wait::eventually;
+
+/// Path of the release `shoal` binary, built once per run. Figures come from
+/// release builds only: a debug manager is an order of magnitude slower.
+/// `SHOAL_BENCH_BIN=/path/to/shoal` skips the build (e.g. to measure a binary
+/// kept aside while the tree changes).
+pub fn release_shoal_bin() -> anyhow::Result<PathBuf> {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(bin) = BIN.get() {
+        return Ok(bin.clone());
+    }
+    if let Some(bin) = std::env::var_os("SHOAL_BENCH_BIN") {
+        let bin = PathBuf::from(bin);
+        anyhow::ensure!(
+            bin.exists(),
+            "SHOAL_BENCH_BIN: no file at {}",
+            bin.display()
+        );
+        return Ok(BIN.get_or_init(|| bin).clone());
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the workspace root")?
+        .to_path_buf();
+    note("building the release shoal binary (a no-op when it is fresh)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args([
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "shoal-cli",
+            "--bin",
+            "shoal",
+        ])
+        .current_dir(&root);
+    // `cargo run` gives this process the CARGO_* variables of the tests crate;
+    // passed on, they change rustc's environment and make cargo rebuild the
+    // whole workspace instead of finding it fresh.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().to_string();
+        if key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR" {
+            build.env_remove(key);
+        }
+    }
+    let status = build
+        .status()
+        .context("run cargo build --release for shoal")?;
+    anyhow::ensure!(status.success(), "building the release shoal binary failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let bin = target.join("release").join("shoal");
+    anyhow::ensure!(bin.exists(), "no release binary at {}", bin.display());
+    Ok(BIN.get_or_init(|| bin).clone())
+}
+
+/// Build the local test images if missing (tests/images/build-test-images.sh),
+/// keeping the script's chatter off stdout, which holds only figures.
+pub fn ensure_test_images() -> anyhow::Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build-test-images.sh");
+    let out = Command::new("sh")
+        .arg(&script)
+        .output()
+        .context("run build-test-images.sh")?;
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
+    anyhow::ensure!(
+        out.status.success(),
+        "building the test images failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// A `shoal manager` process on a loopback port with its sled store in a temp dir.
+pub struct BenchManager {
+    pub addr: SocketAddr,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl BenchManager {
+    /// Start a manager with `extra_args` (e.g. `--heartbeat-period 2s`) logging
+    /// at `log_filter`, and wait until it leads.
+    pub async fn start(extra_args: &[&str], log_filter: &str) -> anyhow::Result<BenchManager> {
+        let bin = release_shoal_bin()?;
+        let dir = TempDir::with_prefix("shoal-bench-manager-")?;
+        let addr = free_addr();
+        let log = std::fs::File::create(dir.path().join("manager.log"))?;
+        let child = Command::new(bin)
+            .arg("manager")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--listen-addr")
+            .arg(addr.to_string())
+            .args(extra_args)
+            .env("SHOAL_LOG", log_filter)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("start shoal manager")?;
+        note(format!("manager pid={} on {addr}", child.id()));
+        let manager = BenchManager {
+            addr,
+            dir,
+            child: Some(child),
+        };
+        manager
+            .wait_leading()
+            .await
+            .with_context(|| manager.log_tail())?;
+        Ok(manager)
+    }
+
+    async fn wait_leading(&self) -> anyhow::Result<()> {
+        let addr = self.addr;
+        eventually(
+            "the manager to lead",
+            Duration::from_secs(60),
+            || async move {
+                let mut c = control(addr).await.map_err(|e| e.to_string())?;
+                let info = c
+                    .get_cluster(shoal_proto::GetClusterRequest {})
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                info.cluster
+                    .map(|_| ())
+                    .ok_or_else(|| "no cluster object yet".to_string())
+            },
+        )
+        .await
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident memory now, MiB.
+    pub fn rss_mib(&self) -> Option<f64> {
+        proc_mib(self.pid()?, "VmRSS")
+    }
+
+    /// Peak resident memory since start, MiB.
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        proc_mib(self.pid()?, "VmHWM")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("manager.log")).unwrap_or_default()
+    }
+
+    /// The last lines of the log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "manager log tail:\n{}",
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        )
+    }
+
+    pub async fn control(&self) -> anyhow::Result<ControlClient<Channel>> {
+        control(self.addr).await
+    }
+
+    /// Wait until `count` nodes are READY; returns how long that took.
+    pub async fn wait_ready_nodes(&self, count: usize, timeout: Duration) -> anyhow::Result<()> {
+        let addr = self.addr;
+        eventually(
+            &format!("{count} nodes to be READY"),
+            timeout,
+            || async move {
+                let mut c = control(addr).await.map_err(|e| e.to_string())?;
+                let nodes = c
+                    .list_nodes(ListNodesRequest {})
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner()
+                    .nodes;
+                let ready = nodes
+                    .iter()
+                    .filter(|n| {
+                        n.status
+                            .as_ref()
+                            .is_some_and(|s| s.state() == NodeState::Ready)
+                    })
+                    .count();
+                if ready >= count {
+                    Ok(())
+                } else {
+                    // Polling thousands of nodes is not free: do it at a low rate.
+                    tokio::time::sleep(Duration::from_millis(450)).await;
+                    Err(format!(
+                        "{ready} of {count} READY ({} registered)",
+                        nodes.len()
+                    ))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Run the release CLI against this manager; fails with its stderr.
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = tokio::process::Command::new(release_shoal_bin()?)
+            .arg("--host")
+            .arg(self.addr.to_string())
+            .args(args)
+            .output()
+            .await
+            .context("run the shoal CLI")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "shoal {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for BenchManager {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A release `shoal agent` process on the local Docker engine.
+pub struct BenchAgent {
+    pub name: String,
+    manager: SocketAddr,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl BenchAgent {
+    pub fn start(manager: SocketAddr, name: &str) -> anyhow::Result<BenchAgent> {
+        let mut agent = BenchAgent {
+            name: name.to_string(),
+            manager,
+            dir: TempDir::with_prefix("shoal-bench-agent-")?,
+            child: None,
+        };
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))?;
+        let child = Command::new(release_shoal_bin()?)
+            .args([
+                "agent",
+                "--manager",
+                &self.manager.to_string(),
+                "--node-name",
+                &self.name,
+            ])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .env("SHOAL_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("start shoal agent")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The node id the manager gave this agent, once it has registered.
+    pub async fn node_id(&self) -> anyhow::Result<String> {
+        let path = self.dir.path().join("data").join("node_id");
+        eventually("the agent to register", Duration::from_secs(30), || {
+            let path = path.clone();
+            async move {
+                std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| "no node_id file yet".to_string())
+            }
+        })
+        .await
+    }
+
+    /// SIGKILL: the containers stay behind, as after a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+}
+
+impl Drop for BenchAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

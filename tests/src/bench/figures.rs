@@ -1,0 +1,156 @@
+//! Printing figures (`key=value` on stdout) and the pure computations behind
+//! them: percentiles, `/proc/PID/status` fields, the manager's scheduler log lines.
+
+use std::fmt::Display;
+use std::io::Write;
+use std::time::Duration;
+
+/// Print one figure as `key=value` and flush, so a script (or a person
+/// watching a long run) sees it at once.
+pub fn figure(key: &str, value: impl Display) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{key}={value}");
+    let _ = out.flush();
+}
+
+/// Progress for the person running the benchmark (stderr, never parsed).
+pub fn note(message: impl Display) {
+    eprintln!("shoal-bench: {message}");
+}
+
+/// Milliseconds of a duration, as printed in figures.
+pub fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+/// The `p`-th percentile (0..=100) of `values` by the nearest-rank method;
+/// `None` when there are no values.
+pub fn percentile(values: &[u128], p: f64) -> Option<u128> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// A `kB` field (`VmRSS`, `VmHWM`, ...) of a `/proc/PID/status` text, in KiB.
+pub fn status_kib(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Read a memory field of a live process in MiB (rounded to one decimal).
+pub fn proc_mib(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_kib(&status, field).map(|kib| (kib as f64 / 1024.0 * 10.0).round() / 10.0)
+}
+
+/// What the manager's `scheduling pass` log lines add up to.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SchedulerPasses {
+    pub passes: u64,
+    pub assigned: u64,
+    pub elapsed_ms: u64,
+    pub max_pass_ms: u64,
+}
+
+/// Sum the scheduler's `scheduling pass assigned=N ... elapsed_ms=M` lines of a
+/// manager log (colour codes, if any, are skipped).
+pub fn scheduler_passes(log: &str) -> SchedulerPasses {
+    let mut sum = SchedulerPasses::default();
+    for line in log.lines().filter(|l| l.contains("scheduling pass")) {
+        let clean = strip_ansi(line);
+        let field = |name: &str| -> Option<u64> {
+            clean
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        };
+        let (Some(assigned), Some(elapsed)) = (field("assigned"), field("elapsed_ms")) else {
+            continue;
+        };
+        sum.passes += 1;
+        sum.assigned += assigned;
+        sum.elapsed_ms += elapsed;
+        sum.max_pass_ms = sum.max_pass_ms.max(elapsed);
+    }
+    sum
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC '[' parameters, ended by a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `a / b` with two decimals, or `n/a` when `b` is zero.
+pub fn ratio(a: u128, b: u128) -> String {
+    if b == 0 {
+        "n/a".into()
+    } else {
+        format!("{:.2}", a as f64 / b as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_by_nearest_rank() {
+        let v = [5, 1, 4, 2, 3, 10, 9, 8, 7, 6];
+        assert_eq!(percentile(&v, 50.0), Some(5));
+        assert_eq!(percentile(&v, 95.0), Some(10));
+        assert_eq!(percentile(&v, 0.0), Some(1));
+        assert_eq!(percentile(&[42], 95.0), Some(42));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn reads_proc_status_fields() {
+        let status = "Name:\tshoal\nVmPeak:\t  900 kB\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n";
+        assert_eq!(status_kib(status, "VmHWM"), Some(204_800));
+        assert_eq!(status_kib(status, "VmRSS"), Some(102_400));
+        assert_eq!(status_kib(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn sums_scheduler_passes_with_and_without_colour() {
+        let log = "\
+2026-01-01T00:00:00Z  INFO shoal_manager::scheduler::driver: scheduler started nodes=3 pending=0
+2026-01-01T00:00:01Z  INFO shoal_manager::scheduler::driver: scheduling pass assigned=1000 unplaceable=0 elapsed_ms=7
+\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m scheduling pass \u{1b}[3massigned\u{1b}[0m=500 \u{1b}[3munplaceable\u{1b}[0m=2 \u{1b}[3melapsed_ms\u{1b}[0m=12
+garbage scheduling pass without fields";
+        let sum = scheduler_passes(log);
+        assert_eq!(
+            sum,
+            SchedulerPasses {
+                passes: 2,
+                assigned: 1500,
+                elapsed_ms: 19,
+                max_pass_ms: 12
+            }
+        );
+    }
+
+    #[test]
+    fn ratio_guards_zero() {
+        assert_eq!(ratio(3, 2), "1.50");
+        assert_eq!(ratio(3, 0), "n/a");
+    }
+}

@@ -1,0 +1,24 @@
+//! The benchmark harness behind `shoal-bench` (issue 4): each scenario starts
+//! real release-built `shoal` processes, drives them, and prints its figures as
+//! `key=value` lines on stdout, one figure per line, as soon as it is known (so
+//! a failed run still shows what it measured). Progress and explanations go to
+//! stderr. Nothing here asserts on timings: the figures are for people and
+//! scripts to judge (docs/BENCHMARKS.md).
+//!
+//! - [`daemons`]: the release `shoal` binary, manager and agent processes,
+//!   memory readings from `/proc`.
+//! - [`schedule`]: hollow nodes at scale, placements per second.
+//! - [`converge`]: N replicas on the real engine via shoal, Swarm and `docker run`.
+//! - [`recover`]: an agent killed, its replicas running elsewhere (shoal and Swarm).
+//! - [`swarm`]: Docker Swarm on the local engine, and extra `dockerd` daemons.
+//! - [`footprint`]: resident memory of the daemons.
+//! - [`figures`]: printing figures and the small pure computations behind them.
+
+pub mod converge;
+pub mod daemons;
+pub mod figures;
+pub mod footprint;
+pub mod recover;
+pub mod schedule;
+pub mod swarm;
+pub mod tasks;

@@ -1,0 +1,298 @@
+//! `schedule`: scheduling throughput with hollow nodes (kubemark-style).
+//!
+//! A release `shoal manager` process with its sled store on disk, N in-process
+//! hollow agents (the real agent library on the fake runtime, each with its own
+//! gRPC session, heartbeats and status reports), then S services whose replicas
+//! add up to M. Timed from the first `CreateService` call until every task is
+//! ASSIGNED-or-later as committed changes seen on the `Watch` stream, and until
+//! every task is RUNNING as reported by the hollow agents.
+
+use std::time::{Duration, Instant};
+
+use shoal_proto::{ContainerSpec, CreateServiceRequest, ServiceSpec, TaskSpec};
+
+use super::daemons::BenchManager;
+use super::figures::{figure, ms, note, scheduler_passes};
+use super::tasks::follow;
+use crate::agents::HollowAgent;
+
+/// Flags of the `schedule` scenario.
+#[derive(Debug, Clone)]
+pub struct ScheduleArgs {
+    pub nodes: usize,
+    pub tasks: usize,
+    pub managers: usize,
+    pub services: usize,
+    /// Agents' heartbeat period: thousands of nodes on 2 cores want a long one.
+    pub heartbeat: String,
+    pub timeout: Duration,
+    /// Record a `perf` profile of the manager during the measured phase here.
+    pub perf_out: Option<std::path::PathBuf>,
+}
+
+impl Default for ScheduleArgs {
+    fn default() -> Self {
+        ScheduleArgs {
+            nodes: 200,
+            tasks: 20_000,
+            managers: 1,
+            services: 10,
+            heartbeat: "2s".into(),
+            timeout: Duration::from_secs(900),
+            perf_out: None,
+        }
+    }
+}
+
+/// The manager's log filter in benchmarks: the orchestrator logs every task it
+/// creates at info, which would cost more than the scheduling being measured;
+/// only the scheduler's one line per pass is kept.
+pub const BENCH_LOG: &str = "warn,shoal_manager::scheduler=info";
+
+pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
+    if args.managers > 1 {
+        figure(
+            &format!("schedule_managers_{}", args.managers),
+            "unavailable reason=only one manager is supported until the HA issue lands",
+        );
+        return Ok(());
+    }
+    anyhow::ensure!(
+        args.nodes > 0 && args.tasks > 0,
+        "--nodes and --tasks must be above 0"
+    );
+    anyhow::ensure!(args.services > 0, "--services must be above 0");
+    check_open_files(args.nodes)?;
+
+    let manager = BenchManager::start(&["--heartbeat-period", &args.heartbeat], BENCH_LOG).await?;
+    let started = Instant::now();
+    let agents = start_hollow_nodes(&manager, args.nodes).await?;
+    figure("nodes", args.nodes);
+    figure("nodes_ready_ms", ms(started.elapsed()));
+
+    let result = measure(&manager, &args).await;
+    if let Err(err) = &result {
+        note(format!("schedule failed: {err:#}\n{}", manager.log_tail()));
+    }
+    figure("manager_peak_rss_mib", fmt_mib(manager.peak_rss_mib()));
+    stop_hollow_nodes(agents).await;
+    result
+}
+
+/// Stop the agents before their manager goes, so that they leave quietly
+/// instead of each logging a broken session.
+pub async fn stop_hollow_nodes(agents: Vec<HollowAgent>) {
+    futures::future::join_all(
+        agents
+            .into_iter()
+            .map(|mut a| async move { a.stop().await }),
+    )
+    .await;
+}
+
+/// Start `count` hollow agents against `manager` and wait until all are READY.
+pub async fn start_hollow_nodes(
+    manager: &BenchManager,
+    count: usize,
+) -> anyhow::Result<Vec<HollowAgent>> {
+    note(format!("starting {count} hollow agents"));
+    let mut agents = Vec::with_capacity(count);
+    for i in 0..count {
+        agents.push(HollowAgent::start(
+            manager.addr,
+            &format!("hollow-{i:05}"),
+            &[],
+        ));
+        // A breather every hundred sessions, so registration is not one burst
+        // of thousands of connections on a 2-core machine.
+        if i % 100 == 99 {
+            tokio::task::yield_now().await;
+        }
+    }
+    manager
+        .wait_ready_nodes(count, Duration::from_secs(60 + count as u64 / 10))
+        .await?;
+    Ok(agents)
+}
+
+async fn measure(manager: &BenchManager, args: &ScheduleArgs) -> anyhow::Result<()> {
+    let mut control = manager.control().await?;
+    let cpu_before = manager.pid().and_then(cpu_seconds);
+
+    let perf = match (&args.perf_out, manager.pid()) {
+        (Some(out), Some(pid)) => Some(Profiler::start(pid, out)?),
+        _ => None,
+    };
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let follower = tokio::spawn(follow(manager.addr, args.tasks, args.timeout, ready_tx));
+    ready_rx
+        .await
+        .map_err(|_| anyhow::anyhow!("the task watch did not start"))?;
+
+    let start = Instant::now();
+    for (i, replicas) in split(args.tasks, args.services).into_iter().enumerate() {
+        let spec = ServiceSpec {
+            name: format!("bench-{i}"),
+            replicas: replicas as u64,
+            task: Some(TaskSpec {
+                container: Some(ContainerSpec {
+                    image: "bench/noop:latest".into(),
+                    command: vec!["sleep".into(), "3600".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        control
+            .create_service(CreateServiceRequest { spec: Some(spec) })
+            .await?;
+    }
+    let create_calls = start.elapsed();
+    let marks = follower.await??;
+    if let Some(perf) = perf {
+        perf.stop();
+    }
+    let since = |at: Option<Instant>| at.map(|at| at.saturating_duration_since(start));
+    let (created, assigned, running) = (
+        since(marks.created),
+        since(marks.assigned),
+        since(marks.running),
+    );
+
+    figure("tasks", args.tasks);
+    figure("services", args.services);
+    figure("create_calls_ms", ms(create_calls));
+    if let Some(d) = created {
+        figure("time_to_created_ms", ms(d));
+    }
+    if let Some(d) = assigned {
+        figure("time_to_assigned_ms", ms(d));
+        figure(
+            "placements_per_s",
+            (args.tasks as f64 / d.as_secs_f64().max(1e-3)).round(),
+        );
+    }
+    if let Some(d) = running {
+        figure("time_to_running_ms", ms(d));
+    }
+    figure("watch_resyncs", marks.resyncs);
+
+    let passes = scheduler_passes(&manager.log());
+    figure("scheduler_passes", passes.passes);
+    figure("scheduler_pass_total_ms", passes.elapsed_ms);
+    figure("scheduler_pass_max_ms", passes.max_pass_ms);
+    figure(
+        "orchestrator_ms",
+        "not instrumented (tasks exist at time_to_created_ms)",
+    );
+    figure("raft_commit_ms", "not instrumented");
+    figure(
+        "dispatch_ms",
+        "not instrumented (time_to_running_ms - time_to_assigned_ms bounds it)",
+    );
+    if let (Some(before), Some(after)) = (cpu_before, manager.pid().and_then(cpu_seconds)) {
+        figure("manager_cpu_s", format!("{:.1}", after - before));
+    }
+    Ok(())
+}
+
+/// `perf record` with DWARF call graphs (release builds keep no frame
+/// pointers) attached to a process until stopped.
+struct Profiler {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl Profiler {
+    fn start(pid: u32, out: &std::path::Path) -> anyhow::Result<Profiler> {
+        let child = std::process::Command::new("perf")
+            .args([
+                "record",
+                "-F",
+                "499",
+                "--call-graph",
+                "dwarf,32768",
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
+            .arg(out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        Ok(Profiler {
+            child,
+            out: out.to_path_buf(),
+        })
+    }
+
+    /// SIGINT makes perf write its file and exit.
+    fn stop(mut self) {
+        let _ = crate::process::signal(self.child.id(), "INT");
+        let _ = self.child.wait();
+        note(format!(
+            "perf profile of the manager in {}",
+            self.out.display()
+        ));
+    }
+}
+
+/// `total` replicas over `parts` services, as evenly as possible.
+pub fn split(total: usize, parts: usize) -> Vec<usize> {
+    let parts = parts.max(1);
+    (0..parts)
+        .map(|i| total / parts + usize::from(i < total % parts))
+        .collect()
+}
+
+fn fmt_mib(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.1}"))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// User + system CPU seconds a process has used (`/proc/PID/stat`, 100 Hz ticks).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at "state".
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Each hollow node holds a socket in this process, and the manager one more:
+/// say so plainly rather than failing with "too many open files" halfway.
+fn check_open_files(nodes: usize) -> anyhow::Result<()> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n"])
+        .output()?;
+    let limit: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(usize::MAX);
+    anyhow::ensure!(
+        limit >= nodes + 512,
+        "--nodes {nodes} needs at least {} open files, the limit is {limit}: raise it with `ulimit -n`",
+        nodes + 512
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_adds_up() {
+        assert_eq!(split(10, 3), vec![4, 3, 3]);
+        assert_eq!(split(20_000, 10).iter().sum::<usize>(), 20_000);
+        assert_eq!(split(5, 0), vec![5]);
+    }
+
+    #[test]
+    fn cpu_seconds_of_this_process() {
+        assert!(cpu_seconds(std::process::id()).is_some());
+    }
+}

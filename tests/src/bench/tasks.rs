@@ -1,0 +1,201 @@
+//! Following every task's state from outside the manager, through the `Watch`
+//! API, to time when all of them were created, assigned and running.
+//!
+//! Each task's highest observed state is kept (states only move forward), so
+//! events may arrive in any order and a resync from `ListTasks` merges in
+//! safely. When the watch stream falls behind (the manager drops a lagging
+//! watcher), the tracker subscribes again and re-reads every task once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use shoal_proto::store_object::Object;
+use shoal_proto::watch_client::WatchClient;
+use shoal_proto::{ListTasksRequest, Task, TaskState, WatchRequest};
+use tonic::transport::Channel;
+
+use super::figures::note;
+use crate::process::control;
+
+/// Counts of tasks by the furthest state they reached.
+#[derive(Debug, Default)]
+pub struct TaskCounts {
+    furthest: HashMap<String, i32>,
+    pub assigned: usize,
+    pub running: usize,
+}
+
+impl TaskCounts {
+    /// Merge one observation of a task.
+    pub fn observe(&mut self, id: &str, state: i32) {
+        let assigned = TaskState::Assigned as i32;
+        let running = TaskState::Running as i32;
+        let before = self.furthest.get(id).copied();
+        if before.is_some_and(|b| b >= state) {
+            return;
+        }
+        let was = before.unwrap_or(i32::MIN);
+        if was < assigned && state >= assigned {
+            self.assigned += 1;
+        }
+        // RUNNING exactly: a task that went past it (failed, shut down) does not
+        // run; the fake runtime keeps them running, so this stays simple.
+        if was < running && state >= running {
+            self.running += 1;
+        }
+        self.furthest.insert(id.to_string(), state);
+    }
+
+    pub fn created(&self) -> usize {
+        self.furthest.len()
+    }
+}
+
+/// When each milestone was first seen.
+#[derive(Debug, Default, Clone)]
+pub struct Milestones {
+    pub created: Option<Instant>,
+    pub assigned: Option<Instant>,
+    pub running: Option<Instant>,
+    pub resyncs: u32,
+}
+
+/// Follow task events until `expected` tasks run, or `timeout`. `ready` is told
+/// once the watch is subscribed, so that no event of the measured phase is missed.
+pub async fn follow(
+    addr: SocketAddr,
+    expected: usize,
+    timeout: Duration,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> anyhow::Result<Milestones> {
+    let mut counts = TaskCounts::default();
+    let mut marks = Milestones::default();
+    let mut ready = Some(ready);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut stream = watch_tasks(addr).await?;
+        if let Some(tx) = ready.take() {
+            let _ = tx.send(());
+        } else {
+            // A new subscription after a lag: catch up on what was missed.
+            marks.resyncs += 1;
+            for task in list_tasks(addr).await? {
+                observe(&mut counts, &task);
+            }
+            mark(&counts, expected, &mut marks);
+        }
+        loop {
+            if marks.running.is_some() {
+                return Ok(marks);
+            }
+            let next = tokio::time::timeout_at(deadline.into(), stream.next()).await;
+            let Ok(next) = next else {
+                anyhow::bail!(
+                    "timed out: {} tasks created, {} assigned, {} running of {expected}",
+                    counts.created(),
+                    counts.assigned,
+                    counts.running
+                );
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    for event in msg.events {
+                        if let Some(Object::Task(task)) = event.object.and_then(|o| o.object) {
+                            observe(&mut counts, &task);
+                        }
+                    }
+                    mark(&counts, expected, &mut marks);
+                }
+                Some(Err(status)) => {
+                    note(format!(
+                        "watch ended ({}); subscribing again",
+                        status.message()
+                    ));
+                    break;
+                }
+                None => {
+                    note("watch stream closed; subscribing again");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn observe(counts: &mut TaskCounts, task: &Task) {
+    let state = task.status.as_ref().map(|s| s.state).unwrap_or_default();
+    counts.observe(&task.id, state);
+}
+
+fn mark(counts: &TaskCounts, expected: usize, marks: &mut Milestones) {
+    let now = Instant::now();
+    if marks.created.is_none() && counts.created() >= expected {
+        marks.created = Some(now);
+    }
+    if marks.assigned.is_none() && counts.assigned >= expected {
+        marks.assigned = Some(now);
+    }
+    if marks.running.is_none() && counts.running >= expected {
+        marks.running = Some(now);
+    }
+}
+
+async fn watch_tasks(
+    addr: SocketAddr,
+) -> anyhow::Result<tonic::Streaming<shoal_proto::WatchMessage>> {
+    let channel = Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut client = WatchClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+    Ok(client
+        .watch(WatchRequest {
+            kinds: vec!["task".into()],
+        })
+        .await?
+        .into_inner())
+}
+
+async fn list_tasks(addr: SocketAddr) -> anyhow::Result<Vec<Task>> {
+    let mut c = control(addr).await?;
+    Ok(c.list_tasks(ListTasksRequest::default())
+        .await?
+        .into_inner()
+        .tasks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_each_task_once_whatever_the_order() {
+        let mut c = TaskCounts::default();
+        c.observe("a", TaskState::New as i32);
+        c.observe("a", TaskState::Pending as i32);
+        c.observe("b", TaskState::Running as i32); // first seen already running
+        c.observe("a", TaskState::Assigned as i32);
+        c.observe("a", TaskState::Pending as i32); // a stale event changes nothing
+        c.observe("b", TaskState::Assigned as i32);
+        assert_eq!((c.created(), c.assigned, c.running), (2, 2, 1));
+        c.observe("a", TaskState::Running as i32);
+        c.observe("a", TaskState::Running as i32);
+        assert_eq!((c.created(), c.assigned, c.running), (2, 2, 2));
+    }
+
+    #[test]
+    fn milestones_are_marked_once() {
+        let mut c = TaskCounts::default();
+        let mut marks = Milestones::default();
+        c.observe("a", TaskState::Assigned as i32);
+        mark(&c, 2, &mut marks);
+        assert!(marks.created.is_none() && marks.assigned.is_none());
+        c.observe("b", TaskState::Assigned as i32);
+        mark(&c, 2, &mut marks);
+        let first = marks.assigned;
+        assert!(first.is_some() && marks.created.is_some() && marks.running.is_none());
+        mark(&c, 2, &mut marks);
+        assert_eq!(marks.assigned, first);
+    }
+}

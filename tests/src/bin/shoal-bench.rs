@@ -1,0 +1,128 @@
+//! `shoal-bench`: the benchmark harness of issue 4. Each scenario prints its
+//! figures as `key=value` lines on stdout (progress goes to stderr); see
+//! docs/BENCHMARKS.md for what each one measures and the last figures.
+//!
+//! `cargo run --release -p shoal-tests --bin shoal-bench -- SCENARIO [flags]`
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use shoal_tests::bench::{converge, figures, footprint, recover, schedule};
+
+#[derive(Parser)]
+#[command(
+    name = "shoal-bench",
+    about = "Benchmarks for shoal; prints key=value figures"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Scheduling throughput: hollow nodes, services adding up to M tasks.
+    Schedule {
+        /// Hollow nodes (in-process agents on the fake runtime).
+        #[arg(long, default_value_t = 200)]
+        nodes: usize,
+        /// Tasks in all (replicas over all services).
+        #[arg(long, default_value_t = 20_000)]
+        tasks: usize,
+        /// Managers (only 1 until the HA issue lands).
+        #[arg(long, default_value_t = 1)]
+        managers: usize,
+        /// Services the tasks are split over.
+        #[arg(long, default_value_t = 10)]
+        services: usize,
+        /// Agents' heartbeat period.
+        #[arg(long, default_value = "2s")]
+        heartbeat_period: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout_s: u64,
+        /// Record a `perf record -g` profile of the manager while measuring.
+        #[arg(long)]
+        perf_out: Option<std::path::PathBuf>,
+    },
+    /// Convergence on the real engine: shoal, Docker Swarm, plain `docker run`.
+    Converge {
+        /// Replicas to run.
+        #[arg(long, default_value_t = 10)]
+        replicas: usize,
+        /// `docker run` commands at once for the floor.
+        #[arg(long, default_value_t = 8)]
+        parallelism: usize,
+    },
+    /// Recovery: an agent killed, its replicas running elsewhere (shoal, Swarm).
+    Recover {
+        /// Trials per side.
+        #[arg(long, default_value_t = 5)]
+        trials: usize,
+        /// Skip the Swarm side (extra dockerd daemons).
+        #[arg(long)]
+        no_swarm: bool,
+    },
+    /// Leader failover (needs several managers).
+    Failover {
+        #[arg(long, default_value_t = 10)]
+        trials: usize,
+    },
+    /// Resident memory of the daemons.
+    Footprint {
+        /// Hollow nodes for the loaded manager reading.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.scenario {
+            Scenario::Schedule {
+                nodes,
+                tasks,
+                managers,
+                services,
+                heartbeat_period,
+                timeout_s,
+                perf_out,
+            } => {
+                schedule::run(schedule::ScheduleArgs {
+                    nodes,
+                    tasks,
+                    managers,
+                    services,
+                    heartbeat: heartbeat_period,
+                    timeout: Duration::from_secs(timeout_s),
+                    perf_out,
+                })
+                .await
+            }
+            Scenario::Converge {
+                replicas,
+                parallelism,
+            } => converge::run(replicas, parallelism).await,
+            Scenario::Recover { trials, no_swarm } => recover::run(trials, !no_swarm).await,
+            Scenario::Failover { trials: _ } => {
+                figures::figure(
+                    "failover",
+                    "unavailable reason=single manager until the HA issue lands",
+                );
+                Ok(())
+            }
+            Scenario::Footprint { nodes } => footprint::run(nodes).await,
+        }
+    })
+}
