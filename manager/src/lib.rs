@@ -11,6 +11,7 @@
 //! - [`logbroker`]: `service logs`: asks the agents for their tasks' logs and
 //!   streams what they publish to the client.
 //! - [`leader`]: starts the leader-only components together and stops them together.
+//! - [`seal`]: the cluster data key that encrypts the CA key and secrets at rest.
 //! - [`server`]: [`server::run`] wires it all onto a TCP listener and a unix socket.
 
 pub mod config;
@@ -21,6 +22,7 @@ pub mod logbroker;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;
+pub mod seal;
 pub mod server;
 pub mod store;
 
