@@ -2,22 +2,27 @@
 //!
 //! First a COMPLETE message (every task on the node at ASSIGNED or later; the
 //! agent decides from `desired_state` what to do), then INCREMENTAL messages
-//! built from the store's change stream. Changes are coalesced: whatever is
-//! available is drained into one message. A task is sent again only when
-//! something the agent acts on changed (desired state, spec, ...), never for
-//! the status updates the agent itself reported: with 100 000 tasks, echoing
-//! every status would double the traffic for nothing.
+//! built from the changes the [`Router`] routes to this node. Changes are
+//! coalesced: whatever is available is drained into one message. A task is
+//! sent again only when something the agent acts on changed (desired state,
+//! spec, ...), never for the status updates the agent itself reported: with
+//! 100 000 tasks, echoing every status would double the traffic for nothing.
+//!
+//! [`NodeView`] is what the agent has been told; anything else a node must be
+//! sent alongside its tasks belongs there too.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use shoal_proto::{AssignmentsMessage, AssignmentsType, Task, TaskState};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::store::{ChangeBatch, ChangeKind, MemState, Object, Store};
+use super::router::{Routed, Router};
+use crate::scheduler::fasthash::FastSet;
+use crate::store::{ChangeKind, MemState, Object, Store};
 
 /// Messages buffered towards a slow agent before the feeder waits.
 const STREAM_BUFFER: usize = 16;
@@ -28,20 +33,27 @@ type Sender = mpsc::Sender<Result<AssignmentsMessage, Status>>;
 /// the agent leaves.
 pub(super) fn stream(
     store: Store,
+    router: Router,
     node_id: String,
     token: CancellationToken,
 ) -> ReceiverStream<Result<AssignmentsMessage, Status>> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(feed(store, node_id, token, tx));
+    tokio::spawn(feed(store, router, node_id, token, tx));
     ReceiverStream::new(rx)
 }
 
-async fn feed(store: Store, node_id: String, token: CancellationToken, tx: Sender) {
+async fn feed(store: Store, router: Router, node_id: String, token: CancellationToken, tx: Sender) {
     let mut view = NodeView::new(node_id);
     // Each pass of this loop starts from a fresh snapshot: at the beginning,
-    // and whenever the change stream lagged (changes were lost).
+    // and whenever the router dropped this feed (it fell behind, or the router
+    // did: changes were lost).
     'snapshot: loop {
-        let (tasks, mut changes) = store.read_and_subscribe(|s| view.assigned(s));
+        // Register before reading: every change committed after the snapshot
+        // is then routed here, and those up to its index are dropped.
+        let Some((_registration, mut routed)) = router.register(&view.node_id) else {
+            return;
+        };
+        let (tasks, since) = store.read(|s| (view.assigned(s), s.applied_index));
         if !send(&tx, &token, view.complete(tasks)).await {
             return;
         }
@@ -50,20 +62,18 @@ async fn feed(store: Store, node_id: String, token: CancellationToken, tx: Sende
                 biased;
                 _ = token.cancelled() => return,
                 _ = tx.closed() => return,
-                r = changes.recv() => r,
+                r = routed.recv() => r,
             };
             let mut pending = Pending::default();
             match first {
-                Ok(batch) => view.absorb(&batch, &mut pending),
-                Err(RecvError::Lagged(_)) => continue 'snapshot,
-                Err(RecvError::Closed) => return,
+                Some(batch) => view.absorb(&batch, since, &mut pending),
+                None => continue 'snapshot,
             }
             loop {
-                match changes.try_recv() {
-                    Ok(batch) => view.absorb(&batch, &mut pending),
+                match routed.try_recv() {
+                    Ok(batch) => view.absorb(&batch, since, &mut pending),
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Lagged(_)) => continue 'snapshot,
-                    Err(TryRecvError::Closed) => return,
+                    Err(TryRecvError::Disconnected) => continue 'snapshot,
                 }
             }
             if let Some(message) = view.incremental(pending)
@@ -88,7 +98,7 @@ async fn send(tx: &Sender, token: &CancellationToken, message: AssignmentsMessag
 struct NodeView {
     node_id: String,
     /// Tasks the agent knows as assigned.
-    known: HashSet<String>,
+    known: FastSet<String>,
     sequence: u64,
 }
 
@@ -103,7 +113,7 @@ impl NodeView {
     fn new(node_id: String) -> Self {
         NodeView {
             node_id,
-            known: HashSet::new(),
+            known: FastSet::default(),
             sequence: 0,
         }
     }
@@ -136,9 +146,13 @@ impl NodeView {
         }
     }
 
-    /// Fold one committed batch into `pending`.
-    fn absorb(&mut self, batch: &ChangeBatch, pending: &mut Pending) {
-        for change in &batch.changes {
+    /// Fold one routed batch into `pending`, unless the snapshot the agent
+    /// was given (at applied index `since`) already includes it.
+    fn absorb(&mut self, routed: &Routed, since: u64, pending: &mut Pending) {
+        if routed.batch.index <= since {
+            return;
+        }
+        for change in routed.changes() {
             let Object::Task(task) = &change.object else {
                 continue;
             };
@@ -197,7 +211,10 @@ mod unit {
     use shoal_proto::TaskStatus;
 
     use super::*;
-    use crate::store::Change;
+    use crate::store::{Change, ChangeBatch};
+
+    /// The index of the snapshot the tests' COMPLETE messages stand for.
+    const SNAPSHOT: u64 = 1;
 
     fn task(id: &str, node: &str, state: TaskState, desired: TaskState) -> Task {
         Task {
@@ -212,15 +229,19 @@ mod unit {
         }
     }
 
-    fn change(kind: ChangeKind, new: Task, old: Option<Task>) -> Arc<ChangeBatch> {
-        Arc::new(ChangeBatch {
-            index: 1,
+    fn change(kind: ChangeKind, new: Task, old: Option<Task>) -> Routed {
+        at(2, kind, new, old)
+    }
+
+    fn at(index: u64, kind: ChangeKind, new: Task, old: Option<Task>) -> Routed {
+        Routed::all(Arc::new(ChangeBatch {
+            index,
             changes: vec![Change {
                 kind,
                 object: Object::Task(new),
                 old: old.map(Object::Task),
             }],
-        })
+        }))
     }
 
     fn ids(message: &AssignmentsMessage) -> Vec<&str> {
@@ -242,6 +263,7 @@ mod unit {
                 task("a", "n1", Running, Running),
                 Some(task("a", "n1", Assigned, Running)),
             ),
+            SNAPSHOT,
             &mut p,
         );
         // Another node's task and a task not yet assigned: not for this agent.
@@ -251,10 +273,12 @@ mod unit {
                 task("b", "n2", Assigned, Running),
                 None,
             ),
+            SNAPSHOT,
             &mut p,
         );
         view.absorb(
             &change(ChangeKind::Created, task("c", "n1", Pending, Running), None),
+            SNAPSHOT,
             &mut p,
         );
         assert!(view.incremental(p).is_none());
@@ -267,6 +291,7 @@ mod unit {
                 task("c", "n1", Assigned, Running),
                 Some(task("c", "n1", Pending, Running)),
             ),
+            SNAPSHOT,
             &mut p,
         );
         // The orchestrator shuts a down: desired state changed.
@@ -276,6 +301,7 @@ mod unit {
                 task("a", "n1", Running, Shutdown),
                 Some(task("a", "n1", Running, Running)),
             ),
+            SNAPSHOT,
             &mut p,
         );
         // Then a status update of a in the same drain: the message carries the latest copy.
@@ -285,6 +311,7 @@ mod unit {
                 task("a", "n1", Shutdown, Shutdown),
                 Some(task("a", "n1", Running, Shutdown)),
             ),
+            SNAPSHOT,
             &mut p,
         );
         let m = view.incremental(p).expect("news");
@@ -303,6 +330,7 @@ mod unit {
                 task("a", "n1", Shutdown, Shutdown),
                 None,
             ),
+            SNAPSHOT,
             &mut p,
         );
         // Deleting a task the agent never had is not news either.
@@ -312,11 +340,42 @@ mod unit {
                 task("b", "n2", Assigned, Running),
                 None,
             ),
+            SNAPSHOT,
             &mut p,
         );
         let m = view.incremental(p).expect("removal");
         assert!(m.tasks.is_empty());
         assert_eq!(m.removed, vec!["a".to_string()]);
         assert_eq!(m.sequence, 3);
+    }
+
+    #[test]
+    fn changes_the_snapshot_already_holds_are_not_sent_again() {
+        use TaskState::*;
+        let mut view = NodeView::new("n1".into());
+        view.complete(vec![task("a", "n1", Assigned, Running)]);
+        let mut p = super::Pending::default();
+        // Routed before the snapshot was read, but committed at or before it.
+        let assigned = || {
+            (
+                task("a", "n1", Assigned, Shutdown),
+                Some(task("a", "n1", Assigned, Running)),
+            )
+        };
+        for index in [SNAPSHOT - 1, SNAPSHOT] {
+            let (new, old) = assigned();
+            view.absorb(&at(index, ChangeKind::Updated, new, old), SNAPSHOT, &mut p);
+        }
+        assert!(view.incremental(p).is_none());
+
+        let mut p = super::Pending::default();
+        let (new, old) = assigned();
+        view.absorb(
+            &at(SNAPSHOT + 1, ChangeKind::Updated, new, old),
+            SNAPSHOT,
+            &mut p,
+        );
+        let m = view.incremental(p).expect("committed after the snapshot");
+        assert_eq!(ids(&m), vec!["a"]);
     }
 }

@@ -15,6 +15,7 @@
 mod assignments;
 mod logs;
 mod monitor;
+mod router;
 mod session;
 mod status;
 #[cfg(test)]
@@ -67,6 +68,8 @@ struct Running {
     token: CancellationToken,
     /// Queue of the status batcher.
     status: mpsc::Sender<status::StatusRequest>,
+    /// Routes committed task changes to the nodes' assignment feeds.
+    router: router::Router,
 }
 
 impl Dispatcher {
@@ -91,6 +94,7 @@ impl Dispatcher {
         let epoch = inner.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let token = shutdown.child_token();
         let (status_tx, status_rx) = mpsc::channel(status::QUEUE_CAPACITY);
+        let (router, routing) = router::Router::new(&inner.store, token.clone());
         {
             let mut running = lock(&inner.running);
             if let Some(previous) = running.take() {
@@ -107,6 +111,7 @@ impl Dispatcher {
                 epoch,
                 token: token.clone(),
                 status: status_tx,
+                router,
             });
         }
         let _stop = StopGuard {
@@ -122,6 +127,7 @@ impl Dispatcher {
         tokio::join!(
             monitor::run(inner.clone(), token.clone()),
             status::run_batcher(inner.store.clone(), status_rx, token.clone()),
+            routing,
         );
         tracing::info!("dispatcher stopped");
     }
@@ -238,13 +244,13 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         &self,
         request: Request<AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
-        self.running()?;
+        let running = self.running()?;
         let session_id = request.into_inner().session_id;
         let live = lock(&self.inner.sessions).lookup(&session_id);
         let Some((node_id, token)) = live else {
             return Err(session::unknown(&session_id));
         };
-        let stream = assignments::stream(self.inner.store.clone(), node_id, token);
+        let stream = assignments::stream(self.inner.store.clone(), running.router, node_id, token);
         Ok(Response::new(stream))
     }
 
