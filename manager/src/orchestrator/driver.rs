@@ -13,21 +13,27 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use shoal_proto::{Node, Service, Task, TaskState, UpdateState};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::restart::RestartTracker;
-use super::task::{desired, service_name};
+use super::task::{desired, is_terminal, never_assigned, service_name};
 use super::update::stale_slots;
 use super::updater::{self, StartTimes, UpdateDone, UpdateOutcome, lock};
 use super::{Ctx, Op, reconcile_service};
 use crate::config::OrchestratorConfig;
-use crate::store::{Action, ChangeBatch, Object, Store};
+use crate::store::{Action, Applied, ChangeBatch, ChangeKind, Object, Store, StoreError};
 
-/// Actions per proposal: keeps each Raft entry far below sled's blob threshold.
-const WRITE_BATCH: usize = 100;
+/// Actions per proposal: one commit round trip creates a thousand tasks.
+const WRITE_BATCH: usize = 1000;
+/// Encoded objects per proposal: keeps each Raft entry well below the 2 MiB
+/// one entry may hold (sled's blob threshold), whatever the tasks' size.
+const WRITE_BATCH_BYTES: usize = 1 << 20;
+/// Proposals awaiting commit at once, as the scheduler does.
+const MAX_IN_FLIGHT: usize = 4;
 /// Pause before retrying services whose writes were refused (lost a race).
 const CONFLICT_RETRY: Duration = Duration::from_millis(20);
 /// Pause before retrying after the store refused a whole proposal.
@@ -85,15 +91,40 @@ impl Dirty {
                     self.services.insert(s.id.clone());
                 }
                 Object::Task(t) => {
-                    self.services.insert(t.service_id.clone());
+                    let old = match &change.old {
+                        Some(Object::Task(old)) => Some(old),
+                        _ => None,
+                    };
+                    if change.kind != ChangeKind::Updated
+                        || old.is_none_or(|old| affects_reconcile(old, t))
+                    {
+                        self.services.insert(t.service_id.clone());
+                    }
                 }
                 Object::Node(n) => {
                     self.nodes.insert(n.id.clone());
                 }
-                Object::Cluster(_) => {}
+                // Other kinds (cluster settings, ...) change no reconcile decision.
+                _ => {}
             }
         }
     }
+}
+
+/// True when a task update can change a reconcile decision. An agent's
+/// progress reports (ACCEPTED … RUNNING) cannot: the pure core reads the
+/// observed state only to see whether a task ended ([`is_terminal`]) or was
+/// ever assigned ([`never_assigned`]), and ranks by it only while doing
+/// something else. Skipping those reports spares a pass over every task of
+/// the service per report batch.
+fn affects_reconcile(old: &Task, new: &Task) -> bool {
+    old.desired_state != new.desired_state
+        || old.node_id != new.node_id
+        || old.slot != new.slot
+        || old.spec_version != new.spec_version
+        || old.service_id != new.service_id
+        || is_terminal(old) != is_terminal(new)
+        || never_assigned(old) != never_assigned(new)
 }
 
 /// One service to reconcile: its id, its value (`None` once removed), its tasks.
@@ -368,26 +399,178 @@ impl Driver {
                 Op::WakeAt(at) => self.wake(at, &service_id),
             }
         }
-        let mut actions = actions.into_iter().peekable();
-        while actions.peek().is_some() {
-            let (owners, chunk): (Vec<String>, Vec<Action>) =
-                actions.by_ref().take(WRITE_BATCH).unzip();
-            match self.store.propose_each(chunk).await {
-                Ok(applied) => {
-                    let retry = Instant::now() + CONFLICT_RETRY;
-                    for (pos, err) in applied.refused {
-                        tracing::debug!(service.id = %owners[pos], error = %err, "orchestrator write refused; will re-read");
-                        self.wake(retry, &owners[pos]);
-                    }
+        // Proposals are queued in order (a service's ops keep their order in
+        // the log) with a few in flight; all commit before the next reconcile
+        // reads the store, so no decision is made twice.
+        let mut in_flight = futures::stream::FuturesOrdered::new();
+        for (owners, chunk) in batches(actions) {
+            if in_flight.len() >= MAX_IN_FLIGHT
+                && let Some((owners, result)) = in_flight.next().await
+            {
+                self.written(owners, result);
+            }
+            match self.store.queue_each(chunk).await {
+                Ok(queued) => in_flight.push_back(async move { (owners, queued.outcome().await) }),
+                Err(err) => self.written(owners, Err(err)),
+            }
+        }
+        while let Some((owners, result)) = in_flight.next().await {
+            self.written(owners, result);
+        }
+    }
+
+    /// Schedule a retry of the services whose writes were refused or failed:
+    /// the retry reconciles from the store again, so a write that did commit
+    /// is seen there and not repeated.
+    fn written(&mut self, owners: Vec<String>, result: Result<Applied, StoreError>) {
+        match result {
+            Ok(applied) => {
+                let retry = Instant::now() + CONFLICT_RETRY;
+                for (pos, err) in applied.refused {
+                    tracing::debug!(service.id = %owners[pos], error = %err, "orchestrator write refused; will re-read");
+                    self.wake(retry, &owners[pos]);
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, "orchestrator write failed; retrying");
-                    let retry = Instant::now() + ERROR_RETRY;
-                    for owner in owners {
-                        self.wake(retry, &owner);
-                    }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "orchestrator write failed; retrying");
+                let retry = Instant::now() + ERROR_RETRY;
+                for owner in owners {
+                    self.wake(retry, &owner);
                 }
             }
         }
+    }
+}
+
+/// Split `actions` into proposals of at most [`WRITE_BATCH`] actions and about
+/// [`WRITE_BATCH_BYTES`] of objects, each with the services that own them.
+fn batches(actions: Vec<(String, Action)>) -> Vec<(Vec<String>, Vec<Action>)> {
+    let mut out: Vec<(Vec<String>, Vec<Action>)> = Vec::new();
+    let mut bytes = 0;
+    for (owner, action) in actions {
+        let size = match &action {
+            Action::Create(o) | Action::Update(o) | Action::Delete(o) => o.encoded_len(),
+        };
+        let full = out.last().is_none_or(|(_, chunk)| {
+            chunk.len() >= WRITE_BATCH || (!chunk.is_empty() && bytes + size > WRITE_BATCH_BYTES)
+        });
+        if full {
+            out.push((Vec::new(), Vec::new()));
+            bytes = 0;
+        }
+        let (owners, chunk) = out.last_mut().expect("pushed above");
+        owners.push(owner);
+        chunk.push(action);
+        bytes += size;
+    }
+    out
+}
+
+#[cfg(test)]
+mod unit {
+    use shoal_proto::{ContainerSpec, TaskSpec, TaskStatus};
+
+    use crate::store::Change;
+
+    use super::*;
+
+    fn create(service: &str, id: &str, env_bytes: usize) -> (String, Action) {
+        let task = Task {
+            id: id.into(),
+            service_id: service.into(),
+            spec: Some(TaskSpec {
+                container: Some(ContainerSpec {
+                    env: vec!["X".repeat(env_bytes)],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        (service.to_string(), Action::Create(Object::Task(task)))
+    }
+
+    #[test]
+    fn batches_are_bounded_by_count_and_size_and_keep_order_and_owners() {
+        let small: Vec<_> = (0..2500)
+            .map(|i| create(if i % 2 == 0 { "a" } else { "b" }, &format!("t{i}"), 10))
+            .collect();
+        let split = batches(small);
+        let sizes: Vec<_> = split.iter().map(|(_, c)| c.len()).collect();
+        assert_eq!(sizes, vec![1000, 1000, 500]);
+        let (owners, chunk) = &split[1];
+        assert_eq!(owners[0], "a");
+        assert_eq!(owners[1], "b");
+        let Action::Create(Object::Task(t)) = &chunk[0] else {
+            panic!("a create");
+        };
+        assert_eq!(t.id, "t1000", "order kept");
+
+        // Tasks of 300 KB: three fit in a megabyte; one alone always goes out.
+        let big: Vec<_> = (0..7)
+            .map(|i| create("c", &format!("b{i}"), 300_000))
+            .chain([create("c", "huge", 3 << 20)])
+            .collect();
+        let sizes: Vec<_> = batches(big).iter().map(|(_, c)| c.len()).collect();
+        assert_eq!(sizes, vec![3, 3, 1, 1]);
+    }
+
+    fn reported(id: &str, state: TaskState) -> Task {
+        Task {
+            id: id.into(),
+            service_id: "svc".into(),
+            node_id: "n1".into(),
+            desired_state: TaskState::Running as i32,
+            status: Some(TaskStatus {
+                state: state as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn dirty_after(kind: ChangeKind, new: Task, old: Option<Task>) -> bool {
+        let mut dirty = Dirty::default();
+        dirty.note(&ChangeBatch {
+            index: 1,
+            changes: vec![Change {
+                kind,
+                object: Object::Task(new),
+                old: old.map(Object::Task),
+            }],
+        });
+        dirty.services.contains("svc")
+    }
+
+    #[test]
+    fn progress_reports_do_not_make_a_service_dirty_but_endings_do() {
+        use TaskState::*;
+        let update = |from, to| {
+            dirty_after(
+                ChangeKind::Updated,
+                reported("t", to),
+                Some(reported("t", from)),
+            )
+        };
+        assert!(!update(Assigned, Accepted));
+        assert!(!update(Preparing, Running));
+        assert!(
+            update(Running, Failed),
+            "a task that ended needs a replacement"
+        );
+        assert!(update(Pending, Assigned), "a task that was assigned");
+        let mut moved = reported("t", Running);
+        moved.desired_state = Shutdown as i32;
+        assert!(dirty_after(
+            ChangeKind::Updated,
+            moved,
+            Some(reported("t", Running))
+        ));
+        assert!(dirty_after(ChangeKind::Created, reported("t", New), None));
+        assert!(dirty_after(
+            ChangeKind::Deleted,
+            reported("t", Running),
+            None
+        ));
     }
 }

@@ -241,7 +241,19 @@ impl Store {
         self.submit(actions, false).await
     }
 
+    /// Queue actions that apply independently, like [`Store::propose_each`],
+    /// and return once the proposal is queued. Proposals queued one after
+    /// another commit in that order, while their outcomes are awaited
+    /// together (several proposals in flight).
+    pub async fn queue_each(&self, actions: Vec<Action>) -> Result<Queued, StoreError> {
+        self.queue(actions, false).await
+    }
+
     async fn submit(&self, actions: Vec<Action>, atomic: bool) -> Result<Applied, StoreError> {
+        self.queue(actions, atomic).await?.outcome().await
+    }
+
+    async fn queue(&self, actions: Vec<Action>, atomic: bool) -> Result<Queued, StoreError> {
         let proposal = Proposal {
             id: self.inner.next_proposal.fetch_add(1, Ordering::Relaxed),
             timestamp: shoal_proto::now_ms(),
@@ -254,7 +266,7 @@ impl Store {
             .send(ProposeRequest { proposal, reply })
             .await
             .map_err(|_| StoreError::Stopped)?;
-        rx.await.map_err(|_| StoreError::Stopped)?
+        Ok(Queued(rx))
     }
 
     /// Apply a committed proposal to the tables and publish its changes. Called
@@ -292,6 +304,16 @@ impl Store {
     pub fn replace_state(&self, state: MemState) {
         let mut guard = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
         *guard = state;
+    }
+}
+
+/// A queued proposal ([`Store::queue_each`]) awaiting its commit.
+pub struct Queued(oneshot::Receiver<Result<Applied, StoreError>>);
+
+impl Queued {
+    /// The proposal's outcome, once committed (or failed).
+    pub async fn outcome(self) -> Result<Applied, StoreError> {
+        self.0.await.map_err(|_| StoreError::Stopped)?
     }
 }
 

@@ -147,3 +147,24 @@ fn objects_round_trip_through_their_encoding() {
     assert_eq!(back.id(), "t9");
     assert_eq!(back.storage_key(), b"t/t9".to_vec());
 }
+
+#[tokio::test]
+async fn queued_proposals_commit_in_queue_order() {
+    let store = Store::in_memory();
+    let first = store
+        .queue_each(vec![Action::Create(task("t1", "s1", "n1"))])
+        .await
+        .unwrap();
+    // Queued behind the create: it finds t1 even though nobody awaited it yet.
+    let second = store
+        .queue_each(vec![Action::Delete(task("t1", "s1", "n1"))])
+        .await
+        .unwrap();
+    let (second, first) = (
+        second.outcome().await.unwrap(),
+        first.outcome().await.unwrap(),
+    );
+    assert!(first.index < second.index);
+    assert!(second.refused.is_empty(), "{:?}", second.refused);
+    assert!(store.read(|s| s.task("t1").is_none()));
+}
