@@ -13,6 +13,7 @@
 
 pub mod constraint;
 pub mod ids;
+mod redact;
 pub mod rfc3339;
 pub mod state;
 pub mod validate;

@@ -6,8 +6,13 @@
 //! (the Docker flag or spec path: `replicas`, `publish[0].target`, `mount[1].source`)
 //! and says what is wrong with it.
 
+mod files;
 mod parse;
 
+pub use files::{
+    DEFAULT_FILE_MODE, MAX_DATA_SIZE, MAX_OBJECT_NAME_LEN, SECRETS_DIR, config_spec,
+    parse_config_ref, parse_secret_ref, secret_path, secret_spec,
+};
 pub use parse::{
     parse_bytes, parse_cpus, parse_duration, parse_env_file, parse_label, parse_mount,
     parse_publish,
@@ -219,7 +224,7 @@ fn container_spec(c: &ContainerSpec) -> Result {
     if let Some(grace) = c.stop_grace_period_ms {
         non_negative("stop-grace-period", grace)?;
     }
-    Ok(())
+    files::references(&c.secrets, &c.configs)
 }
 
 fn volume_name(name: &str) -> bool {
