@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::reporter::Reporter;
-use crate::runtime::{ContainerInfo, Exit, Runtime, RuntimeError};
+use crate::runtime::{ContainerInfo, Exit, Runtime, RuntimeError, TaskFiles};
 use crate::step::{
     Resume, Step, exit_outcome, failure_state, next_step, resume, state_message, stop_grace,
 };
@@ -46,6 +46,8 @@ pub struct TaskController<R> {
     /// Where to pick the task up, and whether its container was adopted;
     /// consumed when the controller starts.
     resume: Option<(Resume, bool)>,
+    /// The task's secret and config files, values included.
+    files: Arc<TaskFiles>,
 }
 
 impl<R: Runtime> TaskController<R> {
@@ -72,7 +74,14 @@ impl<R: Runtime> TaskController<R> {
             updates_open: true,
             shutdown,
             resume: Some((resume, adopted)),
+            files: Arc::default(),
         }
+    }
+
+    /// The secret and config files the task's container gets.
+    pub fn with_files(mut self, files: Arc<TaskFiles>) -> Self {
+        self.files = files;
+        self
     }
 
     /// The state the controller has reached.
@@ -132,10 +141,12 @@ impl<R: Runtime> TaskController<R> {
                 Step::Advance(to) => self.transition(to, String::new(), None, Vec::new()),
                 Step::Prepare => {
                     let (runtime, task) = (self.runtime.clone(), self.task.clone());
-                    match self
-                        .interruptible(async move { runtime.prepare(&task).await })
-                        .await
-                    {
+                    let files = self.files.clone();
+                    let prepare = async move {
+                        files.check()?;
+                        runtime.prepare(&task, &files).await
+                    };
+                    match self.interruptible(prepare).await {
                         Outcome::Done(Ok(container_id)) => {
                             self.container_id = container_id;
                             self.transition(TaskState::Ready, String::new(), None, Vec::new());

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::runtime::{
     ContainerInfo, ContainerState, EngineInfo, Exit, LogLine, LogLines, LogOptions, Runtime,
-    RuntimeError,
+    RuntimeError, TaskFiles,
 };
 
 /// Lines in the log of every fake container.
@@ -47,6 +47,9 @@ struct FakeState {
     by_node: HashMap<String, HashSet<String>>,
     created: u64,
     next_port: u32,
+    /// The secret and config files each task's container was given (only
+    /// tasks that have some), until its removal.
+    files: HashMap<String, TaskFiles>,
 }
 
 /// The in-memory runtime.
@@ -139,6 +142,11 @@ impl FakeRuntime {
         self.lock().created
     }
 
+    /// The secret and config files the container of `task_id` was given.
+    pub fn files_of(&self, task_id: &str) -> Option<TaskFiles> {
+        self.lock().files.get(task_id).cloned()
+    }
+
     /// The state of the task's container, if it has one.
     pub fn container_state(&self, task_id: &str) -> Option<ContainerState> {
         self.lock().containers.get(task_id).map(|c| c.state)
@@ -202,7 +210,7 @@ impl Runtime for FakeRuntime {
             .collect())
     }
 
-    async fn prepare(&self, task: &Task) -> Result<String, RuntimeError> {
+    async fn prepare(&self, task: &Task, files: &TaskFiles) -> Result<String, RuntimeError> {
         let image = image(task);
         if image.starts_with("missing") {
             return Err(RuntimeError::ImageNotFound {
@@ -210,7 +218,11 @@ impl Runtime for FakeRuntime {
                 reason: "no such image in the fake runtime".into(),
             });
         }
-        Ok(self.lock().create(&task.node_id, &task.id))
+        let mut state = self.lock();
+        if !files.is_empty() {
+            state.files.insert(task.id.clone(), files.clone());
+        }
+        Ok(state.create(&task.node_id, &task.id))
     }
 
     async fn start(&self, task: &Task) -> Result<(), RuntimeError> {
@@ -271,6 +283,7 @@ impl Runtime for FakeRuntime {
 
     async fn remove(&self, task: &Task) -> Result<(), RuntimeError> {
         let mut state = self.lock();
+        state.files.remove(&task.id);
         if let Some(c) = state.containers.remove(&task.id)
             && let Some(tasks) = state.by_node.get_mut(&c.node_id)
         {

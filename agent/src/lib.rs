@@ -7,6 +7,7 @@
 //!   containers found on the node after a restart.
 //! - [`controller`]: drives one task through the engine, one state at a time,
 //!   as the pure [`step`] function decides.
+//! - [`vault`]: the secret and config values the node's tasks use, in memory only.
 //! - [`reporter`]: the outbox of task statuses, sent in batches.
 //! - [`logs`]: answers the manager's log subscriptions (`service logs`) with
 //!   the runtime's logs, in batches.
@@ -29,6 +30,7 @@ pub mod reporter;
 pub mod runtime;
 mod session;
 pub mod step;
+pub mod vault;
 pub mod worker;
 
 #[cfg(all(test, feature = "fake"))]

@@ -6,7 +6,10 @@
 //! the `shoal.task.id` label or the name it gave it, so calls are idempotent and
 //! survive an agent restart (adoption).
 
+use std::collections::HashSet;
+use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
@@ -72,6 +75,82 @@ pub struct LogLine {
 /// A task's log lines, oldest first.
 pub type LogLines = BoxStream<'static, Result<LogLine, RuntimeError>>;
 
+/// Where a [`TaskFile`]'s value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Secret,
+    Config,
+}
+
+impl FileKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKind::Secret => "secret",
+            FileKind::Config => "config",
+        }
+    }
+}
+
+/// One file a task's container gets from a secret or a config.
+#[derive(Clone)]
+pub struct TaskFile {
+    pub kind: FileKind,
+    /// The secret's or config's id and name.
+    pub id: String,
+    pub name: String,
+    /// Absolute path in the container (`/run/secrets/<target>` for a secret).
+    pub path: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    /// The value, shared with the agent's in-memory copy. Never logged.
+    pub data: Arc<[u8]>,
+}
+
+impl fmt::Debug for TaskFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskFile")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("mode", &format_args!("{:#o}", self.mode))
+            .field(
+                "data",
+                &format_args!("<redacted, {} bytes>", self.data.len()),
+            )
+            .finish()
+    }
+}
+
+/// The secret and config files of one task, values included: what
+/// [`Runtime::prepare`] mounts into the container. Held in memory only.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFiles {
+    pub files: Vec<TaskFile>,
+    /// References whose value this node was not given ("secret db (id x)"):
+    /// the task cannot be prepared.
+    pub missing: Vec<String>,
+}
+
+impl TaskFiles {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.missing.is_empty()
+    }
+
+    /// Refuses a task whose files are not all available, naming them.
+    pub fn check(&self) -> Result<(), RuntimeError> {
+        if self.missing.is_empty() {
+            return Ok(());
+        }
+        Err(RuntimeError::Invalid(format!(
+            "{} not available on this node (removed, or not sent by the manager)",
+            self.missing.join(", ")
+        )))
+    }
+}
+
 /// Failures a runtime reports. The message is shown to the user as the task's error.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
@@ -105,9 +184,14 @@ pub trait Runtime: Send + Sync + 'static {
         node_id: &str,
     ) -> impl Future<Output = Result<Vec<ContainerInfo>, RuntimeError>> + Send;
 
-    /// Make the task ready to start: ensure its image, create its container.
-    /// Returns the container's id (reported in the task status).
-    fn prepare(&self, task: &Task) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    /// Make the task ready to start: ensure its image, create its container
+    /// with `files` (its secrets and configs) mounted. Returns the container's
+    /// id (reported in the task status).
+    fn prepare(
+        &self,
+        task: &Task,
+        files: &TaskFiles,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
 
     /// Start the prepared container; returns once the engine has started it.
     fn start(&self, task: &Task) -> impl Future<Output = Result<(), RuntimeError>> + Send;
@@ -128,8 +212,19 @@ pub trait Runtime: Send + Sync + 'static {
         grace: Duration,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
-    /// Remove the container (and anonymous volumes).
+    /// Remove the container (and anonymous volumes), and the files it was given.
     fn remove(&self, task: &Task) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Remove the secret and config files a previous run of the agent left on
+    /// node `node_id` for tasks other than `keep` (those with a container).
+    fn sweep_files(
+        &self,
+        node_id: &str,
+        keep: &HashSet<String>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (node_id, keep);
+        async {}
+    }
 
     /// Published ports as the engine bound them (host mode), for the task status.
     fn ports(&self, task: &Task) -> impl Future<Output = Vec<PortConfig>> + Send;

@@ -7,7 +7,7 @@
 //! their tasks (never recreated), and containers of tasks the manager no longer
 //! wants are stopped and removed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use shoal_proto::state::{from_i32, is_terminal};
@@ -21,6 +21,7 @@ use crate::controller::TaskController;
 use crate::reporter::Reporter;
 use crate::runtime::{ContainerInfo, Runtime, RuntimeError};
 use crate::step::DEFAULT_STOP_GRACE;
+use crate::vault::Vault;
 
 /// Owns the task controllers of the node.
 pub struct Worker<R> {
@@ -29,6 +30,8 @@ pub struct Worker<R> {
     /// The latest version of each assigned task, watched by its controller.
     controllers: HashMap<String, watch::Sender<Task>>,
     adopted: bool,
+    /// The secret and config values the node's tasks use, in memory only.
+    vault: Vault,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -42,6 +45,7 @@ impl<R: Runtime> Worker<R> {
             reporter,
             controllers: HashMap::new(),
             adopted: false,
+            vault: Vault::default(),
             tracker: TaskTracker::new(),
             shutdown,
         }
@@ -57,10 +61,13 @@ impl<R: Runtime> Worker<R> {
     pub async fn apply(
         &mut self,
         node_id: &str,
-        msg: AssignmentsMessage,
+        mut msg: AssignmentsMessage,
     ) -> Result<(), RuntimeError> {
         debug!(node.id = %node_id, sequence = msg.sequence, tasks = msg.tasks.len(),
-            removed = msg.removed.len(), "assignments");
+            removed = msg.removed.len(), secrets = msg.secrets.len(), configs = msg.configs.len(),
+            "assignments");
+        // Values first: the tasks of the same message use them.
+        self.vault.absorb(&mut msg);
         match msg.r#type() {
             AssignmentsType::Complete => {
                 let mut found = if self.adopted {
@@ -112,6 +119,10 @@ impl<R: Runtime> Worker<R> {
     ) -> Result<HashMap<String, ContainerInfo>, RuntimeError> {
         let containers = self.runtime.list(node_id).await?;
         self.adopted = true;
+        // Files of tasks without a container are leftovers; those of the
+        // containers about to be removed go with them.
+        let keep: HashSet<String> = containers.iter().map(|c| c.task_id.clone()).collect();
+        self.runtime.sweep_files(node_id, &keep).await;
         let by_id: HashMap<&str, &Task> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
         let mut adopted = HashMap::new();
         for container in containers {
@@ -165,6 +176,7 @@ impl<R: Runtime> Worker<R> {
             return;
         }
         let id = task.id.clone();
+        let files = Arc::new(self.vault.files_for(&task));
         let (tx, rx) = watch::channel(task);
         let controller = TaskController::new(
             self.runtime.clone(),
@@ -172,7 +184,8 @@ impl<R: Runtime> Worker<R> {
             rx,
             container,
             self.shutdown.clone(),
-        );
+        )
+        .with_files(files);
         self.tracker.spawn(controller.run());
         self.controllers.insert(id, tx);
     }

@@ -4,14 +4,18 @@
 //! into shoal's ([`RuntimeError`], [`ContainerInfo`]); waiting for health and exit
 //! is in `wait`, reading task logs in `logs`. Containers are addressed by their deterministic name
 //! ([`spec::container_name`]) and recognised by their `shoal.task.id` label, so
-//! every call is idempotent and survives an agent restart.
+//! every call is idempotent and survives an agent restart. Secret and config
+//! files are written to a memory-backed directory on the host and bind-mounted
+//! read-only (`files`).
 
+pub mod files;
 mod logs;
 pub mod spec;
 pub mod test_image;
 mod wait;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -26,6 +30,7 @@ use shoal_proto::{PortConfig, Task};
 
 use crate::runtime::{
     ContainerInfo, ContainerState, EngineInfo, Exit, LogLines, LogOptions, Runtime, RuntimeError,
+    TaskFiles,
 };
 use spec::{LABEL_NODE_ID, LABEL_TASK_ID, container_name};
 
@@ -42,12 +47,15 @@ pub struct DockerRuntime {
     docker: Docker,
     /// Where the engine is, for error messages.
     socket: String,
+    /// Memory-backed root of the tasks' secret and config files.
+    files_dir: PathBuf,
 }
 
 impl std::fmt::Debug for DockerRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DockerRuntime")
             .field("socket", &self.socket)
+            .field("files_dir", &self.files_dir)
             .finish()
     }
 }
@@ -87,7 +95,40 @@ impl DockerRuntime {
             .await
             .map_err(|e| unavailable(&e))?;
         docker.ping().await.map_err(|e| unavailable(&e))?;
-        Ok(DockerRuntime { docker, socket })
+        Ok(DockerRuntime {
+            docker,
+            socket,
+            files_dir: PathBuf::from(files::DEFAULT_FILES_DIR),
+        })
+    }
+
+    /// Keep the tasks' secret and config files under `dir` (default
+    /// [`files::DEFAULT_FILES_DIR`]), which must be on a tmpfs.
+    pub fn with_files_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.files_dir = dir.into();
+        self
+    }
+
+    /// Write a task's files (blocking IO, off the async threads); returns
+    /// their mounts.
+    async fn write_files(
+        &self,
+        task: &Task,
+        files: &TaskFiles,
+    ) -> Result<Vec<bollard::models::Mount>, RuntimeError> {
+        if files.files.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (root, node, id, owned) = (
+            self.files_dir.clone(),
+            task.node_id.clone(),
+            task.id.clone(),
+            files.clone(),
+        );
+        let dir = tokio::task::spawn_blocking(move || files::write(&root, &node, &id, &owned))
+            .await
+            .map_err(|e| RuntimeError::Other(format!("writing the task's files: {e}")))??;
+        Ok(spec::file_mounts(files, &dir))
     }
 
     /// The bollard client, for callers (and tests) that need more than the trait.
@@ -264,12 +305,15 @@ impl Runtime for DockerRuntime {
         Ok(out)
     }
 
-    async fn prepare(&self, task: &Task) -> Result<String, RuntimeError> {
+    async fn prepare(&self, task: &Task, files: &TaskFiles) -> Result<String, RuntimeError> {
         let name = container_name(task);
+        // Written even for an existing container: a reboot empties the tmpfs.
+        let file_mounts = self.write_files(task, files).await?;
         if let Some(existing) = self.inspect(&name).await? {
             return Self::check_owner(task, &name, &existing);
         }
-        let config = spec::container_config(task, &task.node_id);
+        let mut config = spec::container_config(task, &task.node_id);
+        spec::add_mounts(&mut config, file_mounts);
         let image = config.image.clone().unwrap_or_default();
         if image.is_empty() {
             return Err(RuntimeError::Invalid(format!(
@@ -349,17 +393,33 @@ impl Runtime for DockerRuntime {
         match self.docker.remove_container(&name, Some(options)).await {
             Ok(()) => {
                 tracing::info!(task.id = %task.id, service.name = %task.service_name, "container removed");
-                Ok(())
             }
-            Err(e) if status(&e) == Some(404) => Ok(()),
+            Err(e) if status(&e) == Some(404) => {}
             // Another remove of the same container is under way.
             Err(e)
                 if status(&e) == Some(409)
-                    && engine_message(&e).contains("already in progress") =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(self.error(e)),
+                    && engine_message(&e).contains("already in progress") => {}
+            Err(e) => return Err(self.error(e)),
+        }
+        // The container is gone: so go its secret and config files.
+        let (root, node, id) = (
+            self.files_dir.clone(),
+            task.node_id.clone(),
+            task.id.clone(),
+        );
+        tokio::task::spawn_blocking(move || files::remove(&root, &node, &id))
+            .await
+            .map_err(|e| RuntimeError::Other(format!("removing the task's files: {e}")))?
+    }
+
+    async fn sweep_files(&self, node_id: &str, keep: &HashSet<String>) {
+        let (root, node, keep) = (self.files_dir.clone(), node_id.to_string(), keep.clone());
+        let swept = tokio::task::spawn_blocking(move || files::sweep(&root, &node, &keep))
+            .await
+            .unwrap_or_default();
+        if !swept.is_empty() {
+            tracing::info!(node.id = %node_id, tasks = swept.len(),
+                "removed the secret and config files of tasks this node no longer runs");
         }
     }
 

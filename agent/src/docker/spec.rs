@@ -5,6 +5,7 @@
 //! here, so every rule is unit-tested without an engine.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use bollard::models::{
     ContainerCreateBody, HealthConfig, HealthcheckResult, HostConfig, Mount, MountType,
@@ -14,7 +15,7 @@ use shoal_proto::{
     ContainerSpec, MountType as ShoalMountType, PortConfig, PortProtocol, PublishMode, Task,
 };
 
-use crate::runtime::Exit;
+use crate::runtime::{Exit, TaskFile, TaskFiles};
 
 /// Label carrying the task id: how the runtime finds a task's container again.
 pub const LABEL_TASK_ID: &str = "shoal.task.id";
@@ -198,6 +199,48 @@ pub fn container_config(task: &Task, node_id: &str) -> ContainerCreateBody {
         host_config: Some(host_config),
         ..Default::default()
     }
+}
+
+/// The name of the `i`th file of a task on the host, in the task's directory
+/// (`secret-0`, `config-1`): never the secret's name or target, which a
+/// listing of the directory would otherwise reveal.
+pub fn host_file_name(i: usize, file: &TaskFile) -> String {
+    format!("{}-{i}", file.kind.name())
+}
+
+/// Read-only bind mounts of a task's secret and config files, kept in
+/// `host_dir`, at their paths in the container.
+pub fn file_mounts(files: &TaskFiles, host_dir: &Path) -> Vec<Mount> {
+    files
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, file)| Mount {
+            target: Some(file.path.clone()),
+            source: Some(
+                host_dir
+                    .join(host_file_name(i, file))
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            typ: Some(MountType::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Add `mounts` to a container configuration.
+pub fn add_mounts(config: &mut ContainerCreateBody, mounts: Vec<Mount>) {
+    if mounts.is_empty() {
+        return;
+    }
+    config
+        .host_config
+        .get_or_insert_with(Default::default)
+        .mounts
+        .get_or_insert_with(Vec::new)
+        .extend(mounts);
 }
 
 fn mount(m: &shoal_proto::Mount) -> Mount {

@@ -386,3 +386,76 @@ fn health_events_are_recognised() {
     assert_eq!(health_event("health_status: starting"), None);
     assert_eq!(health_event("die"), None);
 }
+
+#[test]
+fn secrets_and_configs_become_read_only_bind_mounts() {
+    use std::sync::Arc;
+
+    use crate::runtime::{FileKind, TaskFile, TaskFiles};
+
+    let file = |kind, path: &str| TaskFile {
+        kind,
+        id: "id1".into(),
+        name: "db".into(),
+        path: path.into(),
+        uid: 0,
+        gid: 0,
+        mode: 0o444,
+        data: Arc::from(&b"value"[..]),
+    };
+    let files = TaskFiles {
+        files: vec![
+            file(FileKind::Secret, "/run/secrets/db"),
+            file(FileKind::Config, "/etc/app.conf"),
+        ],
+        missing: vec![],
+    };
+    let mut c = image("busybox");
+    c.mounts = vec![Mount {
+        r#type: ShoalMountType::Tmpfs as i32,
+        target: "/tmp".into(),
+        ..Default::default()
+    }];
+    let mut config = container_config(&task(c), "n1");
+    add_mounts(
+        &mut config,
+        file_mounts(&files, std::path::Path::new("/dev/shm/shoal/n1/t1")),
+    );
+    let mounts = config.host_config.unwrap().mounts.unwrap();
+    assert_eq!(mounts.len(), 3, "the spec's own mount is kept");
+    let got: Vec<(&str, &str, Option<MountType>, Option<bool>)> = mounts[1..]
+        .iter()
+        .map(|m| {
+            (
+                m.source.as_deref().unwrap(),
+                m.target.as_deref().unwrap(),
+                m.typ,
+                m.read_only,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "/dev/shm/shoal/n1/t1/secret-0",
+                "/run/secrets/db",
+                Some(MountType::BIND),
+                Some(true)
+            ),
+            (
+                "/dev/shm/shoal/n1/t1/config-1",
+                "/etc/app.conf",
+                Some(MountType::BIND),
+                Some(true)
+            ),
+        ]
+    );
+    // Nothing to add: the configuration is unchanged.
+    let mut plain = container_config(&task(image("busybox")), "n1");
+    add_mounts(
+        &mut plain,
+        file_mounts(&TaskFiles::default(), std::path::Path::new("/x")),
+    );
+    assert!(plain.host_config.unwrap().mounts.is_none());
+}

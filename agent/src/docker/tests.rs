@@ -61,7 +61,10 @@ impl Fixture {
     }
 
     async fn launch(&self, task: &Task) {
-        self.rt.prepare(task).await.expect("prepare");
+        self.rt
+            .prepare(task, &TaskFiles::default())
+            .await
+            .expect("prepare");
         self.rt.start(task).await.expect("start");
     }
 }
@@ -125,8 +128,14 @@ async fn exit_code_env_labels_and_list() {
             ..shell("sleep 1; exit $CODE")
         },
     );
-    fx.rt.prepare(&task).await.expect("prepare");
-    fx.rt.prepare(&task).await.expect("prepare is idempotent");
+    fx.rt
+        .prepare(&task, &TaskFiles::default())
+        .await
+        .expect("prepare");
+    fx.rt
+        .prepare(&task, &TaskFiles::default())
+        .await
+        .expect("prepare is idempotent");
 
     let listed = fx.rt.list(&fx.node_id).await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -319,7 +328,7 @@ async fn missing_image_is_image_not_found() {
         .as_mut()
         .unwrap()
         .image = "shoal-test/absent:never".into();
-    match fx.rt.prepare(&task).await {
+    match fx.rt.prepare(&task, &TaskFiles::default()).await {
         Err(RuntimeError::ImageNotFound { image, reason }) => {
             assert_eq!(image, "shoal-test/absent:never");
             assert!(
@@ -336,7 +345,7 @@ async fn missing_image_is_image_not_found() {
         .as_mut()
         .unwrap()
         .image = String::new();
-    match fx.rt.prepare(&task).await {
+    match fx.rt.prepare(&task, &TaskFiles::default()).await {
         Err(RuntimeError::Invalid(message)) => {
             assert!(message.contains("container.image is empty"), "{message}")
         }
@@ -362,7 +371,7 @@ async fn bad_bind_source_is_invalid() {
             ..shell("true")
         },
     );
-    match fx.rt.prepare(&task).await {
+    match fx.rt.prepare(&task, &TaskFiles::default()).await {
         Err(RuntimeError::Invalid(message)) => assert!(
             message.contains("/nonexistent/shoal-test-source"),
             "{message}"
@@ -385,7 +394,10 @@ async fn host_port_in_use_fails_start() {
     let taken = fx.rt.ports(&first).await[0].published_port;
     let mut second = fx.task(2, shell("exec sleep 300"));
     second.ports = vec![host_port(80, taken)];
-    fx.rt.prepare(&second).await.expect("prepare");
+    fx.rt
+        .prepare(&second, &TaskFiles::default())
+        .await
+        .expect("prepare");
     match fx.rt.start(&second).await {
         Err(RuntimeError::Invalid(message)) => {
             assert!(message.contains(&taken.to_string()), "{message}")
@@ -437,6 +449,7 @@ async fn engine_gone_mid_way_is_unavailable() {
     let rt = DockerRuntime {
         docker,
         socket: path.display().to_string(),
+        files_dir: files::DEFAULT_FILES_DIR.into(),
     };
     let task = Task {
         id: "gone".into(),
@@ -453,7 +466,7 @@ async fn engine_gone_mid_way_is_unavailable() {
     };
     unavailable(rt.describe().await.map(|_| ()));
     unavailable(rt.list("n").await.map(|_| ()));
-    unavailable(rt.prepare(&task).await.map(|_| ()));
+    unavailable(rt.prepare(&task, &TaskFiles::default()).await.map(|_| ()));
     unavailable(rt.start(&task).await);
     unavailable(rt.stop(&task, Duration::from_secs(1)).await);
     unavailable(rt.remove(&task).await);

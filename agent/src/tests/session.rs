@@ -110,6 +110,7 @@ impl Dispatcher for TestDispatcher {
             tasks: self.tasks.clone(),
             removed: vec![],
             sequence: 1,
+            ..Default::default()
         };
         tx.send(Ok(msg)).await.unwrap();
         self.open_assignments.lock().unwrap().push(tx);

@@ -18,6 +18,7 @@ fn complete(tasks: Vec<Task>) -> AssignmentsMessage {
         tasks,
         removed: vec![],
         sequence: 1,
+        ..Default::default()
     }
 }
 
@@ -27,6 +28,7 @@ fn incremental(tasks: Vec<Task>, removed: Vec<&str>) -> AssignmentsMessage {
         tasks,
         removed: removed.into_iter().map(String::from).collect(),
         sequence: 2,
+        ..Default::default()
     }
 }
 
@@ -175,4 +177,66 @@ async fn thousands_of_tasks_run_on_one_worker() {
     .await;
     reported(&reporter, "t4999", TaskState::Running).await;
     assert_eq!(fake.created_count(), 5_000);
+}
+
+fn with_secret(mut t: Task, secret_id: &str) -> Task {
+    let c = t.spec.as_mut().unwrap().container.as_mut().unwrap();
+    c.secrets.push(shoal_proto::SecretReference {
+        secret_id: secret_id.into(),
+        secret_name: "db".into(),
+        target: "password".into(),
+        uid: 1000,
+        gid: 1000,
+        mode: Some(0o400),
+    });
+    t
+}
+
+#[tokio::test]
+async fn a_task_gets_the_secrets_of_its_message_and_fails_without_them() {
+    let fake = Arc::new(FakeRuntime::default());
+    let (mut worker, reporter) = worker(&fake);
+    let mut msg = complete(vec![with_secret(
+        task("A", "nginx", TaskState::Running),
+        "x1",
+    )]);
+    msg.secrets = vec![shoal_proto::Payload {
+        id: "x1".into(),
+        name: "db".into(),
+        data: b"hunter2".to_vec(),
+    }];
+    worker.apply(NODE, msg).await.unwrap();
+    reported(&reporter, "A", TaskState::Running).await;
+    let files = fake.files_of("A").expect("A's container got files");
+    assert_eq!(files.files.len(), 1);
+    let f = &files.files[0];
+    assert_eq!(f.path, "/run/secrets/password");
+    assert_eq!((f.uid, f.gid, f.mode), (1000, 1000, 0o400));
+    assert_eq!(&*f.data, b"hunter2");
+
+    // The manager says to forget it; a new task that still refers to it is refused.
+    let mut msg = incremental(
+        vec![with_secret(task("B", "nginx", TaskState::Running), "x1")],
+        vec![],
+    );
+    msg.removed_secrets = vec!["x1".into()];
+    worker.apply(NODE, msg).await.unwrap();
+    let status = reported(&reporter, "B", TaskState::Rejected).await;
+    assert!(
+        status.err.contains("secret db (id x1)") && status.err.contains("not available"),
+        "{}",
+        status.err
+    );
+    assert!(fake.files_of("B").is_none());
+
+    // Removing A's container drops what the runtime was given.
+    worker
+        .apply(NODE, incremental(vec![], vec!["A"]))
+        .await
+        .unwrap();
+    eventually("A's container to be removed", || async {
+        fake.container_state("A").is_none().then_some(())
+    })
+    .await;
+    assert!(fake.files_of("A").is_none());
 }

@@ -12,6 +12,7 @@ pub fn store_status(err: StoreError) -> Status {
         StoreError::AlreadyExists { .. } => Status::already_exists(msg),
         StoreError::PortInUse { .. } => Status::already_exists(format!("publish: {msg}")),
         StoreError::Conflict { .. } => Status::aborted(msg),
+        StoreError::InUse { .. } => Status::failed_precondition(msg),
         StoreError::Invalid(_) => Status::invalid_argument(msg),
         StoreError::NotLeader | StoreError::LeadershipLost | StoreError::Stopped => {
             Status::unavailable(msg)

@@ -12,6 +12,7 @@ use crate::store::{Action, MemState, Object, Store, StoreError};
 /// Validate and store a new service. The orchestrator takes it from there.
 pub async fn create(store: &Store, mut spec: ServiceSpec) -> Result<Service, Status> {
     validate::service_spec(&spec).map_err(spec_status)?;
+    store.read(|s| super::secrets::resolve_references(s, &mut spec))?;
     if spec.mode() == ServiceMode::Global {
         spec.replicas = 0;
     }
@@ -47,6 +48,7 @@ pub async fn update(
 ) -> Result<Service, Status> {
     let mut spec = req.spec.unwrap_or_default();
     validate::service_spec(&spec).map_err(spec_status)?;
+    store.read(|s| super::secrets::resolve_references(s, &mut spec))?;
     let mut service = store
         .read(|s| s.find_service(&req.service).cloned())
         .map_err(lookup_status)?;

@@ -9,7 +9,8 @@
 //! 100 000 tasks, echoing every status would double the traffic for nothing.
 //!
 //! [`NodeView`] is what the agent has been told; anything else a node must be
-//! sent alongside its tasks belongs there too.
+//! sent alongside its tasks belongs there too: the secrets and configs its
+//! tasks use ([`super::secrets`]) ride in the same messages.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::router::{Routed, Router};
+use super::secrets::{self, Delivered};
 use crate::scheduler::fasthash::FastSet;
+use crate::seal::DataKey;
 use crate::store::{ChangeKind, MemState, Object, Store};
 
 /// Messages buffered towards a slow agent before the feeder waits.
@@ -36,13 +39,21 @@ pub(super) fn stream(
     router: Router,
     node_id: String,
     token: CancellationToken,
+    key: Option<DataKey>,
 ) -> ReceiverStream<Result<AssignmentsMessage, Status>> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(feed(store, router, node_id, token, tx));
+    tokio::spawn(feed(store, router, node_id, token, tx, key));
     ReceiverStream::new(rx)
 }
 
-async fn feed(store: Store, router: Router, node_id: String, token: CancellationToken, tx: Sender) {
+async fn feed(
+    store: Store,
+    router: Router,
+    node_id: String,
+    token: CancellationToken,
+    tx: Sender,
+    key: Option<DataKey>,
+) {
     let mut view = NodeView::new(node_id);
     // Each pass of this loop starts from a fresh snapshot: at the beginning,
     // and whenever the router dropped this feed (it fell behind, or the router
@@ -54,7 +65,15 @@ async fn feed(store: Store, router: Router, node_id: String, token: Cancellation
             return;
         };
         let (tasks, since) = store.read(|s| (view.assigned(s), s.applied_index));
-        if !send(&tx, &token, view.complete(tasks)).await {
+        let mut complete = view.complete(tasks);
+        secrets::fill(
+            &mut complete,
+            &mut view.files,
+            &store,
+            key.as_ref(),
+            &view.node_id,
+        );
+        if !send(&tx, &token, complete).await {
             return;
         }
         loop {
@@ -76,10 +95,17 @@ async fn feed(store: Store, router: Router, node_id: String, token: Cancellation
                     Err(TryRecvError::Disconnected) => continue 'snapshot,
                 }
             }
-            if let Some(message) = view.incremental(pending)
-                && !send(&tx, &token, message).await
-            {
-                return;
+            if let Some(mut message) = view.incremental(pending) {
+                secrets::fill(
+                    &mut message,
+                    &mut view.files,
+                    &store,
+                    key.as_ref(),
+                    &view.node_id,
+                );
+                if !send(&tx, &token, message).await {
+                    return;
+                }
             }
         }
     }
@@ -100,6 +126,8 @@ struct NodeView {
     /// Tasks the agent knows as assigned.
     known: FastSet<String>,
     sequence: u64,
+    /// The secrets and configs its tasks use, and what it was sent of them.
+    files: Delivered,
 }
 
 /// The news gathered from a drain of the change stream.
@@ -115,6 +143,7 @@ impl NodeView {
             node_id,
             known: FastSet::default(),
             sequence: 0,
+            files: Delivered::default(),
         }
     }
 
@@ -137,12 +166,14 @@ impl NodeView {
 
     fn complete(&mut self, tasks: Vec<Task>) -> AssignmentsMessage {
         self.known = tasks.iter().map(|t| t.id.clone()).collect();
+        self.files.reset(&tasks);
         self.sequence += 1;
         AssignmentsMessage {
             r#type: AssignmentsType::Complete as i32,
             tasks,
             removed: Vec::new(),
             sequence: self.sequence,
+            ..Default::default()
         }
     }
 
@@ -157,6 +188,13 @@ impl NodeView {
                 continue;
             };
             let gone = change.kind == ChangeKind::Deleted || !self.is_assigned_here(task);
+            // Every change counts here, the agent's own reports too: a task
+            // that ended releases its secrets.
+            if gone {
+                self.files.forget(&task.id);
+            } else {
+                self.files.track(task);
+            }
             if gone {
                 if self.known.remove(&task.id) {
                     pending.tasks.remove(&task.id);
@@ -180,7 +218,7 @@ impl NodeView {
     }
 
     fn incremental(&mut self, pending: Pending) -> Option<AssignmentsMessage> {
-        if pending.tasks.is_empty() && pending.removed.is_empty() {
+        if pending.tasks.is_empty() && pending.removed.is_empty() && !self.files.is_dirty() {
             return None;
         }
         self.sequence += 1;
@@ -189,6 +227,7 @@ impl NodeView {
             tasks: pending.tasks.into_values().collect(),
             removed: pending.removed.into_iter().collect(),
             sequence: self.sequence,
+            ..Default::default()
         })
     }
 }

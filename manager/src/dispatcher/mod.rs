@@ -16,13 +16,14 @@ mod assignments;
 mod logs;
 mod monitor;
 mod router;
+mod secrets;
 mod session;
 mod status;
 #[cfg(test)]
 mod tests;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use shoal_proto::dispatcher_server;
 use shoal_proto::{
@@ -36,6 +37,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::DispatcherConfig;
 use crate::logbroker::{LogBroker, SubscriptionStream};
+use crate::seal::DataKey;
 use crate::store::{Store, StoreError};
 
 /// Serves the `Dispatcher` gRPC service. Clone freely: clones share sessions.
@@ -57,6 +59,8 @@ struct Inner {
     epoch: AtomicU64,
     /// Routes `service logs` between clients and agents.
     logs: LogBroker,
+    /// Opens the secrets the nodes' tasks use ([`Dispatcher::with_data_key`]).
+    data_key: OnceLock<DataKey>,
 }
 
 /// What the RPCs need from an active `run`.
@@ -82,6 +86,7 @@ impl Dispatcher {
                 running: Mutex::new(None),
                 epoch: AtomicU64::new(0),
                 logs: LogBroker::new(),
+                data_key: OnceLock::new(),
             }),
         }
     }
@@ -135,6 +140,13 @@ impl Dispatcher {
     /// True while [`Dispatcher::run`] is active on the leader: the RPCs are served.
     pub fn is_running(&self) -> bool {
         self.inner.store.is_leader() && lock(&self.inner.running).is_some()
+    }
+
+    /// Open the secrets sent to the nodes with the cluster data key (without
+    /// it, no secret is sent and tasks that use one fail on their node).
+    pub fn with_data_key(self, key: DataKey) -> Self {
+        let _ = self.inner.data_key.set(key);
+        self
     }
 
     /// The log broker that serves `ServiceLogs` through this dispatcher's sessions.
@@ -250,7 +262,13 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         let Some((node_id, token)) = live else {
             return Err(session::unknown(&session_id));
         };
-        let stream = assignments::stream(self.inner.store.clone(), running.router, node_id, token);
+        let stream = assignments::stream(
+            self.inner.store.clone(),
+            running.router,
+            node_id,
+            token,
+            self.inner.data_key.get().cloned(),
+        );
         Ok(Response::new(stream))
     }
 

@@ -17,6 +17,7 @@ mod node;
 mod service;
 mod snapshot;
 mod storage;
+mod unwritten;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -209,6 +210,7 @@ fn open(
         tick_interval: config.raft.tick_interval,
         snapshot_interval: config.raft.snapshot_interval,
         waiters: HashMap::new(),
+        unwritten: Default::default(),
         written_applied: applied,
         durable_applied: applied,
         dirty: false,

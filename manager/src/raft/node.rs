@@ -7,14 +7,15 @@
 //! `LightReady` (where a single voter's commits arrive).
 //!
 //! Each proposal's caller waits on a registry keyed by proposal id, never on
-//! log order; all waiters fail when leadership is lost. Applied changes of a
-//! whole Ready cycle go to the state tree in one sled batch, written after the
+//! log order; all waiters fail when leadership is lost. Applied changes reach
+//! the state tree in checkpoints ([`Unwritten`]): every second or so, one sled
+//! batch with the latest value of each changed object, written after the
 //! commit index so a crash never leaves the state ahead of the commit. Replies
-//! need no flush of that batch: the entries themselves are durable in the log
-//! and a restart re-applies them.
+//! need no checkpoint: the entries themselves are durable in the log and a
+//! restart re-applies those after the last checkpoint.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use protobuf::Message as _;
@@ -26,10 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::service::{Inbound, Transport};
 use super::storage::{APPLIED_KEY, MAX_ENTRY_BYTES, SledStorage};
+use super::unwritten::Unwritten;
 use super::{RaftError, RaftStatus};
-use crate::store::{
-    Applied, ChangeKind, Leadership, ObjectExt, ProposeRequest, Store, StoreError, encode,
-};
+use crate::store::{Applied, Leadership, ProposeRequest, Store, StoreError};
 
 /// Proposals or peer messages taken from a channel before handling a Ready:
 /// large enough to batch many appends into one fsync, small enough to tick.
@@ -49,19 +49,14 @@ pub(crate) struct Node {
     pub(crate) snapshot_interval: u64,
     /// Callers waiting for their proposal, by proposal id.
     pub(crate) waiters: HashMap<u64, Reply>,
+    /// Applied changes not yet written to the state tree.
+    pub(crate) unwritten: Unwritten,
     /// Applied index last written to the state tree.
     pub(crate) written_applied: u64,
     /// Applied index known durable (written before the last flush).
     pub(crate) durable_applied: u64,
     /// Writes not yet flushed.
     pub(crate) dirty: bool,
-}
-
-/// What one Ready cycle applied: a single state-tree batch.
-#[derive(Default)]
-struct Cycle {
-    batch: sled::Batch,
-    applied: Option<u64>,
 }
 
 impl Node {
@@ -77,7 +72,7 @@ impl Node {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {
                     self.raw.tick();
-                    if let Err(err) = self.flush_if_dirty() {
+                    if let Err(err) = self.checkpoint_if_due().and_then(|()| self.flush_if_dirty()) {
                         self.fail(err);
                         break;
                     }
@@ -155,7 +150,6 @@ impl Node {
     fn handle_ready(&mut self) -> Result<(), RaftError> {
         while self.raw.has_ready() {
             let mut rd = self.raw.ready();
-            let mut cycle = Cycle::default();
             self.transport.send(rd.take_messages());
 
             let installed_snapshot = !rd.snapshot().is_empty();
@@ -163,11 +157,12 @@ impl Node {
                 let state = self.raw.mut_store().apply_snapshot(rd.snapshot())?;
                 let index = state.applied_index;
                 self.store.replace_state(state);
+                self.unwritten.clear();
                 self.written_applied = index;
                 tracing::info!(index, "installed raft snapshot from the leader");
             }
 
-            self.apply_entries(rd.take_committed_entries(), &mut cycle)?;
+            self.apply_entries(rd.take_committed_entries())?;
 
             let must_flush = installed_snapshot || !rd.entries().is_empty() || rd.hs().is_some();
             self.raw.mut_store().append(rd.entries())?;
@@ -186,38 +181,41 @@ impl Node {
                 self.dirty = true;
             }
             self.transport.send(light.take_messages());
-            self.apply_entries(light.take_committed_entries(), &mut cycle)?;
+            self.apply_entries(light.take_committed_entries())?;
             self.raw.advance_apply();
 
-            self.write_cycle(cycle)?;
+            self.checkpoint_if_due()?;
             self.maybe_compact()?;
         }
         self.publish();
         Ok(())
     }
 
-    /// Apply committed entries to the tables, gather their changes into the
-    /// cycle's batch, and answer their waiters.
-    fn apply_entries(&mut self, entries: Vec<Entry>, cycle: &mut Cycle) -> Result<(), RaftError> {
+    /// Apply committed entries to the tables, keep their changes for the next
+    /// checkpoint, and answer their waiters.
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
         for entry in entries {
             let index = entry.index;
-            cycle.applied = Some(index);
+            let now = Instant::now();
             match entry.get_entry_type() {
                 // The no-op a new leader appends to commit its term. (An empty
                 // conf change is not one: raft-rs uses it to leave a joint config.)
                 EntryType::EntryNormal if entry.data.is_empty() => {
                     self.store.set_applied_index(index);
+                    self.unwritten.applied(index, None, now);
                 }
-                EntryType::EntryNormal => self.apply_proposal(&entry, cycle),
+                EntryType::EntryNormal => self.apply_proposal(&entry, now),
                 EntryType::EntryConfChange => {
                     let result = ConfChange::parse_from_bytes(&entry.data)
                         .map(|cc| self.raw.apply_conf_change(&cc));
                     self.apply_conf_change(index, result)?;
+                    self.unwritten.applied(index, None, now);
                 }
                 EntryType::EntryConfChangeV2 => {
                     let result = ConfChangeV2::parse_from_bytes(&entry.data)
                         .map(|cc| self.raw.apply_conf_change(&cc));
                     self.apply_conf_change(index, result)?;
+                    self.unwritten.applied(index, None, now);
                 }
             }
         }
@@ -247,7 +245,7 @@ impl Node {
         Ok(())
     }
 
-    fn apply_proposal(&mut self, entry: &Entry, cycle: &mut Cycle) {
+    fn apply_proposal(&mut self, entry: &Entry, now: Instant) {
         let index = entry.index;
         let proposal = match Proposal::decode(&entry.data[..]) {
             Ok(p) => p,
@@ -255,32 +253,39 @@ impl Node {
                 // Every manager skips the same bad entry, so they stay in step.
                 tracing::error!(index, error = %err, "committed raft entry is not a proposal; skipped");
                 self.store.set_applied_index(index);
+                self.unwritten.applied(index, None, now);
                 return;
             }
         };
         let id = proposal.id;
         let applied = self.store.apply_committed(proposal, index);
-        for change in &applied.batch.changes {
-            let key = change.object.storage_key();
-            match change.kind {
-                ChangeKind::Deleted => cycle.batch.remove(key),
-                ChangeKind::Created | ChangeKind::Updated => {
-                    cycle.batch.insert(key, encode(&change.object))
-                }
-            }
-        }
+        self.unwritten.applied(index, Some(&applied.batch), now);
         if let Some(reply) = self.waiters.remove(&id) {
             let _ = reply.send(applied.into_result());
         }
     }
 
-    /// Write the cycle's changes and applied index in one batch.
-    fn write_cycle(&mut self, mut cycle: Cycle) -> Result<(), RaftError> {
-        let Some(applied) = cycle.applied else {
+    fn checkpoint_if_due(&mut self) -> Result<(), RaftError> {
+        let due =
+            self.unwritten
+                .is_due(Instant::now(), self.written_applied, self.snapshot_interval);
+        if due { self.checkpoint() } else { Ok(()) }
+    }
+
+    /// Write the unwritten changes and the applied index in one batch.
+    fn checkpoint(&mut self) -> Result<(), RaftError> {
+        let Some((applied, writes)) = self.unwritten.take() else {
             return Ok(());
         };
-        cycle.batch.insert(APPLIED_KEY, &applied.to_be_bytes());
-        self.raw.mut_store().disk().state.apply_batch(cycle.batch)?;
+        let mut batch = sled::Batch::default();
+        for (key, value) in writes {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch.insert(APPLIED_KEY, &applied.to_be_bytes());
+        self.raw.mut_store().disk().state.apply_batch(batch)?;
         self.written_applied = applied;
         self.dirty = true;
         Ok(())
@@ -373,6 +378,11 @@ impl Node {
         }
         for (_, reply) in self.waiters.drain() {
             let _ = reply.send(Err(StoreError::Stopped));
+        }
+        // Not needed for safety (the log has every entry), but it spares the
+        // next start a replay.
+        if let Err(err) = self.checkpoint() {
+            tracing::error!(error = %err, "writing the state tree on shutdown failed");
         }
         if let Err(err) = self.raw.store().disk().flush() {
             tracing::error!(error = %err, "flushing the raft store on shutdown failed");

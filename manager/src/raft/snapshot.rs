@@ -19,6 +19,8 @@ pub(crate) fn capture(state: &MemState) -> StoreSnapshot {
             Object::Service(s) => snap.services.push(s),
             Object::Task(t) => snap.tasks.push(t),
             Object::Cluster(c) => snap.clusters.push(c),
+            Object::Secret(s) => snap.secrets.push(s),
+            Object::Config(c) => snap.configs.push(c),
         }
     }
     snap
@@ -36,7 +38,9 @@ pub(crate) fn restore(data: &[u8], index: u64) -> Result<MemState, RaftError> {
     let objects = (snap.nodes.into_iter().map(Object::Node))
         .chain(snap.services.into_iter().map(Object::Service))
         .chain(snap.tasks.into_iter().map(Object::Task))
-        .chain(snap.clusters.into_iter().map(Object::Cluster));
+        .chain(snap.clusters.into_iter().map(Object::Cluster))
+        .chain(snap.secrets.into_iter().map(Object::Secret))
+        .chain(snap.configs.into_iter().map(Object::Config));
     for object in objects {
         state.put(object);
     }
@@ -75,6 +79,35 @@ mod tests {
         assert_eq!(restored.find_service("web").unwrap().id, "s1");
         assert_eq!(restored.tasks_of_service("s1").count(), 3);
         assert_eq!(restored.tasks_on_node("n1").count(), 3);
+    }
+
+    #[test]
+    fn secrets_and_configs_survive_a_snapshot() {
+        let mut state = MemState::default();
+        state.put(Object::Secret(shoal_proto::Secret {
+            id: "x1".into(),
+            spec: Some(shoal_proto::SecretSpec {
+                name: "db".into(),
+                ..Default::default()
+            }),
+            data_sealed: vec![1, 2, 3],
+            ..Default::default()
+        }));
+        state.put(Object::Config(shoal_proto::Config {
+            id: "g1".into(),
+            spec: Some(shoal_proto::ConfigSpec {
+                name: "app".into(),
+                data: b"x".to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+        let restored = restore(&encode(&capture(&state)), 3).unwrap();
+        assert_eq!(
+            restored.find_secret("db").unwrap().data_sealed,
+            vec![1, 2, 3]
+        );
+        assert_eq!(restored.find_config("app").unwrap().id, "g1");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! - `raft_log`: entries keyed by their big-endian index (so key order is log order);
 //! - `raft_meta`: hard state, conf state and the metadata of the last snapshot;
 //! - `state`: every applied object under [`ObjectExt::storage_key`], plus the
-//!   applied index, written by the actor in one batch per Ready cycle.
+//!   applied index, written by the actor in checkpoints (`super::unwritten`).
 //!
 //! raft-rs reads through `&self`; every write comes from the actor through
 //! `RawNode::mut_store`, so no lock is needed. Recent entries are cached because

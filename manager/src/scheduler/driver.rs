@@ -144,7 +144,8 @@ impl Driver {
                 Object::Node(n) => self.state.upsert_node(n),
                 Object::Task(t) if deleted => self.state.remove_task(&t.id),
                 Object::Task(t) => self.state.upsert_task(t),
-                Object::Service(_) | Object::Cluster(_) => {}
+                Object::Service(_) | Object::Cluster(_) | Object::Secret(_) | Object::Config(_) => {
+                }
             }
         }
     }

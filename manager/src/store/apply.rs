@@ -3,7 +3,9 @@
 //! entry index), so every manager reaches the same state and the same verdicts.
 //!
 //! Each action checks optimistic concurrency (`meta.version`) and the store-wide
-//! invariants (unique service names, unique ingress ports). An atomic proposal
+//! invariants (unique service, secret and config names, unique ingress ports,
+//! services refer only to existing secrets and configs, which cannot be removed
+//! while a service uses them). An atomic proposal
 //! applies all of its actions or none; a non-atomic one applies those that pass
 //! and reports the rest.
 
@@ -140,6 +142,7 @@ fn apply_action(
                     actual: current,
                 });
             }
+            check_removable(state, k, &id)?;
             let old = state.remove(k, &id).expect("checked above");
             Ok(Change {
                 kind: ChangeKind::Deleted,
@@ -152,9 +155,51 @@ fn apply_action(
 
 /// Store-wide invariants that concurrent writers could otherwise break.
 fn check_invariants(state: &MemState, object: &Object) -> Result<(), StoreError> {
-    let Object::Service(service) = object else {
-        return Ok(());
+    let service = match object {
+        Object::Service(service) => service,
+        Object::Secret(secret) => {
+            let name = secret.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
+            return unique_name(
+                Kind::Secret,
+                name,
+                state.secret_by_name(name).map(|o| &o.id),
+                &secret.id,
+            );
+        }
+        Object::Config(config) => {
+            let name = config.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
+            return unique_name(
+                Kind::Config,
+                name,
+                state.config_by_name(name).map(|o| &o.id),
+                &config.id,
+            );
+        }
+        _ => return Ok(()),
     };
+    if let Some(c) = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.task.as_ref())
+        .and_then(|t| t.container.as_ref())
+    {
+        for r in &c.secrets {
+            if state.secret(&r.secret_id).is_none() {
+                return Err(StoreError::NotFound {
+                    kind: Kind::Secret,
+                    id: format!("{} ({})", r.secret_name, r.secret_id),
+                });
+            }
+        }
+        for r in &c.configs {
+            if state.config(&r.config_id).is_none() {
+                return Err(StoreError::NotFound {
+                    kind: Kind::Config,
+                    id: format!("{} ({})", r.config_name, r.config_id),
+                });
+            }
+        }
+    }
     let name = service_name(service);
     if let Some(other) = state.service_by_name(name)
         && other.id != service.id
@@ -179,6 +224,45 @@ fn check_invariants(state: &MemState, object: &Object) -> Result<(), StoreError>
     Ok(())
 }
 
+fn unique_name(
+    kind: Kind,
+    name: &str,
+    holder: Option<&String>,
+    id: &str,
+) -> Result<(), StoreError> {
+    match holder {
+        Some(other) if other != id => Err(StoreError::AlreadyExists {
+            kind,
+            what: format!("name {name}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A secret or config cannot go while a service uses it.
+fn check_removable(state: &MemState, kind: Kind, id: &str) -> Result<(), StoreError> {
+    let name = match kind {
+        Kind::Secret => state
+            .secret(id)
+            .and_then(|s| s.spec.as_ref())
+            .map(|s| &s.name),
+        Kind::Config => state
+            .config(id)
+            .and_then(|c| c.spec.as_ref())
+            .map(|s| &s.name),
+        _ => return Ok(()),
+    };
+    let services = state.services_using(kind, id);
+    if services.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::InUse {
+        kind,
+        name: name.cloned().unwrap_or_else(|| id.to_string()),
+        services,
+    })
+}
+
 /// (protocol, published port) of every ingress-published port of a service.
 pub fn ingress_ports(service: &Service) -> impl Iterator<Item = (i32, u32)> + '_ {
     service
@@ -189,3 +273,7 @@ pub fn ingress_ports(service: &Service) -> impl Iterator<Item = (i32, u32)> + '_
         .filter(|p| p.publish_mode == PublishMode::Ingress as i32 && p.published_port != 0)
         .map(|p| (p.protocol, p.published_port))
 }
+
+#[cfg(test)]
+#[path = "secrets_tests.rs"]
+mod secrets_tests;

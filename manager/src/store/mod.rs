@@ -101,6 +101,12 @@ pub enum StoreError {
         protocol: &'static str,
         service: String,
     },
+    #[error("{kind} {name} is in use by {}: {}; remove it from them first", plural(.services.len()), .services.join(", "))]
+    InUse {
+        kind: Kind,
+        name: String,
+        services: Vec<String>,
+    },
     #[error("invalid store action: {0}")]
     Invalid(String),
     #[error("this manager is not the leader")]
@@ -111,6 +117,10 @@ pub enum StoreError {
     Stopped,
     #[error("storage error: {0}")]
     Storage(String),
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "service" } else { "services" }
 }
 
 /// A committed write: its Raft index and what it changed.

@@ -12,15 +12,29 @@ pub enum Kind {
     Service,
     Task,
     Cluster,
+    Secret,
+    Config,
 }
 
 impl Kind {
+    /// Every kind, in the order snapshots and the watch API list them.
+    pub const ALL: [Kind; 6] = [
+        Kind::Node,
+        Kind::Service,
+        Kind::Task,
+        Kind::Cluster,
+        Kind::Secret,
+        Kind::Config,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Node => "node",
             Kind::Service => "service",
             Kind::Task => "task",
             Kind::Cluster => "cluster",
+            Kind::Secret => "secret",
+            Kind::Config => "config",
         }
     }
 
@@ -31,6 +45,8 @@ impl Kind {
             Kind::Service => b"s/",
             Kind::Task => b"t/",
             Kind::Cluster => b"c/",
+            Kind::Secret => b"x/",
+            Kind::Config => b"g/",
         }
     }
 }
@@ -65,6 +81,8 @@ impl ObjectExt for Object {
             Object::Service(_) => Kind::Service,
             Object::Task(_) => Kind::Task,
             Object::Cluster(_) => Kind::Cluster,
+            Object::Secret(_) => Kind::Secret,
+            Object::Config(_) => Kind::Config,
         }
     }
 
@@ -74,6 +92,8 @@ impl ObjectExt for Object {
             Object::Service(o) => &o.id,
             Object::Task(o) => &o.id,
             Object::Cluster(o) => &o.id,
+            Object::Secret(o) => &o.id,
+            Object::Config(o) => &o.id,
         }
     }
 
@@ -83,6 +103,8 @@ impl ObjectExt for Object {
             Object::Service(o) => o.meta.as_ref(),
             Object::Task(o) => o.meta.as_ref(),
             Object::Cluster(o) => o.meta.as_ref(),
+            Object::Secret(o) => o.meta.as_ref(),
+            Object::Config(o) => o.meta.as_ref(),
         }
     }
 
@@ -92,6 +114,8 @@ impl ObjectExt for Object {
             Object::Service(o) => o.meta.get_or_insert_with(Default::default),
             Object::Task(o) => o.meta.get_or_insert_with(Default::default),
             Object::Cluster(o) => o.meta.get_or_insert_with(Default::default),
+            Object::Secret(o) => o.meta.get_or_insert_with(Default::default),
+            Object::Config(o) => o.meta.get_or_insert_with(Default::default),
         }
     }
 }
@@ -107,6 +131,8 @@ pub fn encode(object: &Object) -> Vec<u8> {
         Object::Service(o) => field(2, o, &mut buf),
         Object::Task(o) => field(3, o, &mut buf),
         Object::Cluster(o) => field(4, o, &mut buf),
+        Object::Secret(o) => field(5, o, &mut buf),
+        Object::Config(o) => field(6, o, &mut buf),
     }
     buf
 }

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use shoal_proto::{Cluster, Node, Service, Task};
+use shoal_proto::{Cluster, Config, Node, Secret, Service, Task};
 
 use super::object::{Kind, Object, ObjectExt};
 
@@ -19,6 +19,10 @@ pub struct MemState {
     services: HashMap<String, Service>,
     tasks: HashMap<String, Task>,
     clusters: HashMap<String, Cluster>,
+    secrets: HashMap<String, Secret>,
+    configs: HashMap<String, Config>,
+    secret_by_name: HashMap<String, String>,
+    config_by_name: HashMap<String, String>,
     service_by_name: HashMap<String, String>,
     tasks_by_service: HashMap<String, BTreeSet<String>>,
     tasks_by_node: HashMap<String, BTreeSet<String>>,
@@ -85,6 +89,74 @@ impl MemState {
         self.clusters.values().next()
     }
 
+    pub fn secret(&self, id: &str) -> Option<&Secret> {
+        self.secrets.get(id)
+    }
+    pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
+        self.secrets.values()
+    }
+    pub fn secret_by_name(&self, name: &str) -> Option<&Secret> {
+        self.secret_by_name
+            .get(name)
+            .and_then(|id| self.secrets.get(id))
+    }
+    pub fn config(&self, id: &str) -> Option<&Config> {
+        self.configs.get(id)
+    }
+    pub fn configs(&self) -> impl Iterator<Item = &Config> {
+        self.configs.values()
+    }
+    pub fn config_by_name(&self, name: &str) -> Option<&Config> {
+        self.config_by_name
+            .get(name)
+            .and_then(|id| self.configs.get(id))
+    }
+
+    /// A secret by id, name, or unique id prefix.
+    pub fn find_secret(&self, reference: &str) -> Result<&Secret, LookupError> {
+        if let Some(s) = self.secrets.get(reference) {
+            return Ok(s);
+        }
+        if let Some(s) = self.secret_by_name(reference) {
+            return Ok(s);
+        }
+        unique_prefix(Kind::Secret, reference, self.secrets.values(), |s| &s.id)
+    }
+
+    /// A config by id, name, or unique id prefix.
+    pub fn find_config(&self, reference: &str) -> Result<&Config, LookupError> {
+        if let Some(c) = self.configs.get(reference) {
+            return Ok(c);
+        }
+        if let Some(c) = self.config_by_name(reference) {
+            return Ok(c);
+        }
+        unique_prefix(Kind::Config, reference, self.configs.values(), |c| &c.id)
+    }
+
+    /// Names of the services whose spec uses the secret or config `id`, sorted.
+    pub fn services_using(&self, kind: Kind, id: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .services
+            .values()
+            .filter(|s| {
+                let c = s
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.task.as_ref())
+                    .and_then(|t| t.container.as_ref());
+                c.is_some_and(|c| match kind {
+                    Kind::Secret => c.secrets.iter().any(|r| r.secret_id == id),
+                    Kind::Config => c.configs.iter().any(|r| r.config_id == id),
+                    _ => false,
+                })
+            })
+            .map(|s| service_name(s).to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// A service by id, name, or unique id prefix (exact id, then name, then prefix).
     pub fn find_service(&self, reference: &str) -> Result<&Service, LookupError> {
         if let Some(s) = self.services.get(reference) {
@@ -139,6 +211,8 @@ impl MemState {
             Kind::Service => self.services.get(id).cloned().map(Object::Service),
             Kind::Task => self.tasks.get(id).cloned().map(Object::Task),
             Kind::Cluster => self.clusters.get(id).cloned().map(Object::Cluster),
+            Kind::Secret => self.secrets.get(id).cloned().map(Object::Secret),
+            Kind::Config => self.configs.get(id).cloned().map(Object::Config),
         }
     }
 
@@ -149,6 +223,8 @@ impl MemState {
             Kind::Service => self.services.get(id).map(|o| o.meta.as_ref()),
             Kind::Task => self.tasks.get(id).map(|o| o.meta.as_ref()),
             Kind::Cluster => self.clusters.get(id).map(|o| o.meta.as_ref()),
+            Kind::Secret => self.secrets.get(id).map(|o| o.meta.as_ref()),
+            Kind::Config => self.configs.get(id).map(|o| o.meta.as_ref()),
         }?;
         Some(meta.map(|m| m.version).unwrap_or_default())
     }
@@ -181,6 +257,16 @@ impl MemState {
             Object::Cluster(c) => {
                 self.clusters.insert(c.id.clone(), c);
             }
+            Object::Secret(s) => {
+                let name = s.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                self.secret_by_name.insert(name, s.id.clone());
+                self.secrets.insert(s.id.clone(), s);
+            }
+            Object::Config(c) => {
+                let name = c.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                self.config_by_name.insert(name, c.id.clone());
+                self.configs.insert(c.id.clone(), c);
+            }
         }
         old
     }
@@ -206,6 +292,22 @@ impl MemState {
                 Some(Object::Task(t))
             }
             Kind::Cluster => self.clusters.remove(id).map(Object::Cluster),
+            Kind::Secret => {
+                let s = self.secrets.remove(id)?;
+                let name = s.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
+                if self.secret_by_name.get(name).is_some_and(|i| i == id) {
+                    self.secret_by_name.remove(name);
+                }
+                Some(Object::Secret(s))
+            }
+            Kind::Config => {
+                let c = self.configs.remove(id)?;
+                let name = c.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
+                if self.config_by_name.get(name).is_some_and(|i| i == id) {
+                    self.config_by_name.remove(name);
+                }
+                Some(Object::Config(c))
+            }
         }
     }
 
@@ -215,7 +317,14 @@ impl MemState {
         let services = self.services.values().cloned().map(Object::Service);
         let tasks = self.tasks.values().cloned().map(Object::Task);
         let clusters = self.clusters.values().cloned().map(Object::Cluster);
-        nodes.chain(services).chain(tasks).chain(clusters)
+        let secrets = self.secrets.values().cloned().map(Object::Secret);
+        let configs = self.configs.values().cloned().map(Object::Config);
+        nodes
+            .chain(services)
+            .chain(tasks)
+            .chain(clusters)
+            .chain(secrets)
+            .chain(configs)
     }
 }
 
