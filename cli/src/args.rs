@@ -7,7 +7,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use shoal_proto::validate;
-use shoal_proto::{Mount, PortConfig};
+use shoal_proto::{ConfigReference, Mount, PortConfig, SecretReference};
+
+mod secrets;
+
+pub use secrets::*;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +43,12 @@ pub enum Command {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage secrets.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Manage configs.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Run a manager.
     Manager(ManagerArgs),
     /// Run an agent that runs the tasks a manager assigns to this node.
@@ -142,6 +152,14 @@ pub struct CreateArgs {
     /// Attach a mount: type=bind|volume|tmpfs,source=..,target=..[,readonly]
     #[arg(long = "mount", value_name = "MOUNT", value_parser = mount)]
     pub mount: Vec<Mount>,
+    /// Give the tasks a secret: NAME or source=NAME,target=FILE,uid=U,gid=G,mode=0400
+    /// (the file is /run/secrets/FILE; repeatable).
+    #[arg(long = "secret", value_name = "SECRET", value_parser = secret_ref)]
+    pub secret: Vec<SecretReference>,
+    /// Give the tasks a config: NAME or source=NAME,target=/PATH,uid=U,gid=G,mode=0444
+    /// (default target /NAME; repeatable).
+    #[arg(long = "config", value_name = "CONFIG", value_parser = config_ref)]
+    pub config: Vec<ConfigReference>,
     /// Placement constraint (node.hostname==a, node.labels.zone!=east, ...).
     #[arg(long = "constraint", value_name = "EXPR")]
     pub constraint: Vec<String>,
@@ -306,6 +324,18 @@ pub struct UpdateArgs {
     /// Remove a mount by its target path.
     #[arg(long, value_name = "PATH")]
     pub mount_rm: Vec<String>,
+    /// Add or replace (same target) a secret, as --secret of create.
+    #[arg(long, value_name = "SECRET", value_parser = secret_ref)]
+    pub secret_add: Vec<SecretReference>,
+    /// Remove a secret by name or id.
+    #[arg(long, value_name = "SECRET")]
+    pub secret_rm: Vec<String>,
+    /// Add or replace (same target) a config, as --config of create.
+    #[arg(long, value_name = "CONFIG", value_parser = config_ref)]
+    pub config_add: Vec<ConfigReference>,
+    /// Remove a config by name or id.
+    #[arg(long, value_name = "CONFIG")]
+    pub config_rm: Vec<String>,
     #[command(flatten)]
     pub task: TaskFlags,
     /// Exit at once instead of waiting for the service to converge.
@@ -501,6 +531,14 @@ fn publish(s: &str) -> Result<PortConfig, String> {
 
 fn mount(s: &str) -> Result<Mount, String> {
     validate::parse_mount(s)
+}
+
+fn secret_ref(s: &str) -> Result<SecretReference, String> {
+    validate::parse_secret_ref(s)
+}
+
+fn config_ref(s: &str) -> Result<ConfigReference, String> {
+    validate::parse_config_ref(s)
 }
 
 fn label(s: &str) -> Result<(String, String), String> {

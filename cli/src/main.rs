@@ -4,7 +4,7 @@
 //!
 //! - `args`: the clap command line.
 //! - `connect`: finding and dialling the manager; [`connect::default_data_dir`].
-//! - `service`, `node`: the client commands; `output` and `inspect` print;
+//! - `service`, `node`, `secret` (secrets and configs): the client commands; `output` and `inspect` print;
 //!   `progress` shows a service converging.
 //! - `daemon`: the daemons and their shutdown.
 
@@ -15,6 +15,7 @@ mod inspect;
 mod node;
 mod output;
 mod progress;
+mod secret;
 mod service;
 
 use std::io::IsTerminal;
@@ -54,6 +55,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Service(command) => service::run(host, command).await,
         Command::Node(command) => node::run(host, command).await,
+        Command::Secret(command) => secret::run_secret(host, command).await,
+        Command::Config(command) => secret::run_config(host, command).await,
         Command::Manager(args) => daemon::manager(args).await,
         Command::Agent(args) => daemon::agent(args).await,
         Command::Up(args) => daemon::up(args).await,

@@ -65,6 +65,8 @@ pub fn create_spec(args: &CreateArgs, env: EnvLookup<'_>) -> anyhow::Result<Serv
     c.env = env_entries.iter().map(|e| resolve_env(e, env)).collect();
     c.labels = args.container_label.iter().cloned().collect();
     c.mounts = args.mount.clone();
+    c.secrets = args.secret.clone();
+    c.configs = args.config.clone();
 
     if !args.publish.is_empty() {
         spec.endpoint = Some(EndpointSpec {
@@ -119,6 +121,22 @@ pub fn apply_update(
     for mount in &args.mount_add {
         c.mounts.retain(|m| m.target != mount.target);
         c.mounts.push(mount.clone());
+    }
+    for name in &args.secret_rm {
+        c.secrets
+            .retain(|r| &r.secret_name != name && &r.secret_id != name);
+    }
+    for add in &args.secret_add {
+        c.secrets.retain(|r| r.target != add.target);
+        c.secrets.push(add.clone());
+    }
+    for name in &args.config_rm {
+        c.configs
+            .retain(|r| &r.config_name != name && &r.config_id != name);
+    }
+    for add in &args.config_add {
+        c.configs.retain(|r| r.target != add.target);
+        c.configs.push(add.clone());
     }
 
     if !args.publish_rm.is_empty() || !args.publish_add.is_empty() {

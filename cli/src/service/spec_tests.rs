@@ -352,3 +352,78 @@ fn words_split_like_a_shell() {
     assert_eq!(split_words("  a  \"b c\" ''"), ["a", "b c", ""]);
     assert!(split_words("").is_empty());
 }
+
+#[test]
+fn secret_and_config_flags_take_docker_syntax() {
+    let spec = create(&[
+        "--name",
+        "web",
+        "--secret",
+        "db",
+        "--secret",
+        "source=api-key,target=key,uid=1000,gid=1000,mode=0400",
+        "--config",
+        "source=app,target=/etc/app.conf",
+        "busybox",
+    ])
+    .unwrap();
+    let c = container(&spec);
+    let secrets: Vec<(&str, &str, u32, Option<u32>)> = c
+        .secrets
+        .iter()
+        .map(|r| (r.secret_name.as_str(), r.target.as_str(), r.uid, r.mode))
+        .collect();
+    assert_eq!(
+        secrets,
+        vec![("db", "db", 0, None), ("api-key", "key", 1000, Some(0o400))]
+    );
+    assert_eq!(c.configs[0].config_name, "app");
+    assert_eq!(c.configs[0].target, "/etc/app.conf");
+
+    let err = create(&["--secret", "source=db,mode=999", "busybox"]).unwrap_err();
+    assert!(err.to_string().contains("--secret"), "{err}");
+    let err = create(&["--secret", "source=db,target=a/b", "busybox"]).unwrap_err();
+    assert!(err.to_string().contains("secret[0].target"), "{err}");
+    let err = create(&["--config", "source=app,target=rel", "busybox"]).unwrap_err();
+    assert!(err.to_string().contains("config[0].target"), "{err}");
+    let err = create(&["--secret", "a", "--secret", "source=b,target=a", "busybox"]).unwrap_err();
+    assert!(err.to_string().contains("secret[1].target"), "{err}");
+}
+
+#[test]
+fn update_adds_and_removes_secrets_and_configs() {
+    let mut spec = create(&[
+        "--name", "web", "--secret", "db", "--config", "app", "busybox",
+    ])
+    .unwrap();
+    update(
+        &mut spec,
+        &[
+            "--secret-rm",
+            "db",
+            "--secret-add",
+            "source=db2,target=db",
+            "--secret-add",
+            "tls",
+            "--config-rm",
+            "app",
+            "--config-add",
+            "source=app2,target=/etc/app",
+        ],
+    )
+    .unwrap();
+    let c = container(&spec);
+    let names: Vec<(&str, &str)> = c
+        .secrets
+        .iter()
+        .map(|r| (r.secret_name.as_str(), r.target.as_str()))
+        .collect();
+    assert_eq!(names, vec![("db2", "db"), ("tls", "tls")]);
+    assert_eq!(c.configs.len(), 1);
+    assert_eq!(c.configs[0].config_name, "app2");
+    // Adding at a target that is taken replaces the reference there.
+    update(&mut spec, &["--secret-add", "source=other,target=tls"]).unwrap();
+    let c = container(&spec);
+    assert_eq!(c.secrets.len(), 2);
+    assert_eq!(c.secrets[1].secret_name, "other");
+}
