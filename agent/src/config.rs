@@ -24,6 +24,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Labels the node registers with (`--label k=v`); they seed the node's spec labels.
     pub labels: HashMap<String, String>,
+    /// The join token, needed on the first start only (`--token`).
+    pub join_token: Option<String>,
 }
 
 impl AgentConfig {
@@ -63,8 +65,8 @@ impl AgentConfig {
     }
 }
 
-/// Normalises a manager address to `host:port` (TLS comes later, so only plain
-/// `http://` is accepted as a scheme).
+/// Normalises a manager address to `host:port` (a leading `http://` is
+/// tolerated; every connection is TLS whatever the scheme says).
 pub fn manager_addr(addr: &str) -> Result<String, AgentError> {
     let trimmed = addr.trim();
     let bare = trimmed.strip_prefix("http://").unwrap_or(trimmed);

@@ -1,9 +1,11 @@
-//! How the agent reaches a manager: the one place that builds a gRPC channel, so
-//! that TLS (a later step) changes a single function.
+//! How the agent reaches a manager: the one place that builds a gRPC channel.
+//! Every connection is mutual TLS with the node's certificate.
 
 use std::time::Duration;
 
 use shoal_proto::dispatcher_client::DispatcherClient;
+use shoal_proto::tls::SharedCredentials;
+use shoal_proto::tls::client::{self, ClientTls};
 use tonic::transport::{Channel, Endpoint};
 
 /// Give up on a manager that does not accept the connection within this time and
@@ -27,10 +29,23 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_while_idle(true))
 }
 
-/// Connects to the dispatcher of the manager at `addr`.
-pub async fn dispatcher(addr: &str) -> Result<DispatcherClient<Channel>, tonic::transport::Error> {
-    let channel = endpoint(addr)?.connect().await?;
+/// Connects to the dispatcher of the manager at `addr` with the node's certificate.
+pub async fn dispatcher(
+    addr: &str,
+    creds: &SharedCredentials,
+) -> Result<DispatcherClient<Channel>, tonic::transport::Error> {
+    let channel = client::connect(endpoint(addr)?, ClientTls::Node(creds.clone())).await?;
     Ok(DispatcherClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
+}
+
+/// The innermost cause of an error, which says what went wrong (a refused
+/// connection, a bad certificate) where the outer layers only say "transport error".
+pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }

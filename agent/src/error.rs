@@ -12,6 +12,9 @@ pub enum AgentError {
     /// A configuration value is wrong; the message names the field.
     #[error("invalid agent configuration: {0}")]
     Config(String),
+    /// Joining the cluster was refused, or the node's certificate is unusable.
+    #[error("cannot join the cluster: {0}")]
+    Join(String),
     /// The data directory (which keeps the node id) cannot be used.
     #[error("cannot use the data directory {}: {source} (check that it exists and is writable)", path.display())]
     DataDir {

@@ -25,6 +25,7 @@ pub mod docker;
 mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
+pub mod identity;
 pub mod logs;
 pub mod reporter;
 pub mod runtime;
@@ -59,10 +60,27 @@ pub async fn run<R: runtime::Runtime>(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     config.validate()?;
+    let Some(creds) = identity::load_or_join(&config, &shutdown).await? else {
+        return Ok(()); // shut down while waiting for a manager
+    };
+    let renew = tokio::spawn(identity::renew_loop(
+        config.manager_addrs()?,
+        config.data_dir.clone(),
+        creds.clone(),
+        shutdown.child_token(),
+    ));
     let reporter = Arc::new(Reporter::new());
     let mut worker = Worker::new(runtime.clone(), reporter.clone(), shutdown.child_token());
-    let result =
-        session::run_sessions(&config, runtime.as_ref(), &mut worker, &reporter, &shutdown).await;
+    let result = session::run_sessions(
+        &config,
+        &creds,
+        runtime.as_ref(),
+        &mut worker,
+        &reporter,
+        &shutdown,
+    )
+    .await;
     worker.shutdown().await;
+    renew.abort();
     result
 }

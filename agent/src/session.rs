@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shoal_proto::dispatcher_client::DispatcherClient;
+use shoal_proto::tls::SharedCredentials;
 use shoal_proto::{
     AssignmentsRequest, HeartbeatRequest, NodeDescription, Resources, SessionRequest,
 };
@@ -58,12 +59,21 @@ enum SessionEnd {
 /// cannot fix (the data directory is unusable).
 pub(crate) async fn run_sessions<R: Runtime>(
     config: &AgentConfig,
+    creds: &SharedCredentials,
     runtime: &R,
     worker: &mut Worker<R>,
     reporter: &Reporter,
     shutdown: &CancellationToken,
 ) -> Result<(), AgentError> {
-    let mut node_id = load_node_id(&config.data_dir)?;
+    // The node is who its certificate says; the id file only records it.
+    let mut node_id = creds
+        .get()
+        .identity()
+        .map_err(|e| AgentError::Join(e.to_string()))?
+        .node_id;
+    if load_node_id(&config.data_dir)? != node_id {
+        store_node_id(&config.data_dir, &node_id)?;
+    }
     let configured = config.manager_addrs()?;
     let mut managers = configured.clone();
     let mut next = 0usize;
@@ -74,6 +84,7 @@ pub(crate) async fn run_sessions<R: Runtime>(
         let mut session = Session {
             addr: &addr,
             node_id: &mut node_id,
+            creds,
             managers: &mut managers,
             opened: false,
         };
@@ -114,6 +125,7 @@ pub(crate) async fn run_sessions<R: Runtime>(
 struct Session<'a> {
     addr: &'a str,
     node_id: &'a mut String,
+    creds: &'a SharedCredentials,
     managers: &'a mut Vec<String>,
     /// The manager accepted the session (reconnects after this are news).
     opened: bool,
@@ -141,7 +153,7 @@ impl Session<'_> {
         reporter: &Reporter,
     ) -> Result<std::convert::Infallible, SessionEnd> {
         let description = describe(config, runtime).await?;
-        let mut client = connect::dispatcher(self.addr).await?;
+        let mut client = connect::dispatcher(self.addr, self.creds).await?;
         let request = SessionRequest {
             node_id: self.node_id.clone(),
             description: Some(description),

@@ -31,6 +31,11 @@ pub struct Cli {
     )]
     pub host: Option<String>,
 
+    /// Directory with the admin client certificate (ca.pem, cert.pem, key.pem)
+    /// for a manager reached over TCP; a manager writes it to DATA_DIR/admin.
+    #[arg(long, global = true, env = "SHOAL_CERT_PATH", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,6 +60,10 @@ pub enum Command {
     Agent(AgentArgs),
     /// Run a single-node cluster (manager and agent) in one process.
     Up(UpArgs),
+    /// Create a new cluster in an empty data directory, print its join tokens and exit.
+    Init(InitArgs),
+    /// Print (or rotate) the token nodes join the cluster with.
+    JoinToken(JoinTokenArgs),
 }
 
 impl Command {
@@ -62,7 +71,7 @@ impl Command {
     pub fn is_daemon(&self) -> bool {
         matches!(
             self,
-            Command::Manager(_) | Command::Agent(_) | Command::Up(_)
+            Command::Manager(_) | Command::Agent(_) | Command::Up(_) | Command::Init(_)
         )
     }
 }
@@ -432,6 +441,18 @@ pub enum NodeCommand {
     Inspect(NodeInspectArgs),
     /// Change a node's availability or labels.
     Update(NodeUpdateArgs),
+    /// Remove one or more nodes from the cluster; their certificates are refused from then on.
+    #[command(alias = "remove")]
+    Rm(NodeRemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeRemoveArgs {
+    /// Remove a node even while it is ready (its agent is then refused).
+    #[arg(short, long)]
+    pub force: bool,
+    #[arg(required = true, value_name = "NODE")]
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -473,6 +494,50 @@ pub struct ManagerArgs {
     /// A node missing heartbeats for period × this is marked down.
     #[arg(long, value_name = "N")]
     pub heartbeat_grace_multiplier: Option<u32>,
+    #[command(flatten)]
+    pub ca: CaArgs,
+}
+
+/// How a new cluster's CA is set up (used only when the cluster is created).
+#[derive(Debug, Args, Default, Clone)]
+pub struct CaArgs {
+    /// Lifetime of node certificates (default 90 days; at least 1h).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub cert_expiry: Option<i64>,
+    /// Use this root CA certificate (PEM) instead of generating one; needs --ca-key.
+    #[arg(long, value_name = "FILE", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// Private key (PEM) of --ca-cert.
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where the manager will keep its state; must not hold a cluster yet.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub ca: CaArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Worker,
+    Manager,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinTokenArgs {
+    /// Which token.
+    #[arg(value_enum)]
+    pub role: RoleArg,
+    /// Replace the token with a new one; joined nodes are not affected.
+    #[arg(long)]
+    pub rotate: bool,
+    /// Print the token only.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -490,12 +555,22 @@ pub struct AgentArgs {
     /// Node name (default: the engine's hostname).
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
-    /// Where the agent keeps its node id (default: the default data dir + /agent).
+    /// Where the agent keeps its certificate and node id (default: the default
+    /// data dir + /agent).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Node label KEY=VALUE (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
     pub labels: Vec<(String, String)>,
+    /// Join token (`shoal join-token worker` on a manager); needed on the
+    /// first start only.
+    #[arg(
+        long,
+        env = "SHOAL_JOIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
     /// Container engine.
     #[arg(long, value_enum, default_value = "docker")]
     pub runtime: RuntimeArg,

@@ -4,8 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::OnceLock;
+
 use anyhow::{Context, bail};
 use shoal_proto::control_client::ControlClient;
+use shoal_proto::tls::client::{self, ClientTls};
+use shoal_proto::tls::{Credentials, SharedCredentials};
 use tonic::transport::{Channel, Endpoint};
 
 /// Name of the control socket inside a manager's data directory.
@@ -104,13 +108,44 @@ async fn channel(target: &Target) -> anyhow::Result<Channel> {
                 anyhow::anyhow!("{} ({})", unreachable(target), root_cause(e.as_ref()))
             })
         }
-        Target::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))
-            .with_context(|| format!("--host: invalid address {addr:?}"))?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(|e| anyhow::anyhow!("{} ({})", unreachable(target), root_cause(&e))),
+        Target::Tcp(addr) => {
+            let creds = admin_credentials()?;
+            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                .with_context(|| format!("--host: invalid address {addr:?}"))?
+                .connect_timeout(std::time::Duration::from_secs(5));
+            client::connect(endpoint, ClientTls::Node(creds))
+                .await
+                .map_err(|e| anyhow::anyhow!("{} ({})", unreachable(target), root_cause(&e)))
+        }
     }
+}
+
+/// `--tls-dir`/`SHOAL_CERT_PATH`, set once by `main`.
+static TLS_DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+/// Remember where the admin client certificate is (`--tls-dir`).
+pub fn set_tls_dir(dir: Option<PathBuf>) {
+    let _ = TLS_DIR.set(dir);
+}
+
+/// The admin client certificate a remote CLI presents.
+fn admin_credentials() -> anyhow::Result<SharedCredentials> {
+    let Some(dir) = TLS_DIR.get().cloned().flatten() else {
+        bail!(
+            "a manager reached over TCP needs the admin client certificate: set SHOAL_CERT_PATH \
+             or --tls-dir to a directory holding ca.pem, cert.pem and key.pem (a manager writes \
+             them to DATA_DIR/admin)"
+        );
+    };
+    let creds = Credentials::load(&dir)
+        .map_err(|e| anyhow::anyhow!("--tls-dir: {e}"))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--tls-dir: no cert.pem in {} (SHOAL_CERT_PATH)",
+                dir.display()
+            )
+        })?;
+    SharedCredentials::new(creds).map_err(|e| anyhow::anyhow!("--tls-dir {}: {e}", dir.display()))
 }
 
 /// The innermost cause: transport errors nest the same words several times.

@@ -19,7 +19,7 @@ use shoal_manager::ManagerConfig;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{AgentArgs, ManagerArgs, RuntimeArg, UpArgs};
+use crate::args::{AgentArgs, InitArgs, ManagerArgs, RuntimeArg, UpArgs};
 use crate::connect::default_data_dir;
 
 /// How long tasks may take to stop after the shutdown signal.
@@ -40,9 +40,50 @@ pub async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     spawn(
         &mut tasks,
         "manager",
-        run_manager(config, root.child_token()),
+        run_manager(config, root.child_token(), print_new_cluster),
     );
     supervise(root, tasks).await
+}
+
+/// `shoal init`: create the cluster, print how to grow it, exit.
+pub async fn init(args: InitArgs) -> anyhow::Result<()> {
+    let manager_args = ManagerArgs {
+        data_dir: args.data_dir,
+        listen_addr: "127.0.0.1:0".into(),
+        advertise_addr: None,
+        heartbeat_period: None,
+        heartbeat_grace_multiplier: None,
+        ca: args.ca,
+    };
+    let config = manager_config(&manager_args)?;
+    let new = shoal_manager::server::init(config).await?;
+    print_new_cluster(shoal_manager::server::Ready {
+        addr: "127.0.0.1:0".parse().expect("an address"),
+        node_id: String::new(),
+        new_cluster: Some(new),
+    });
+    Ok(())
+}
+
+/// What `shoal manager` and `shoal init` print when they create a cluster
+/// (on stdout, never in the logs: the tokens are credentials).
+fn print_new_cluster(ready: shoal_manager::server::Ready) {
+    let Some(new) = ready.new_cluster else {
+        return;
+    };
+    println!(
+        "Cluster initialized: this manager is its first member.\n\n\
+         To add a worker to this cluster, run the following command:\n\n    \
+         shoal agent --manager MANAGER_ADDR --token {}\n\n\
+         The manager token (for `shoal manager --join`, which comes with \
+         multi-manager support):\n\n    {}\n\n\
+         A remote CLI authenticates with the admin certificate in {}:\n\n    \
+         SHOAL_CERT_PATH={} SHOAL_HOST=MANAGER_ADDR shoal node ls\n",
+        new.worker_token,
+        new.manager_token,
+        new.admin_dir.display(),
+        new.admin_dir.display(),
+    );
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
@@ -54,6 +95,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| default_data_dir().join("agent")),
         labels: args.labels.iter().cloned().collect::<HashMap<_, _>>(),
+        join_token: args.token.clone(),
     };
     config.validate()?;
     let root = shutdown_on_signal();
@@ -74,14 +116,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         advertise_addr: None,
         heartbeat_period: None,
         heartbeat_grace_multiplier: None,
+        ca: Default::default(),
     };
     let config = manager_config(&manager_args)?;
     let socket = config.control_socket();
-    let agent_config = AgentConfig {
+    let mut agent_config = AgentConfig {
         managers: vec![dial_addr(config.listen_addr).to_string()],
         node_name: hostname(),
         data_dir: data_dir.join("agent"),
         labels: HashMap::new(),
+        join_token: None,
     };
     agent_config.validate()?;
     let banner = format!(
@@ -95,13 +139,31 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     spawn(
         &mut tasks,
         "manager",
-        run_manager(config, root.child_token()),
+        run_manager(config, root.child_token(), |_| {}),
     );
     let agent_token = root.child_token();
     spawn(&mut tasks, "agent", async move {
         // Start the agent once the manager serves, so its first connection works.
         if !wait_for_socket(&socket, &agent_token).await {
             return Ok(());
+        }
+        // The agent joins its own cluster over TLS like any other node, with
+        // the worker token the manager hands out on its control socket.
+        if !shoal_agent::identity::tls_dir(&agent_config.data_dir)
+            .join("cert.pem")
+            .exists()
+        {
+            let host = format!("unix://{}", socket.display());
+            let mut control = crate::connect::control(Some(&host)).await?;
+            let token = control
+                .get_join_token(shoal_proto::GetJoinTokenRequest {
+                    role: shoal_proto::NodeRole::Worker as i32,
+                    rotate: false,
+                })
+                .await?
+                .into_inner()
+                .token;
+            agent_config.join_token = Some(token);
         }
         println!("{banner}");
         run_agent(agent_config, RuntimeArg::Docker, agent_token).await
@@ -121,12 +183,22 @@ pub fn manager_config(args: &ManagerArgs) -> anyhow::Result<ManagerConfig> {
     if let Some(n) = args.heartbeat_grace_multiplier {
         config.dispatcher.grace_multiplier = n;
     }
+    if let Some(ms) = args.ca.cert_expiry {
+        config.ca.cert_lifetime = Duration::from_millis(ms.max(0) as u64);
+    }
+    if let (Some(cert), Some(key)) = (&args.ca.ca_cert, &args.ca.ca_key) {
+        let read = |flag: &str, path: &Path| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("{flag}: cannot read {}", path.display()))
+        };
+        config.ca.external = Some((read("--ca-cert", cert)?, read("--ca-key", key)?));
+    }
     config.validate().map_err(|e| anyhow::anyhow!(e))?;
     Ok(config)
 }
 
-/// `HOST:PORT`, or a bare `PORT` on 127.0.0.1: without TLS yet, listening on
-/// every interface must be asked for explicitly (`0.0.0.0:PORT`).
+/// `HOST:PORT`, or a bare `PORT` on 127.0.0.1: listening on every interface
+/// must be asked for explicitly (`0.0.0.0:PORT`).
 pub fn listen_addr(value: &str) -> anyhow::Result<SocketAddr> {
     let value = value.trim();
     if let Ok(port) = value.parse::<u16>() {
@@ -163,14 +235,18 @@ fn hostname() -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
-async fn run_manager(config: ManagerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn run_manager(
+    config: ManagerConfig,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(shoal_manager::server::Ready) + Send,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
             config.data_dir.display()
         )
     })?;
-    shoal_manager::server::run(config, shutdown).await?;
+    shoal_manager::server::run_with(config, shutdown, on_ready).await?;
     Ok(())
 }
 
@@ -369,6 +445,7 @@ mod tests {
             advertise_addr: Some("10.0.0.1:4290".into()),
             heartbeat_period: Some(200),
             heartbeat_grace_multiplier: Some(3),
+            ca: Default::default(),
         };
         let config = manager_config(&args).unwrap();
         assert_eq!(config.listen_addr, "127.0.0.1:4290".parse().unwrap());

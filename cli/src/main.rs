@@ -52,6 +52,7 @@ fn main() -> std::process::ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let host = cli.host.as_deref();
+    connect::set_tls_dir(cli.tls_dir.clone());
     match cli.command {
         Command::Service(command) => service::run(host, command).await,
         Command::Node(command) => node::run(host, command).await,
@@ -60,6 +61,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Manager(args) => daemon::manager(args).await,
         Command::Agent(args) => daemon::agent(args).await,
         Command::Up(args) => daemon::up(args).await,
+        Command::Init(args) => daemon::init(args).await,
+        Command::JoinToken(args) => node::join_token(host, args).await,
     }
 }
 

@@ -20,7 +20,33 @@ pub async fn run(host: Option<&str>, command: NodeCommand) -> anyhow::Result<()>
         NodeCommand::Ls(args) => list(&mut client, &args).await,
         NodeCommand::Inspect(args) => inspect_nodes(&mut client, &args).await,
         NodeCommand::Update(args) => update(&mut client, &args).await,
+        NodeCommand::Rm(args) => remove(&mut client, &args).await,
     }
+}
+
+/// `node rm`: like `docker node rm`, each node in turn, its id printed once
+/// removed; the first refusal is the error after the others were tried.
+async fn remove(client: &mut Client, args: &crate::args::NodeRemoveArgs) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    for reference in &args.nodes {
+        match client
+            .remove_node(shoal_proto::RemoveNodeRequest {
+                node: reference.clone(),
+                force: args.force,
+            })
+            .await
+        {
+            Ok(_) => println!("{reference}"),
+            Err(status) => {
+                eprintln!("Error: {reference}: {}", status.message());
+                failed.push(reference.as_str());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("could not remove {}", failed.join(", "));
+    }
+    Ok(())
 }
 
 async fn get(client: &mut Client, reference: &str) -> anyhow::Result<Node> {
@@ -103,5 +129,47 @@ async fn update(client: &mut Client, args: &NodeUpdateArgs) -> anyhow::Result<()
     };
     client.update_node(request).await?;
     println!("{}", args.node);
+    Ok(())
+}
+
+/// `shoal join-token worker|manager [--rotate] [-q]`, worded like Docker's.
+pub async fn join_token(
+    host: Option<&str>,
+    args: crate::args::JoinTokenArgs,
+) -> anyhow::Result<()> {
+    use crate::args::RoleArg;
+    let role = match args.role {
+        RoleArg::Worker => shoal_proto::NodeRole::Worker,
+        RoleArg::Manager => shoal_proto::NodeRole::Manager,
+    };
+    let mut client = connect::control(host).await?;
+    let token = client
+        .get_join_token(shoal_proto::GetJoinTokenRequest {
+            role: role as i32,
+            rotate: args.rotate,
+        })
+        .await?
+        .into_inner()
+        .token;
+    if args.quiet {
+        println!("{token}");
+        return Ok(());
+    }
+    let name = if role == shoal_proto::NodeRole::Worker {
+        "worker"
+    } else {
+        "manager"
+    };
+    if args.rotate {
+        println!("Successfully rotated {name} join token.\n");
+    }
+    match role {
+        shoal_proto::NodeRole::Worker => println!(
+            "To add a worker to this cluster, run the following command:\n\n    shoal agent --manager MANAGER_ADDR --token {token}\n"
+        ),
+        shoal_proto::NodeRole::Manager => println!(
+            "The manager token (for `shoal manager --join`, which comes with multi-manager support):\n\n    {token}\n"
+        ),
+    }
     Ok(())
 }

@@ -19,6 +19,25 @@ pub struct ManagerConfig {
     pub dispatcher: DispatcherConfig,
     pub orchestrator: OrchestratorConfig,
     pub raft: RaftConfig,
+    pub ca: CaConfig,
+}
+
+/// How a new cluster's CA is made. Read once, when the cluster is created.
+#[derive(Debug, Clone)]
+pub struct CaConfig {
+    /// Lifetime of node certificates (Swarm's `--cert-expiry`, default 90 days).
+    pub cert_lifetime: Duration,
+    /// Use this root CA (certificate PEM, key PEM) instead of generating one.
+    pub external: Option<(String, String)>,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        CaConfig {
+            cert_lifetime: shoal_proto::tls::pki::DEFAULT_CERT_LIFETIME,
+            external: None,
+        }
+    }
 }
 
 /// How agents keep their sessions alive.
@@ -98,7 +117,18 @@ impl ManagerConfig {
             dispatcher: DispatcherConfig::default(),
             orchestrator: OrchestratorConfig::default(),
             raft: RaftConfig::default(),
+            ca: CaConfig::default(),
         }
+    }
+
+    /// This manager's certificate, key and the CA certificate.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+
+    /// The admin client certificate for remote CLIs (`SHOAL_CERT_PATH`).
+    pub fn admin_dir(&self) -> PathBuf {
+        self.data_dir.join("admin")
     }
 
     /// The unix socket of the local control API.
@@ -116,6 +146,9 @@ impl ManagerConfig {
         }
         if self.dispatcher.grace_multiplier < 2 {
             return Err("heartbeat grace multiplier: must be at least 2".into());
+        }
+        if self.ca.cert_lifetime < Duration::from_secs(3600) {
+            return Err("cert-expiry: must be at least 1h".into());
         }
         if self.raft.election_ticks <= self.raft.heartbeat_ticks {
             return Err("raft: election ticks must exceed heartbeat ticks".into());

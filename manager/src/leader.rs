@@ -84,20 +84,25 @@ async fn ensure_cluster(store: &Store, config: &ManagerConfig) -> Result<(), Sto
     }
     let cluster = Cluster {
         id: shoal_proto::ids::new_id(),
-        meta: None,
-        spec: Some(ClusterSpec {
-            name: "default".into(),
-            dispatcher: Some(DispatcherConfig {
-                heartbeat_period_ms: config.dispatcher.heartbeat_period.as_millis() as i64,
-                heartbeat_grace_multiplier: config.dispatcher.grace_multiplier,
-            }),
-            orchestration: Some(OrchestrationConfig {
-                task_history_retention_limit: config.orchestrator.task_history_limit as u64,
-            }),
-        }),
+        spec: Some(default_cluster_spec(config)),
+        ..Default::default()
     };
     store
         .propose(vec![Action::Create(Object::Cluster(cluster))])
         .await?;
     Ok(())
+}
+
+/// The settings a new cluster starts with, from the first manager's configuration.
+pub(crate) fn default_cluster_spec(config: &ManagerConfig) -> ClusterSpec {
+    ClusterSpec {
+        name: "default".into(),
+        dispatcher: Some(DispatcherConfig {
+            heartbeat_period_ms: config.dispatcher.heartbeat_period.as_millis() as i64,
+            heartbeat_grace_multiplier: config.dispatcher.grace_multiplier,
+        }),
+        orchestration: Some(OrchestrationConfig {
+            task_history_retention_limit: config.orchestrator.task_history_limit as u64,
+        }),
+    }
 }

@@ -1,5 +1,7 @@
 //! The shoal manager: holds the desired state of the cluster and makes it so.
 //!
+//! - [`auth`]: who may call what, from the peer certificate.
+//! - [`ca`]: the root CA, join tokens, certificate issuance and renewal.
 //! - [`store`]: the replicated tables (services, tasks, nodes, cluster), proposals
 //!   and the watch channel of committed changes.
 //! - [`raft`]: raft-rs `RawNode` driven by one task, its log and state on sled.
@@ -14,6 +16,8 @@
 //! - [`seal`]: the cluster data key that encrypts the CA key and secrets at rest.
 //! - [`server`]: [`server::run`] wires it all onto a TCP listener and a unix socket.
 
+pub mod auth;
+pub mod ca;
 pub mod config;
 pub mod control;
 pub mod dispatcher;

@@ -1,29 +1,42 @@
-//! Wires the manager onto its listeners: gRPC on TCP (control, watch,
-//! dispatcher, raft) and the control API on the unix socket `DATA_DIR/shoal.sock`
+//! Wires the manager onto its listeners: gRPC over mutual TLS on TCP (control,
+//! watch, dispatcher, raft, CA) and the control API on the unix socket `DATA_DIR/shoal.sock`
 //! (mode 0600, like docker.sock), then runs until the shutdown token fires.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use shoal_proto::ca_server::CaServer;
+use shoal_proto::tls::{self, Credentials, SharedCredentials};
+use tonic::service::interceptor::InterceptedService;
 
 use shoal_proto::control_server::ControlServer;
 use shoal_proto::dispatcher_server::DispatcherServer;
 use shoal_proto::raft_server::RaftServer;
 use shoal_proto::watch_server::WatchServer;
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
+use crate::auth::Authorize;
+use crate::ca::{self, CaService};
 use crate::config::ManagerConfig;
 use crate::control::{ControlService, WatchService};
 use crate::dispatcher::Dispatcher;
 use crate::leader;
 use crate::raft::{self, RaftService};
+use crate::seal::DataKey;
+use crate::store::Store;
 
 /// Largest message the APIs accept or send: task lists of a large cluster
 /// exceed gRPC's 4 MiB default.
 const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// How long a new single-manager cluster may take to elect itself.
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long open streams get to finish after shutdown is requested.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -39,8 +52,37 @@ pub enum ServerError {
     Raft(String),
 }
 
+/// What a manager reports once it serves.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The bound TCP address.
+    pub addr: SocketAddr,
+    /// This manager's node id (from its certificate).
+    pub node_id: String,
+    /// Set when this start created the cluster.
+    pub new_cluster: Option<NewCluster>,
+}
+
+/// A cluster created by this start: what the operator needs to grow it.
+#[derive(Debug, Clone)]
+pub struct NewCluster {
+    pub worker_token: String,
+    pub manager_token: String,
+    /// The admin client certificate (`SHOAL_CERT_PATH`).
+    pub admin_dir: PathBuf,
+}
+
 /// Bind `config.listen_addr` and run a manager until `shutdown` is cancelled.
 pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
+    run_with(config, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `on_ready` once the manager serves.
+pub async fn run_with(
+    config: ManagerConfig,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(Ready) + Send,
+) -> Result<(), ServerError> {
     config.validate().map_err(ServerError::Config)?;
     let listener = TcpListener::bind(config.listen_addr).await.map_err(|e| {
         ServerError::Io(format!(
@@ -48,7 +90,7 @@ pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> Result<(
             config.listen_addr
         ))
     })?;
-    serve(config, listener, shutdown).await
+    serve_with(config, listener, shutdown, on_ready).await
 }
 
 /// Run a manager on an already bound listener (tests bind port 0).
@@ -57,18 +99,77 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    serve_with(config, listener, shutdown, |_| {}).await
+}
+
+/// Create a new cluster in an empty data dir and stop (`shoal init`).
+pub async fn init(config: ManagerConfig) -> Result<NewCluster, ServerError> {
     config.validate().map_err(ServerError::Config)?;
     prepare_data_dir(&config)?;
+    if Credentials::load(&config.tls_dir())
+        .map_err(|e| ServerError::Config(e.to_string()))?
+        .is_some()
+    {
+        return Err(ServerError::Config(format!(
+            "data-dir {} already holds a cluster",
+            config.data_dir.display()
+        )));
+    }
+    let key = DataKey::load_or_create(&config.data_dir).map_err(seal_err)?;
+    let (store, raft) = raft::start(&config)
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+    let result = identity(&config, &store, &key).await;
+    raft.shutdown().await;
+    match result? {
+        (_, Some(new)) => Ok(new),
+        (_, None) => Err(ServerError::Config(format!(
+            "data-dir {} already holds a cluster",
+            config.data_dir.display()
+        ))),
+    }
+}
+
+/// [`serve`], calling `on_ready` once the manager serves.
+pub async fn serve_with(
+    config: ManagerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(Ready) + Send,
+) -> Result<(), ServerError> {
+    config.validate().map_err(ServerError::Config)?;
+    prepare_data_dir(&config)?;
+    let key = DataKey::load_or_create(&config.data_dir).map_err(seal_err)?;
     let (store, raft) = raft::start(&config)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Io(e.to_string()))?;
+    let (creds, new_cluster) = match identity(&config, &store, &key).await {
+        Ok(found) => found,
+        Err(e) => {
+            raft.shutdown().await;
+            return Err(e);
+        }
+    };
+    let node_id = creds
+        .identity()
+        .map_err(|e| ServerError::Config(e.to_string()))?
+        .node_id;
+    if let Ok(ca) = store.read(|s| ca::ClusterCa::open(s, &key))
+        && let Err(e) = ca::refresh_admin(&ca, &config.admin_dir())
+    {
+        warn!(error = %e, "could not refresh the admin certificate");
+    }
+    let creds = SharedCredentials::new(creds).map_err(|e| ServerError::Config(e.to_string()))?;
+    let tls = tls::server::server_config(&creds).map_err(|e| ServerError::Config(e.to_string()))?;
 
-    let dispatcher = Dispatcher::new(store.clone(), config.dispatcher.clone());
-    let control =
-        ControlService::new(store.clone(), Some(raft.clone())).with_dispatcher(dispatcher.clone());
+    let dispatcher =
+        Dispatcher::new(store.clone(), config.dispatcher.clone()).with_data_key(key.clone());
+    let control = ControlService::new(store.clone(), Some(raft.clone()))
+        .with_dispatcher(dispatcher.clone())
+        .with_data_key(key.clone());
     let watch = WatchService::new(store.clone(), shutdown.clone());
 
     let socket_path = config.control_socket();
@@ -78,21 +179,32 @@ pub async fn serve(
     std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| ServerError::Io(format!("control socket {}: {e}", socket_path.display())))?;
 
+    // Every TCP connection is TLS; each service checks the peer's role.
     let tcp_server = Server::builder()
-        .add_service(control_server(control.clone()))
-        .add_service(watch_server(watch.clone()))
-        .add_service(
+        .add_service(InterceptedService::new(
+            control_server(control.clone()),
+            Authorize::control(store.clone()),
+        ))
+        .add_service(InterceptedService::new(
+            watch_server(watch.clone()),
+            Authorize::control(store.clone()),
+        ))
+        .add_service(InterceptedService::new(
             DispatcherServer::new(dispatcher.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
+            Authorize::dispatcher(store.clone()),
+        ))
+        .add_service(InterceptedService::new(
             RaftServer::new(RaftService::new(raft.clone())).max_decoding_message_size(MAX_MESSAGE),
-        )
+            Authorize::raft(store.clone()),
+        ))
+        .add_service(CaServer::new(CaService::new(store.clone(), key.clone())))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            tls::server::incoming(listener, tls),
             shutdown.clone().cancelled_owned(),
         );
+    // The unix socket is the local administrator: its mode (0600) is the check.
     let unix_server = Server::builder()
         .add_service(control_server(control))
         .add_service(watch_server(watch))
@@ -107,13 +219,26 @@ pub async fn serve(
         dispatcher,
         shutdown.clone(),
     ));
-    info!(%addr, socket = %socket_path.display(), data_dir = %config.data_dir.display(), "manager listening");
+    let renew = tokio::spawn(ca::renew_own(
+        store.clone(),
+        key,
+        config.clone(),
+        creds,
+        shutdown.clone(),
+    ));
+    info!(%addr, node.id = %node_id, socket = %socket_path.display(), data_dir = %config.data_dir.display(), "manager listening (mutual TLS)");
 
     let tcp = tokio::spawn(tcp_server);
     let unix = tokio::spawn(unix_server);
+    on_ready(Ready {
+        addr,
+        node_id,
+        new_cluster,
+    });
     shutdown.cancelled().await;
     info!("manager shutting down");
     let _ = leader.await;
+    let _ = renew.await;
     for (name, server) in [("tcp", tcp), ("unix", unix)] {
         match tokio::time::timeout(DRAIN_GRACE, server).await {
             Ok(Ok(Ok(()))) => {}
@@ -128,6 +253,47 @@ pub async fn serve(
     raft.shutdown().await;
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// This manager's credentials: those in `DATA_DIR/tls`, or, in a data dir
+/// that holds no cluster yet, a new cluster's.
+async fn identity(
+    config: &ManagerConfig,
+    store: &Store,
+    key: &DataKey,
+) -> Result<(Credentials, Option<NewCluster>), ServerError> {
+    let found =
+        Credentials::load(&config.tls_dir()).map_err(|e| ServerError::Config(e.to_string()))?;
+    if let Some(creds) = found {
+        return Ok((creds, None));
+    }
+    if store.read(|s| s.cluster().is_some()) {
+        return Err(ServerError::Config(format!(
+            "data-dir {} holds a cluster but no certificate ({} is missing)",
+            config.data_dir.display(),
+            config.tls_dir().join(tls::creds::CERT_FILE).display()
+        )));
+    }
+    // A new cluster: a Raft group of one, which elects itself at once.
+    let mut leadership = store.leadership();
+    tokio::time::timeout(BOOTSTRAP_TIMEOUT, leadership.wait_for(|l| l.is_leader))
+        .await
+        .map_err(|_| ServerError::Raft("the new cluster did not elect this manager".into()))?
+        .map_err(|_| ServerError::Raft("raft stopped".into()))?;
+    let made = ca::bootstrap(store, key, config)
+        .await
+        .map_err(|e| ServerError::Config(format!("creating the cluster: {e}")))?;
+    info!(node.id = %made.node_id, "new cluster created: root CA, join tokens, manager and admin certificates");
+    let new = NewCluster {
+        worker_token: made.worker_token.to_string(),
+        manager_token: made.manager_token.to_string(),
+        admin_dir: config.admin_dir(),
+    };
+    Ok((made.credentials, Some(new)))
+}
+
+fn seal_err(e: crate::seal::SealError) -> ServerError {
+    ServerError::Config(e.to_string())
 }
 
 fn control_server(control: ControlService) -> ControlServer<ControlService> {

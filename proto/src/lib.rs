@@ -8,6 +8,8 @@
 //! - [`validate`]: spec validation and the parsers for user-facing values
 //!   (durations, sizes, ports, mounts), shared by the manager and the CLI so both
 //!   refuse bad input with the same words.
+//! - [`tls`]: mutual TLS for every connection, node identities, the root CA
+//!   and join tokens.
 //! - [`rfc3339`]: log timestamps as the engine writes them and as `service logs`
 //!   prints them.
 
@@ -16,6 +18,7 @@ pub mod ids;
 mod redact;
 pub mod rfc3339;
 pub mod state;
+pub mod tls;
 pub mod validate;
 
 /// Generated code for `proto/shoal.proto`.

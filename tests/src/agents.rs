@@ -1,8 +1,8 @@
 //! Hollow agents: the real agent library (session, heartbeats, assignments,
-//! status batches over real gRPC) on the in-memory fake runtime, many per process.
+//! status batches over real gRPC and mutual TLS, each joined with the cluster's
+//! worker token) on the in-memory fake runtime, many per process.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use shoal_agent::AgentConfig;
@@ -10,6 +10,8 @@ use shoal_agent::fake::FakeRuntime;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::process::JoinTarget;
 
 /// One in-process agent on the fake runtime.
 pub struct HollowAgent {
@@ -19,18 +21,19 @@ pub struct HollowAgent {
     shutdown: CancellationToken,
     handle: Option<JoinHandle<()>>,
     managers: Vec<String>,
+    token: String,
     labels: HashMap<String, String>,
 }
 
 impl HollowAgent {
     /// Start an agent named `name` (its hostname) with 4 CPUs and 8 GiB.
-    pub fn start(manager: SocketAddr, name: &str, labels: &[(&str, &str)]) -> HollowAgent {
-        Self::start_with(manager, name, labels, 4_000_000_000, 8 << 30)
+    pub fn start(cluster: &JoinTarget, name: &str, labels: &[(&str, &str)]) -> HollowAgent {
+        Self::start_with(cluster, name, labels, 4_000_000_000, 8 << 30)
     }
 
     /// Start an agent with the given capacity.
     pub fn start_with(
-        manager: SocketAddr,
+        cluster: &JoinTarget,
         name: &str,
         labels: &[(&str, &str)],
         nano_cpus: i64,
@@ -42,7 +45,8 @@ impl HollowAgent {
             data_dir: TempDir::new().expect("agent data dir"),
             shutdown: CancellationToken::new(),
             handle: None,
-            managers: vec![manager.to_string()],
+            managers: vec![cluster.addr.to_string()],
+            token: cluster.token.clone(),
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -59,6 +63,8 @@ impl HollowAgent {
             node_name: Some(self.name.clone()),
             data_dir: self.data_dir.path().to_path_buf(),
             labels: self.labels.clone(),
+            // Used on the first start; restarts reuse the certificate.
+            join_token: Some(self.token.clone()),
         };
         let runtime = self.runtime.clone();
         let token = self.shutdown.clone();

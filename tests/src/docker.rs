@@ -14,7 +14,7 @@ use bollard::Docker;
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder};
 use tempfile::TempDir;
 
-use crate::process::shoal_bin;
+use crate::process::{JoinTarget, shoal_bin};
 use crate::wait::eventually;
 
 /// The locally built test images (see tests/images/build-test-images.sh).
@@ -120,15 +120,17 @@ pub struct AgentProcess {
     pub name: String,
     pub data_dir: TempDir,
     manager: SocketAddr,
+    token: String,
     child: Option<Child>,
 }
 
 impl AgentProcess {
-    pub fn start(manager: SocketAddr, name: &str) -> anyhow::Result<AgentProcess> {
+    pub fn start(cluster: &JoinTarget, name: &str) -> anyhow::Result<AgentProcess> {
         let mut a = AgentProcess {
             name: name.to_string(),
             data_dir: TempDir::new()?,
-            manager,
+            manager: cluster.addr,
+            token: cluster.token.clone(),
             child: None,
         };
         a.spawn()?;
@@ -150,6 +152,8 @@ impl AgentProcess {
             ])
             .arg("--data-dir")
             .arg(self.data_dir.path())
+            // The environment, not argv: `ps` shows argv to everyone.
+            .env("SHOAL_JOIN_TOKEN", &self.token)
             .env(
                 "SHOAL_LOG",
                 std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shoal_proto::control_client::ControlClient;
+use shoal_proto::tls::client::{self, ClientTls};
+use shoal_proto::tls::{Credentials, SharedCredentials};
 use tempfile::TempDir;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::wait::eventually;
 
@@ -100,25 +102,41 @@ impl ManagerProcess {
         self.wait_ready().await
     }
 
-    /// Wait until the manager answers and has created its cluster object (it leads).
+    /// Wait until the manager answers over mutual TLS (with the admin
+    /// certificate it wrote) and has created its cluster object (it leads).
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         let addr = self.addr;
-        eventually(
-            "the manager to lead",
-            Duration::from_secs(30),
-            || async move {
-                let mut c = control(addr).await.map_err(|e| e.to_string())?;
-                let info = c
-                    .get_cluster(shoal_proto::GetClusterRequest {})
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .into_inner();
-                info.cluster
-                    .map(|_| ())
-                    .ok_or_else(|| "no cluster object yet".to_string())
-            },
-        )
+        let admin = self.admin_dir();
+        eventually("the manager to lead", Duration::from_secs(30), || async {
+            let mut c = control(addr, &admin).await.map_err(|e| e.to_string())?;
+            let info = c
+                .get_cluster(shoal_proto::GetClusterRequest {})
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            info.cluster
+                .map(|_| ())
+                .ok_or_else(|| "no cluster object yet".to_string())
+        })
         .await
+    }
+
+    /// The admin client certificate the manager wrote (`SHOAL_CERT_PATH`).
+    pub fn admin_dir(&self) -> PathBuf {
+        self.data_dir.join("admin")
+    }
+
+    /// A Control client over TCP with the admin certificate.
+    pub async fn control(&self) -> anyhow::Result<ControlClient<Channel>> {
+        control(self.addr, &self.admin_dir()).await
+    }
+
+    /// Where and how nodes join this manager's cluster (the worker token).
+    pub async fn join_target(&self) -> anyhow::Result<JoinTarget> {
+        Ok(JoinTarget {
+            addr: self.addr,
+            token: worker_token(&mut self.control().await?).await?,
+        })
     }
 
     /// The manager's stderr so far (for failure messages).
@@ -153,6 +171,7 @@ impl ManagerProcess {
         tokio::process::Command::new(shoal_bin())
             .arg("--host")
             .arg(self.addr.to_string())
+            .env("SHOAL_CERT_PATH", self.admin_dir())
             .args(args)
             .output()
             .await
@@ -171,13 +190,39 @@ impl Drop for ManagerProcess {
     }
 }
 
-/// A Control client over TCP.
-pub async fn control(addr: SocketAddr) -> anyhow::Result<ControlClient<Channel>> {
-    let channel = Channel::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await?;
-    Ok(ControlClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
+/// A channel to the manager at `addr` over mutual TLS with the credentials
+/// in `tls_dir` (the admin certificate, usually).
+pub async fn channel(addr: SocketAddr, tls_dir: &Path) -> anyhow::Result<Channel> {
+    let creds = Credentials::load(tls_dir)?
+        .with_context(|| format!("no certificate in {} yet", tls_dir.display()))?;
+    let endpoint =
+        Endpoint::from_shared(format!("http://{addr}"))?.connect_timeout(Duration::from_secs(2));
+    Ok(client::connect(endpoint, ClientTls::Node(SharedCredentials::new(creds)?)).await?)
+}
+
+/// A Control client over TCP with the credentials in `tls_dir`.
+pub async fn control(addr: SocketAddr, tls_dir: &Path) -> anyhow::Result<ControlClient<Channel>> {
+    Ok(ControlClient::new(channel(addr, tls_dir).await?)
+        .max_decoding_message_size(256 * 1024 * 1024))
+}
+
+/// The cluster's worker join token.
+pub async fn worker_token(control: &mut ControlClient<Channel>) -> anyhow::Result<String> {
+    Ok(control
+        .get_join_token(shoal_proto::GetJoinTokenRequest {
+            role: shoal_proto::NodeRole::Worker as i32,
+            rotate: false,
+        })
+        .await?
+        .into_inner()
+        .token)
+}
+
+/// What a node needs to join a cluster: a manager's address and a token.
+#[derive(Debug, Clone)]
+pub struct JoinTarget {
+    pub addr: SocketAddr,
+    pub token: String,
 }
 
 /// Send a signal by name (`TERM`, `KILL`, `STOP`, `CONT`) to a process.

@@ -27,9 +27,10 @@ impl Cluster {
         docker::ensure_images();
         let manager = ManagerProcess::start(&[]).await.unwrap();
         let cleanup = Cleanup::default();
+        let cluster = manager.join_target().await.unwrap();
         let mut agents = Vec::new();
         for name in ["dock-a", "dock-b"] {
-            let agent = AgentProcess::start(manager.addr, name).unwrap();
+            let agent = AgentProcess::start(&cluster, name).unwrap();
             cleanup.watch_node(&agent.node_id().await.unwrap());
             agents.push(agent);
         }
@@ -566,6 +567,7 @@ async fn an_agent_without_an_engine_says_so_and_joins_once_it_appears() {
             "--node-name",
             "late-engine",
         ])
+        .env("SHOAL_JOIN_TOKEN", m.join_target().await.unwrap().token)
         .arg("--data-dir")
         .arg(dir.path())
         .env("DOCKER_HOST", format!("unix://{}", socket.display()))
@@ -724,6 +726,7 @@ async fn service_logs_show_both_replicas_with_task_prefixes_tail_and_follow() {
     c.wait_running("e2e-logs-f", 1).await;
     let started_ns = i128::from(shoal_proto::now_ms()) * 1_000_000;
     let mut follow = tokio::process::Command::new(shoal_tests::process::shoal_bin())
+        .env("SHOAL_CERT_PATH", c.manager.admin_dir())
         .args([
             "--host",
             &c.manager.addr.to_string(),

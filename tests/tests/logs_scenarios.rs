@@ -63,8 +63,9 @@ fn expected((id, name, node): &RunningTask, n: u64) -> String {
 async fn cluster(agents: usize) -> (ManagerProcess, Vec<HollowAgent>) {
     shoal_tests::init();
     let m = ManagerProcess::start(&[]).await.unwrap();
+    let cluster = m.join_target().await.unwrap();
     let agents: Vec<HollowAgent> = (1..=agents)
-        .map(|i| HollowAgent::start(m.addr, &format!("node-{i}"), &[]))
+        .map(|i| HollowAgent::start(&cluster, &format!("node-{i}"), &[]))
         .collect();
     (m, agents)
 }
@@ -164,6 +165,7 @@ async fn service_logs_follow_streams_until_the_client_leaves() {
     let tasks = running_tasks(&m, "web", 2).await;
 
     let mut child = tokio::process::Command::new(shoal_bin())
+        .env("SHOAL_CERT_PATH", m.admin_dir())
         .args([
             "--host",
             &m.addr.to_string(),

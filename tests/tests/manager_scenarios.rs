@@ -70,8 +70,9 @@ async fn wait_distribution(
 }
 
 async fn three_agents(m: &ManagerProcess) -> Vec<HollowAgent> {
+    let cluster = m.join_target().await.unwrap();
     let agents: Vec<HollowAgent> = (1..=3)
-        .map(|i| HollowAgent::start(m.addr, &format!("node-{i}"), &[]))
+        .map(|i| HollowAgent::start(&cluster, &format!("node-{i}"), &[]))
         .collect();
     eventually("3 ready nodes", WAIT, || async {
         let ready = json(m, &["node", "ls"])
@@ -187,7 +188,11 @@ async fn global_service_follows_nodes_joining_and_draining() {
     .await;
     wait_distribution(&m, "mon", &[1, 1, 1]).await.unwrap();
 
-    agents.push(HollowAgent::start(m.addr, "node-4", &[]));
+    agents.push(HollowAgent::start(
+        &m.join_target().await.unwrap(),
+        "node-4",
+        &[],
+    ));
     wait_distribution(&m, "mon", &[1, 1, 1, 1]).await.unwrap();
 
     ok(&m, &["node", "update", "--availability", "drain", "node-2"]).await;
@@ -262,11 +267,12 @@ async fn unplaceable_tasks_wait_with_a_reason_and_are_placed_when_a_node_fits() 
         .await
         .unwrap();
     }
-    let _east = HollowAgent::start(m.addr, "node-east", &[("zone", "east")]);
+    let cluster = m.join_target().await.unwrap();
+    let _east = HollowAgent::start(&cluster, "node-east", &[("zone", "east")]);
     wait_distribution(&m, "east", &[2]).await.unwrap();
     let per = running_per_node(&m, "east").await;
     assert_eq!(per.get("node-east"), Some(&2), "{per:?}");
-    let _huge = HollowAgent::start_with(m.addr, "node-huge", &[], 4_000_000_000, 128 << 30);
+    let _huge = HollowAgent::start_with(&cluster, "node-huge", &[], 4_000_000_000, 128 << 30);
     wait_distribution(&m, "big", &[1]).await.unwrap();
     assert_eq!(running_per_node(&m, "big").await.get("node-huge"), Some(&1));
 }

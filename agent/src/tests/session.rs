@@ -1,17 +1,18 @@
-//! Whole agents against a tiny in-test dispatcher on 127.0.0.1:0: registration,
-//! node id storage, status batches, reconnects, and shutdown.
+//! Whole agents against a tiny in-test dispatcher on 127.0.0.1:0 over mutual
+//! TLS: registration, node id storage, status batches, reconnects, and shutdown.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use shoal_proto::dispatcher_server::{Dispatcher, DispatcherServer};
+use shoal_proto::tls::{Credentials, Role, RootCa, SharedCredentials, pki};
 use shoal_proto::{
     AssignmentsMessage, AssignmentsRequest, AssignmentsType, HeartbeatRequest, HeartbeatResponse,
     SessionMessage, SessionRequest, Task, TaskState, TaskStatusUpdate, UpdateTaskStatusRequest,
     UpdateTaskStatusResponse,
 };
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -133,20 +134,48 @@ impl Dispatcher for TestDispatcher {
 async fn serve(dispatcher: Arc<TestDispatcher>, stop: CancellationToken) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let creds = SharedCredentials::new(credentials("m1", Role::Manager)).unwrap();
+    let tls = shoal_proto::tls::server::server_config(&creds).unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(DispatcherServer::from_arc(dispatcher))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned()),
+            .serve_with_incoming_shutdown(
+                shoal_proto::tls::server::incoming(listener, tls),
+                stop.cancelled_owned(),
+            ),
     );
     addr
 }
 
+/// The test cluster's CA, shared by the test dispatcher and the agents.
+fn test_ca() -> &'static RootCa {
+    static CA: OnceLock<RootCa> = OnceLock::new();
+    CA.get_or_init(|| RootCa::generate("test-cluster").unwrap())
+}
+
+fn credentials(node_id: &str, role: Role) -> Credentials {
+    let ca = test_ca();
+    let (key_pem, csr) = pki::new_key_and_csr().unwrap();
+    let identity = RootCa::identity(node_id, role, "test-cluster", pki::DEFAULT_CERT_LIFETIME);
+    Credentials {
+        ca_pem: ca.cert_pem().to_string(),
+        cert_pem: ca.issue(&csr, &identity).unwrap(),
+        key_pem,
+    }
+}
+
+/// An agent config whose data dir already holds node `NODE_ID`'s certificate.
 fn config(addr: &str, data_dir: &std::path::Path) -> AgentConfig {
+    let tls = crate::identity::tls_dir(data_dir);
+    if !tls.exists() {
+        credentials(NODE_ID, Role::Worker).store(&tls).unwrap();
+    }
     AgentConfig {
         managers: vec![format!("http://{addr}")],
         node_name: Some("worker-1".into()),
         data_dir: data_dir.to_path_buf(),
         labels: HashMap::from([("zone".to_string(), "east".to_string())]),
+        join_token: None,
     }
 }
 
@@ -183,7 +212,10 @@ async fn an_agent_registers_runs_its_task_and_survives_a_lost_session() {
     .await;
     {
         let sessions = dispatcher.sessions.lock().unwrap();
-        assert_eq!(sessions[0].node_id, "", "a first start has no node id");
+        assert_eq!(
+            sessions[0].node_id, NODE_ID,
+            "the id comes from the certificate"
+        );
         let description = sessions[0].description.as_ref().unwrap();
         assert_eq!(description.hostname, "worker-1");
         assert_eq!(description.engine_labels["zone"], "east");

@@ -7,6 +7,7 @@
 
 mod errors;
 mod nodes;
+mod secrets;
 mod services;
 mod watch;
 
@@ -17,7 +18,8 @@ use tonic::{Request, Response, Status};
 use crate::dispatcher::Dispatcher;
 use crate::logbroker::LogStream;
 use crate::raft::RaftHandle;
-use crate::store::Store;
+use crate::seal::DataKey;
+use crate::store::{Object, Store};
 
 pub use errors::{lookup_status, store_status};
 pub use watch::WatchService;
@@ -29,6 +31,9 @@ pub struct ControlService {
     raft: Option<RaftHandle>,
     /// Serves `ServiceLogs` through the agents' sessions (absent: no logs).
     dispatcher: Option<Dispatcher>,
+    /// Opens what the store keeps sealed (join tokens, secrets); absent in
+    /// unit tests that do not need it.
+    data_key: Option<DataKey>,
 }
 
 impl ControlService {
@@ -38,7 +43,20 @@ impl ControlService {
             store,
             raft,
             dispatcher: None,
+            data_key: None,
         }
+    }
+
+    /// Open sealed values (join tokens, secrets) with the cluster data key.
+    pub fn with_data_key(mut self, key: DataKey) -> Self {
+        self.data_key = Some(key);
+        self
+    }
+
+    fn data_key(&self) -> Result<&DataKey, Status> {
+        self.data_key
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this manager holds no cluster data key"))
     }
 
     /// Serve `ServiceLogs` through `dispatcher`, whose sessions reach the agents.
@@ -165,8 +183,97 @@ impl Control for ControlService {
         Ok(Response::new(RemoveNodeResponse {}))
     }
 
+    async fn get_join_token(
+        &self,
+        req: Request<GetJoinTokenRequest>,
+    ) -> Reply<GetJoinTokenResponse> {
+        let req = req.into_inner();
+        let role = NodeRole::try_from(req.role)
+            .map_err(|_| Status::invalid_argument(format!("role: unknown role {}", req.role)))?;
+        let key = self.data_key()?;
+        let token = if req.rotate {
+            let token = crate::ca::rotate_join_token(&self.store, key, role).await?;
+            tracing::info!(role = ?role, "join token rotated");
+            token
+        } else {
+            self.store.read(|s| crate::ca::join_token(s, key, role))?
+        };
+        Ok(Response::new(GetJoinTokenResponse {
+            token: token.to_string(),
+        }))
+    }
+
+    async fn create_secret(
+        &self,
+        req: Request<CreateSecretRequest>,
+    ) -> Reply<CreateSecretResponse> {
+        let spec = req.into_inner().spec.unwrap_or_default();
+        let secret = secrets::create_secret(&self.store, self.data_key()?, spec).await?;
+        Ok(Response::new(CreateSecretResponse {
+            secret: Some(secret),
+        }))
+    }
+
+    async fn get_secret(&self, req: Request<GetSecretRequest>) -> Reply<GetSecretResponse> {
+        let reference = req.into_inner().secret;
+        let secret = self.store.read(|s| secrets::get_secret(s, &reference))?;
+        Ok(Response::new(GetSecretResponse {
+            secret: Some(secret),
+        }))
+    }
+
+    async fn list_secrets(&self, _req: Request<ListSecretsRequest>) -> Reply<ListSecretsResponse> {
+        Ok(Response::new(ListSecretsResponse {
+            secrets: self.store.read(secrets::list_secrets),
+        }))
+    }
+
+    async fn remove_secret(
+        &self,
+        req: Request<RemoveSecretRequest>,
+    ) -> Reply<RemoveSecretResponse> {
+        secrets::remove_secret(&self.store, &req.into_inner().secret).await?;
+        Ok(Response::new(RemoveSecretResponse {}))
+    }
+
+    async fn create_config(
+        &self,
+        req: Request<CreateConfigRequest>,
+    ) -> Reply<CreateConfigResponse> {
+        let spec = req.into_inner().spec.unwrap_or_default();
+        let config = secrets::create_config(&self.store, spec).await?;
+        Ok(Response::new(CreateConfigResponse {
+            config: Some(config),
+        }))
+    }
+
+    async fn get_config(&self, req: Request<GetConfigRequest>) -> Reply<GetConfigResponse> {
+        let reference = req.into_inner().config;
+        let config = self.store.read(|s| secrets::get_config(s, &reference))?;
+        Ok(Response::new(GetConfigResponse {
+            config: Some(config),
+        }))
+    }
+
+    async fn list_configs(&self, _req: Request<ListConfigsRequest>) -> Reply<ListConfigsResponse> {
+        Ok(Response::new(ListConfigsResponse {
+            configs: self.store.read(secrets::list_configs),
+        }))
+    }
+
+    async fn remove_config(
+        &self,
+        req: Request<RemoveConfigRequest>,
+    ) -> Reply<RemoveConfigResponse> {
+        secrets::remove_config(&self.store, &req.into_inner().config).await?;
+        Ok(Response::new(RemoveConfigResponse {}))
+    }
+
     async fn get_cluster(&self, _req: Request<GetClusterRequest>) -> Reply<GetClusterResponse> {
-        let cluster = self.store.read(|s| s.cluster().cloned());
+        let cluster = self
+            .store
+            .read(|s| s.cluster().cloned())
+            .map(redact_cluster);
         let status = self.raft.as_ref().map(|r| r.status()).unwrap_or_default();
         Ok(Response::new(GetClusterResponse {
             cluster,
@@ -174,6 +281,25 @@ impl Control for ControlService {
             raft_term: status.term,
             leader_addr: String::new(),
         }))
+    }
+}
+
+/// What no API sends of the cluster object: the sealed CA key and the sealed
+/// join tokens (`GetJoinToken` shows a token on request).
+pub(crate) fn redact_cluster(mut cluster: Cluster) -> Cluster {
+    if let Some(ca) = cluster.root_ca.as_mut() {
+        ca.key_sealed.clear();
+    }
+    cluster.join_tokens = None;
+    cluster
+}
+
+/// An object as the APIs may show it.
+pub(crate) fn redacted(object: Object) -> Object {
+    match object {
+        Object::Cluster(c) => Object::Cluster(redact_cluster(c)),
+        Object::Secret(s) => Object::Secret(secrets::redact_secret(s)),
+        other => other,
     }
 }
 

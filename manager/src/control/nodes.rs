@@ -52,9 +52,31 @@ pub async fn remove(store: &Store, req: RemoveNodeRequest) -> Result<(), Status>
         )));
     }
     node.meta.get_or_insert_with(Default::default).version = 0;
-    store
-        .propose(vec![Action::Delete(Object::Node(node))])
-        .await
-        .map_err(store_status)?;
-    Ok(())
+    for _ in 0..5 {
+        let mut actions = vec![Action::Delete(Object::Node(node.clone()))];
+        // Its certificate stays valid until it expires: remember the node
+        // until then, so that every manager refuses it at once.
+        if let Some(mut cluster) = store.read(|s| s.cluster().cloned()) {
+            let now = shoal_proto::now_ms() / 1000;
+            let lifetime = cluster
+                .root_ca
+                .as_ref()
+                .map(|ca| ca.node_cert_lifetime_secs)
+                .filter(|l| *l > 0)
+                .unwrap_or(shoal_proto::tls::pki::DEFAULT_CERT_LIFETIME.as_secs() as i64);
+            cluster.removed_nodes.retain(|_, until| *until > now);
+            cluster
+                .removed_nodes
+                .insert(node.id.clone(), now + lifetime);
+            actions.push(Action::Update(Object::Cluster(cluster)));
+        }
+        match store.propose(actions).await {
+            Ok(_) => return Ok(()),
+            Err(crate::store::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(store_status(e)),
+        }
+    }
+    Err(Status::aborted(
+        "the cluster object kept changing while removing the node; try again",
+    ))
 }

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{ChangeKind, ObjectExt, Store};
+use crate::store::{ChangeKind, Kind, ObjectExt, Store};
 
 #[derive(Clone)]
 pub struct WatchService {
@@ -38,9 +38,11 @@ impl Watch for WatchService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let kinds = req.into_inner().kinds;
         for k in &kinds {
-            if !["node", "service", "task", "cluster"].contains(&k.as_str()) {
+            if !Kind::ALL.iter().any(|kind| kind.name() == k) {
+                let known: Vec<&str> = Kind::ALL.iter().map(|kind| kind.name()).collect();
                 return Err(Status::invalid_argument(format!(
-                    "kinds: unknown kind {k:?} (use node, service, task or cluster)"
+                    "kinds: unknown kind {k:?} (use {})",
+                    known.join(", ")
                 )));
             }
         }
@@ -78,7 +80,7 @@ impl Watch for WatchService {
                             ChangeKind::Deleted => WatchKind::Delete,
                         } as i32,
                         object: Some(StoreObject {
-                            object: Some(c.object.clone()),
+                            object: Some(super::redacted(c.object.clone())),
                         }),
                         index: batch.index,
                     })

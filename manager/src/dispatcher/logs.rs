@@ -6,6 +6,7 @@ use shoal_proto::{PublishLogsMessage, PublishLogsResponse};
 use tonic::{Status, Streaming};
 
 use super::{Inner, lock, session};
+use crate::auth::{self, Caller};
 use crate::logbroker::{LogBroker, SubscriptionStream};
 
 /// `LogSubscriptions`: the subscriptions for the session's node, until the
@@ -24,6 +25,7 @@ pub(super) fn subscriptions(inner: &Inner, session_id: &str) -> Result<Subscript
 /// so a vanished agent cannot hold a client's stream open.
 pub(super) async fn publish(
     inner: &Inner,
+    caller: &Caller,
     mut stream: Streaming<PublishLogsMessage>,
 ) -> Result<PublishLogsResponse, Status> {
     let mut origin: Option<(String, String)> = None;
@@ -31,6 +33,7 @@ pub(super) async fn publish(
     let result = async {
         while let Some(msg) = stream.message().await? {
             let node_id = node_of(inner, &mut origin, &msg.session_id)?;
+            auth::check_node(caller, &node_id)?;
             if !seen.contains(&msg.subscription_id) {
                 seen.push(msg.subscription_id.clone());
             }

@@ -35,6 +35,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{self, Caller};
 use crate::config::DispatcherConfig;
 use crate::logbroker::{LogBroker, SubscriptionStream};
 use crate::seal::DataKey;
@@ -154,6 +155,20 @@ impl Dispatcher {
         self.inner.logs.clone()
     }
 
+    /// The live session `session_id`, if it belongs to `caller`'s node.
+    fn session_of(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+    ) -> Result<(String, CancellationToken), Status> {
+        let live = lock(&self.inner.sessions).lookup(session_id);
+        let Some((node_id, token)) = live else {
+            return Err(session::unknown(session_id));
+        };
+        auth::check_node(caller, &node_id)?;
+        Ok((node_id, token))
+    }
+
     /// The active run, or the error agents get from a manager that cannot serve them.
     fn running(&self) -> Result<Running, Status> {
         let running = lock(&self.inner.running).clone();
@@ -212,7 +227,10 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         request: Request<shoal_proto::LogSubscriptionsRequest>,
     ) -> Result<Response<Self::LogSubscriptionsStream>, Status> {
         self.running()?;
-        let stream = logs::subscriptions(&self.inner, &request.into_inner().session_id)?;
+        let caller = Caller::of(&request);
+        let session_id = request.into_inner().session_id;
+        self.session_of(&caller, &session_id)?;
+        let stream = logs::subscriptions(&self.inner, &session_id)?;
         Ok(Response::new(stream))
     }
 
@@ -221,7 +239,8 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         request: Request<tonic::Streaming<shoal_proto::PublishLogsMessage>>,
     ) -> Result<Response<shoal_proto::PublishLogsResponse>, Status> {
         self.running()?;
-        let response = logs::publish(&self.inner, request.into_inner()).await?;
+        let caller = Caller::of(&request);
+        let response = logs::publish(&self.inner, &caller, request.into_inner()).await?;
         Ok(Response::new(response))
     }
 
@@ -230,11 +249,14 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         request: Request<SessionRequest>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let running = self.running()?;
-        let addr = request
-            .remote_addr()
+        let caller = Caller::of(&request);
+        let addr = shoal_proto::tls::ConnInfo::of(&request)
+            .and_then(|info| info.remote_addr)
+            .or_else(|| request.remote_addr())
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
-        let stream = session::open(&self.inner, &running, request.into_inner(), addr).await?;
+        let stream =
+            session::open(&self.inner, &running, &caller, request.into_inner(), addr).await?;
         Ok(Response::new(stream))
     }
 
@@ -243,7 +265,9 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         self.running()?;
+        let caller = Caller::of(&request);
         let session_id = request.into_inner().session_id;
+        self.session_of(&caller, &session_id)?;
         if !lock(&self.inner.sessions).heartbeat(&session_id, std::time::Instant::now()) {
             return Err(session::unknown(&session_id));
         }
@@ -257,11 +281,9 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         request: Request<AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let running = self.running()?;
+        let caller = Caller::of(&request);
         let session_id = request.into_inner().session_id;
-        let live = lock(&self.inner.sessions).lookup(&session_id);
-        let Some((node_id, token)) = live else {
-            return Err(session::unknown(&session_id));
-        };
+        let (node_id, token) = self.session_of(&caller, &session_id)?;
         let stream = assignments::stream(
             self.inner.store.clone(),
             running.router,
@@ -277,11 +299,9 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         request: Request<UpdateTaskStatusRequest>,
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
         let running = self.running()?;
+        let caller = Caller::of(&request);
         let request = request.into_inner();
-        let live = lock(&self.inner.sessions).lookup(&request.session_id);
-        let Some((node_id, _)) = live else {
-            return Err(session::unknown(&request.session_id));
-        };
+        let (node_id, _) = self.session_of(&caller, &request.session_id)?;
         status::update(&self.inner.store, &running, &node_id, request.updates).await?;
         Ok(Response::new(UpdateTaskStatusResponse {}))
     }

@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::{Inner, Running, lock, store_status};
+use crate::auth::Caller;
 use crate::store::{Action, Object, Store, StoreError};
+use shoal_proto::tls::Role;
 
 /// The error that makes an agent open a new session.
 pub(super) fn unknown(session_id: &str) -> Status {
@@ -177,13 +179,35 @@ impl Sessions {
 pub(super) async fn open(
     inner: &Arc<Inner>,
     running: &Running,
+    caller: &Caller,
     request: SessionRequest,
     addr: String,
 ) -> Result<ReceiverStream<Result<SessionMessage, Status>>, Status> {
-    let node_id = if request.node_id.is_empty() {
-        shoal_proto::ids::new_id()
-    } else {
-        request.node_id
+    // A node is who its certificate says; only in-process callers (tests) name
+    // themselves or get a fresh id.
+    let (node_id, role) = match caller {
+        Caller::Peer(peer) => {
+            if !request.node_id.is_empty() && request.node_id != peer.node_id {
+                return Err(Status::permission_denied(format!(
+                    "node_id: this certificate belongs to node {}, not {}",
+                    peer.node_id, request.node_id
+                )));
+            }
+            let role = match peer.role {
+                Role::Manager => NodeRole::Manager,
+                Role::Worker => NodeRole::Worker,
+                Role::Admin => {
+                    return Err(Status::permission_denied(
+                        "an admin certificate cannot open a node session",
+                    ));
+                }
+            };
+            (peer.node_id.clone(), role)
+        }
+        Caller::Local if request.node_id.is_empty() => {
+            (shoal_proto::ids::new_id(), NodeRole::Worker)
+        }
+        Caller::Local => (request.node_id, NodeRole::Worker),
     };
     let session_id = shoal_proto::ids::new_id();
     let token = running.token.child_token();
@@ -195,7 +219,7 @@ pub(super) async fn open(
         tracing::info!(node.id = %node_id, session.id = %old, "session replaced by a new one");
     }
     let description = request.description.unwrap_or_default();
-    if let Err(err) = register_node(&inner.store, &node_id, description, addr).await {
+    if let Err(err) = register_node(&inner.store, &node_id, role, description, addr).await {
         lock(&inner.sessions).close(&session_id);
         tracing::warn!(node.id = %node_id, error = %err, "could not register node");
         return Err(store_status(err));
@@ -231,6 +255,7 @@ pub(super) async fn open(
 async fn register_node(
     store: &Store,
     node_id: &str,
+    role: NodeRole,
     description: NodeDescription,
     addr: String,
 ) -> Result<(), StoreError> {
@@ -253,7 +278,7 @@ async fn register_node(
                 meta: None,
                 spec: Some(NodeSpec {
                     labels: description.engine_labels.clone(),
-                    role: NodeRole::Worker as i32,
+                    role: role as i32,
                     availability: NodeAvailability::Active as i32,
                 }),
                 description: Some(description.clone()),

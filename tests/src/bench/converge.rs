@@ -53,7 +53,7 @@ pub struct ShoalNode {
 impl ShoalNode {
     pub async fn start(name: &str) -> anyhow::Result<ShoalNode> {
         let manager = BenchManager::start(&[], BENCH_LOG).await?;
-        let agent = BenchAgent::start(manager.addr, name)?;
+        let agent = BenchAgent::start(&manager.join_target().await?, name)?;
         let node_id = agent.node_id().await?;
         manager.wait_ready_nodes(1, Duration::from_secs(30)).await?;
         Ok(ShoalNode {

@@ -16,7 +16,7 @@ use tempfile::TempDir;
 use tonic::transport::Channel;
 
 use super::figures::{note, proc_mib};
-use crate::process::{control, free_addr};
+use crate::process::{JoinTarget, control, free_addr, worker_token};
 use crate::wait::eventually;
 
 /// Path of the release `shoal` binary, built once per run. Figures come from
@@ -135,21 +135,18 @@ impl BenchManager {
 
     async fn wait_leading(&self) -> anyhow::Result<()> {
         let addr = self.addr;
-        eventually(
-            "the manager to lead",
-            Duration::from_secs(60),
-            || async move {
-                let mut c = control(addr).await.map_err(|e| e.to_string())?;
-                let info = c
-                    .get_cluster(shoal_proto::GetClusterRequest {})
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .into_inner();
-                info.cluster
-                    .map(|_| ())
-                    .ok_or_else(|| "no cluster object yet".to_string())
-            },
-        )
+        let admin = self.admin_dir();
+        eventually("the manager to lead", Duration::from_secs(60), || async {
+            let mut c = control(addr, &admin).await.map_err(|e| e.to_string())?;
+            let info = c
+                .get_cluster(shoal_proto::GetClusterRequest {})
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            info.cluster
+                .map(|_| ())
+                .ok_or_else(|| "no cluster object yet".to_string())
+        })
         .await
     }
 
@@ -181,44 +178,54 @@ impl BenchManager {
         )
     }
 
+    /// The admin client certificate the manager wrote.
+    pub fn admin_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data").join("admin")
+    }
+
     pub async fn control(&self) -> anyhow::Result<ControlClient<Channel>> {
-        control(self.addr).await
+        control(self.addr, &self.admin_dir()).await
+    }
+
+    /// The address and worker token nodes join with.
+    pub async fn join_target(&self) -> anyhow::Result<JoinTarget> {
+        Ok(JoinTarget {
+            addr: self.addr,
+            token: worker_token(&mut self.control().await?).await?,
+        })
     }
 
     /// Wait until `count` nodes are READY; returns how long that took.
     pub async fn wait_ready_nodes(&self, count: usize, timeout: Duration) -> anyhow::Result<()> {
         let addr = self.addr;
-        eventually(
-            &format!("{count} nodes to be READY"),
-            timeout,
-            || async move {
-                let mut c = control(addr).await.map_err(|e| e.to_string())?;
-                let nodes = c
-                    .list_nodes(ListNodesRequest {})
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .into_inner()
-                    .nodes;
-                let ready = nodes
-                    .iter()
-                    .filter(|n| {
-                        n.status
-                            .as_ref()
-                            .is_some_and(|s| s.state() == NodeState::Ready)
-                    })
-                    .count();
-                if ready >= count {
-                    Ok(())
-                } else {
-                    // Polling thousands of nodes is not free: do it at a low rate.
-                    tokio::time::sleep(Duration::from_millis(450)).await;
-                    Err(format!(
-                        "{ready} of {count} READY ({} registered)",
-                        nodes.len()
-                    ))
-                }
-            },
-        )
+        let admin = self.admin_dir();
+        eventually(&format!("{count} nodes to be READY"), timeout, || async {
+            let mut c = control(addr, &admin).await.map_err(|e| e.to_string())?;
+            let nodes = c
+                .list_nodes(ListNodesRequest {})
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .nodes;
+            let ready = nodes
+                .iter()
+                .filter(|n| {
+                    n.status
+                        .as_ref()
+                        .is_some_and(|s| s.state() == NodeState::Ready)
+                })
+                .count();
+            if ready >= count {
+                Ok(())
+            } else {
+                // Polling thousands of nodes is not free: do it at a low rate.
+                tokio::time::sleep(Duration::from_millis(450)).await;
+                Err(format!(
+                    "{ready} of {count} READY ({} registered)",
+                    nodes.len()
+                ))
+            }
+        })
         .await
     }
 
@@ -254,15 +261,17 @@ impl Drop for BenchManager {
 pub struct BenchAgent {
     pub name: String,
     manager: SocketAddr,
+    token: String,
     dir: TempDir,
     child: Option<Child>,
 }
 
 impl BenchAgent {
-    pub fn start(manager: SocketAddr, name: &str) -> anyhow::Result<BenchAgent> {
+    pub fn start(cluster: &JoinTarget, name: &str) -> anyhow::Result<BenchAgent> {
         let mut agent = BenchAgent {
             name: name.to_string(),
-            manager,
+            manager: cluster.addr,
+            token: cluster.token.clone(),
             dir: TempDir::with_prefix("shoal-bench-agent-")?,
             child: None,
         };
@@ -285,6 +294,7 @@ impl BenchAgent {
             ])
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
+            .env("SHOAL_JOIN_TOKEN", &self.token)
             .env("SHOAL_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)

@@ -127,9 +127,10 @@ impl ShoalPair {
     async fn start() -> anyhow::Result<ShoalPair> {
         note("shoal: a manager (default heartbeat settings) and two agents");
         let manager = BenchManager::start(&[], BENCH_LOG).await?;
+        let cluster = manager.join_target().await?;
         let agents = [
-            BenchAgent::start(manager.addr, "shoal-bench-recover-a")?,
-            BenchAgent::start(manager.addr, "shoal-bench-recover-b")?,
+            BenchAgent::start(&cluster, "shoal-bench-recover-a")?,
+            BenchAgent::start(&cluster, "shoal-bench-recover-b")?,
         ];
         let node_ids = [agents[0].node_id().await?, agents[1].node_id().await?];
         let pair = ShoalPair {

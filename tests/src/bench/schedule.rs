@@ -96,13 +96,10 @@ pub async fn start_hollow_nodes(
     count: usize,
 ) -> anyhow::Result<Vec<HollowAgent>> {
     note(format!("starting {count} hollow agents"));
+    let cluster = manager.join_target().await?;
     let mut agents = Vec::with_capacity(count);
     for i in 0..count {
-        agents.push(HollowAgent::start(
-            manager.addr,
-            &format!("hollow-{i:05}"),
-            &[],
-        ));
+        agents.push(HollowAgent::start(&cluster, &format!("hollow-{i:05}"), &[]));
         // A breather every hundred sessions, so registration is not one burst
         // of thousands of connections on a 2-core machine.
         if i % 100 == 99 {
@@ -124,7 +121,13 @@ async fn measure(manager: &BenchManager, args: &ScheduleArgs) -> anyhow::Result<
         _ => None,
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let follower = tokio::spawn(follow(manager.addr, args.tasks, args.timeout, ready_tx));
+    let follower = tokio::spawn(follow(
+        manager.addr,
+        manager.admin_dir(),
+        args.tasks,
+        args.timeout,
+        ready_tx,
+    ));
     ready_rx
         .await
         .map_err(|_| anyhow::anyhow!("the task watch did not start"))?;

@@ -14,7 +14,6 @@ use futures::StreamExt;
 use shoal_proto::store_object::Object;
 use shoal_proto::watch_client::WatchClient;
 use shoal_proto::{ListTasksRequest, Task, TaskState, WatchRequest};
-use tonic::transport::Channel;
 
 use super::figures::note;
 use crate::process::control;
@@ -66,6 +65,7 @@ pub struct Milestones {
 /// once the watch is subscribed, so that no event of the measured phase is missed.
 pub async fn follow(
     addr: SocketAddr,
+    admin: std::path::PathBuf,
     expected: usize,
     timeout: Duration,
     ready: tokio::sync::oneshot::Sender<()>,
@@ -75,13 +75,13 @@ pub async fn follow(
     let mut ready = Some(ready);
     let deadline = Instant::now() + timeout;
     loop {
-        let mut stream = watch_tasks(addr).await?;
+        let mut stream = watch_tasks(addr, &admin).await?;
         if let Some(tx) = ready.take() {
             let _ = tx.send(());
         } else {
             // A new subscription after a lag: catch up on what was missed.
             marks.resyncs += 1;
-            for task in list_tasks(addr).await? {
+            for task in list_tasks(addr, &admin).await? {
                 observe(&mut counts, &task);
             }
             mark(&counts, expected, &mut marks);
@@ -144,10 +144,9 @@ fn mark(counts: &TaskCounts, expected: usize, marks: &mut Milestones) {
 
 async fn watch_tasks(
     addr: SocketAddr,
+    admin: &std::path::Path,
 ) -> anyhow::Result<tonic::Streaming<shoal_proto::WatchMessage>> {
-    let channel = Channel::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
+    let channel = crate::process::channel(addr, admin).await?;
     let mut client = WatchClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
     Ok(client
         .watch(WatchRequest {
@@ -157,8 +156,8 @@ async fn watch_tasks(
         .into_inner())
 }
 
-async fn list_tasks(addr: SocketAddr) -> anyhow::Result<Vec<Task>> {
-    let mut c = control(addr).await?;
+async fn list_tasks(addr: SocketAddr, admin: &std::path::Path) -> anyhow::Result<Vec<Task>> {
+    let mut c = control(addr, admin).await?;
     Ok(c.list_tasks(ListTasksRequest::default())
         .await?
         .into_inner()

@@ -1,0 +1,626 @@
+//! Cluster identity and mutual TLS, against a real `shoal manager` process on
+//! loopback: what the listener refuses, what each role may call, joining with
+//! tokens, rotation, node removal, and what stays out of logs and files.
+//!
+//! The manager is started with a root CA the test made (`--ca-cert/--ca-key`),
+//! so the test can also mint the certificates a cluster would never issue
+//! (expired ones, other clusters').
+
+use std::path::Path;
+use std::time::Duration;
+
+use shoal_agent::identity::{self, JoinError};
+use shoal_proto::control_client::ControlClient;
+use shoal_proto::dispatcher_client::DispatcherClient;
+use shoal_proto::raft_client::RaftClient;
+use shoal_proto::tls::client::{self, ClientTls};
+use shoal_proto::tls::{Credentials, JoinToken, Role, RootCa, SharedCredentials, pki};
+use shoal_proto::watch_client::WatchClient;
+use shoal_proto::*;
+use shoal_tests::process::{ManagerProcess, shoal_bin};
+use shoal_tests::wait::eventually;
+use tempfile::TempDir;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A manager whose root CA the test holds.
+struct Secured {
+    manager: ManagerProcess,
+    ca: RootCa,
+    cluster_id: String,
+    _files: TempDir,
+}
+
+impl Secured {
+    async fn start(extra: &[&str]) -> Secured {
+        shoal_tests::init();
+        let ca = RootCa::generate("test-made-ca").unwrap();
+        let files = TempDir::new().unwrap();
+        let cert = files.path().join("ca.pem");
+        let key = files.path().join("ca-key.pem");
+        std::fs::write(&cert, ca.cert_pem()).unwrap();
+        std::fs::write(&key, ca.key_pem()).unwrap();
+        let mut args = vec![
+            "--ca-cert",
+            cert.to_str().unwrap(),
+            "--ca-key",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let manager = ManagerProcess::start(&args).await.unwrap();
+        let cluster_id = manager
+            .control()
+            .await
+            .unwrap()
+            .get_cluster(GetClusterRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .cluster
+            .unwrap()
+            .id;
+        Secured {
+            manager,
+            ca,
+            cluster_id,
+            _files: files,
+        }
+    }
+
+    /// Credentials the cluster CA signs for any identity and validity.
+    fn mint(&self, node_id: &str, role: Role, cluster_id: &str, valid: (i64, i64)) -> Credentials {
+        mint_with(
+            &self.ca,
+            self.ca.cert_pem(),
+            node_id,
+            role,
+            cluster_id,
+            valid,
+        )
+    }
+
+    async fn channel(&self, creds: Credentials) -> Result<Channel, String> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.manager.addr))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5));
+        let tls = ClientTls::Node(SharedCredentials::new(creds).map_err(|e| e.to_string())?);
+        client::connect(endpoint, tls)
+            .await
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    async fn join(&self, token: &str) -> Result<Credentials, JoinError> {
+        identity::join(
+            &self.manager.addr.to_string(),
+            &JoinToken::parse(token).unwrap(),
+        )
+        .await
+    }
+
+    async fn token(&self, role: &str) -> String {
+        let out = self.manager.cli(&["join-token", role, "-q"]).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+fn mint_with(
+    signer: &RootCa,
+    ca_pem: &str,
+    node_id: &str,
+    role: Role,
+    cluster_id: &str,
+    (not_before, not_after): (i64, i64),
+) -> Credentials {
+    let (key_pem, csr) = pki::new_key_and_csr().unwrap();
+    let mut identity = RootCa::identity(node_id, role, cluster_id, pki::DEFAULT_CERT_LIFETIME);
+    identity.not_before = not_before;
+    identity.not_after = not_after;
+    Credentials {
+        ca_pem: ca_pem.to_string(),
+        cert_pem: signer.issue(&csr, &identity).unwrap(),
+        key_pem,
+    }
+}
+
+fn now() -> i64 {
+    pki::unix_now()
+}
+
+fn valid() -> (i64, i64) {
+    (now() - 60, now() + 3600)
+}
+
+/// The code of the first Control call over `channel`, or of the connection.
+async fn get_cluster(channel: Result<Channel, String>) -> Result<GetClusterResponse, String> {
+    let channel = channel?;
+    ControlClient::new(channel)
+        .get_cluster(GetClusterRequest {})
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+#[tokio::test]
+async fn the_listener_refuses_plaintext_foreign_expired_and_anonymous_callers() {
+    let s = Secured::start(&[]).await;
+
+    // Plaintext gRPC never reaches a service.
+    let plain = Endpoint::from_shared(format!("http://{}", s.manager.addr))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let err = ControlClient::new(channel.clone())
+            .get_cluster(GetClusterRequest {})
+            .await
+            .unwrap_err();
+        assert_ne!(err.code(), Code::Ok);
+        let err = DispatcherClient::new(channel)
+            .heartbeat(HeartbeatRequest::default())
+            .await
+            .unwrap_err();
+        assert_ne!(err.code(), Code::Ok);
+    }
+
+    // A certificate from a foreign CA (trusting our CA, so only the server can refuse it).
+    let foreign = RootCa::generate("elsewhere").unwrap();
+    let creds = mint_with(
+        &foreign,
+        s.ca.cert_pem(),
+        "intruder",
+        Role::Admin,
+        &s.cluster_id,
+        valid(),
+    );
+    let got = get_cluster(s.channel(creds).await).await;
+    assert!(got.is_err(), "a foreign certificate was accepted: {got:?}");
+
+    // An expired certificate from the right CA.
+    let creds = s.mint(
+        "old-admin",
+        Role::Admin,
+        &s.cluster_id,
+        (now() - 7200, now() - 3600),
+    );
+    let got = get_cluster(s.channel(creds).await).await;
+    assert!(got.is_err(), "an expired certificate was accepted: {got:?}");
+
+    // The right CA, but a certificate naming another cluster.
+    let creds = s.mint("admin-x", Role::Admin, "another-cluster", valid());
+    let err = get_cluster(s.channel(creds).await).await.unwrap_err();
+    assert!(err.starts_with("PermissionDenied"), "{err}");
+
+    // No certificate at all: only the CA's join RPCs answer.
+    let anonymous = client::connect(
+        Endpoint::from_shared(format!("http://{}", s.manager.addr)).unwrap(),
+        ClientTls::Fixed(client::pinned_config(s.ca.cert_pem()).unwrap()),
+    )
+    .await
+    .unwrap();
+    let err = ControlClient::new(anonymous.clone())
+        .list_nodes(ListNodesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let root = ca_client::CaClient::new(anonymous)
+        .get_root_ca_certificate(GetRootCaCertificateRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(root.cert_pem, s.ca.cert_pem());
+
+    // The admin certificate the manager wrote works, and the API shows
+    // neither the sealed CA key nor the join tokens.
+    let cluster = s
+        .manager
+        .control()
+        .await
+        .unwrap()
+        .get_cluster(GetClusterRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster
+        .unwrap();
+    assert!(cluster.root_ca.unwrap().key_sealed.is_empty());
+    assert!(cluster.join_tokens.is_none());
+}
+
+#[tokio::test]
+async fn a_worker_may_only_speak_for_its_own_node() {
+    let s = Secured::start(&["--heartbeat-period", "5s"]).await;
+    let token = s.token("worker").await;
+    let a = s.join(&token).await.unwrap();
+    let b = s.join(&token).await.unwrap();
+    let a_id = a.identity().unwrap().node_id;
+    let b_id = b.identity().unwrap().node_id;
+    assert_eq!(a.identity().unwrap().role, Role::Worker);
+    assert_ne!(a_id, b_id);
+    let a_channel = s.channel(a).await.unwrap();
+    let b_channel = s.channel(b).await.unwrap();
+
+    // No control, watch or raft for a worker.
+    let err = ControlClient::new(a_channel.clone())
+        .list_nodes(ListNodesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = ControlClient::new(a_channel.clone())
+        .get_join_token(GetJoinTokenRequest {
+            role: NodeRole::Manager as i32,
+            rotate: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = WatchClient::new(a_channel.clone())
+        .watch(WatchRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = RaftClient::new(a_channel.clone())
+        .process_raft_message(RaftMessageRequest {
+            message: vec![1, 2, 3],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // Sessions: a worker is who its certificate says.
+    let mut a_dispatcher = DispatcherClient::new(a_channel.clone());
+    let mut b_dispatcher = DispatcherClient::new(b_channel);
+    let err = a_dispatcher
+        .session(SessionRequest {
+            node_id: b_id.clone(),
+            description: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let mut a_stream = a_dispatcher
+        .session(SessionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let a_session = a_stream.message().await.unwrap().unwrap();
+    assert_eq!(a_session.node_id, a_id);
+    let mut b_stream = b_dispatcher
+        .session(SessionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let b_session = b_stream.message().await.unwrap().unwrap();
+
+    // A's certificate cannot use B's session.
+    let err = a_dispatcher
+        .heartbeat(HeartbeatRequest {
+            session_id: b_session.session_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = a_dispatcher
+        .assignments(AssignmentsRequest {
+            session_id: b_session.session_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // A task placed on B cannot be updated by A, even through A's own session.
+    let out = s
+        .manager
+        .cli(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "pinned",
+            "--constraint",
+            &format!("node.id=={b_id}"),
+            "img",
+            "sleep",
+            "60",
+        ])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let task = eventually("the task assigned to B", WAIT, || async {
+        let tasks = s
+            .manager
+            .control()
+            .await
+            .map_err(|e| e.to_string())?
+            .list_tasks(ListTasksRequest::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner()
+            .tasks;
+        tasks
+            .into_iter()
+            .find(|t| t.node_id == b_id)
+            .ok_or_else(|| "not assigned yet".to_string())
+    })
+    .await
+    .unwrap();
+    let forged = TaskStatusUpdate {
+        task_id: task.id.clone(),
+        status: Some(TaskStatus {
+            state: TaskState::Failed as i32,
+            message: "forged by A".into(),
+            ..Default::default()
+        }),
+    };
+    let err = a_dispatcher
+        .update_task_status(UpdateTaskStatusRequest {
+            session_id: a_session.session_id.clone(),
+            updates: vec![forged.clone()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = a_dispatcher
+        .update_task_status(UpdateTaskStatusRequest {
+            session_id: b_session.session_id.clone(),
+            updates: vec![forged],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let after = s
+        .manager
+        .control()
+        .await
+        .unwrap()
+        .get_task(GetTaskRequest {
+            task: task.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_ne!(after.status.unwrap().message, "forged by A");
+    // A's own session still works.
+    a_dispatcher
+        .heartbeat(HeartbeatRequest {
+            session_id: a_session.session_id,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn joining_pins_the_ca_checks_the_token_and_rotation_retires_it() {
+    let s = Secured::start(&[]).await;
+    let worker = s.token("worker").await;
+    let manager = s.token("manager").await;
+    assert_ne!(worker, manager);
+
+    // The role comes from the token.
+    let joined = s.join(&worker).await.unwrap();
+    assert_eq!(joined.identity().unwrap().role, Role::Worker);
+    assert_eq!(joined.identity().unwrap().cluster_id, s.cluster_id);
+    assert_eq!(
+        s.join(&manager).await.unwrap().identity().unwrap().role,
+        Role::Manager
+    );
+
+    // A token pinning another CA: the joiner refuses the manager's CA.
+    let parsed = JoinToken::parse(&worker).unwrap();
+    let other = parsed.with_digest(&"0".repeat(64)).to_string();
+    match s.join(&other).await {
+        Err(JoinError::Refused(why)) => {
+            assert!(why.contains("not the one the token pins"), "{why}")
+        }
+        other => panic!("joined with a token for another CA: {other:?}"),
+    }
+
+    // A truncated token: the agent says what is wrong and exits.
+    let dir = TempDir::new().unwrap();
+    let out = tokio::process::Command::new(shoal_bin())
+        .args([
+            "agent",
+            "--manager",
+            &s.manager.addr.to_string(),
+            "--runtime",
+            "fake",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("SHOAL_JOIN_TOKEN", &worker[..worker.len() - 5])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("token: join token is invalid"), "{stderr}");
+    assert!(!dir.path().join("tls").join("cert.pem").exists());
+
+    // Rotation: the old token stops working, the new one works, joined
+    // nodes are not disturbed.
+    let out = s
+        .manager
+        .cli(&["join-token", "worker", "--rotate", "-q"])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotated = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_ne!(rotated, worker);
+    assert_eq!(s.token("worker").await, rotated);
+    match s.join(&worker).await {
+        Err(JoinError::Refused(why)) => assert!(why.contains("not valid"), "{why}"),
+        other => panic!("a rotated token still joins: {other:?}"),
+    }
+    s.join(&rotated).await.unwrap();
+    assert_eq!(
+        s.token("manager").await,
+        manager,
+        "rotating one token changed the other"
+    );
+    let mut dispatcher = DispatcherClient::new(s.channel(joined).await.unwrap());
+    let mut stream = dispatcher
+        .session(SessionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+
+    // A node renews its certificate with the one it has.
+    let node = s.join(&rotated).await.unwrap();
+    let before = node.identity().unwrap();
+    let channel = s.channel(node).await.unwrap();
+    let (_key, csr_pem) = pki::new_key_and_csr().unwrap();
+    let renewed = ca_client::CaClient::new(channel)
+        .renew_node_certificate(RenewNodeCertificateRequest { csr_pem })
+        .await
+        .unwrap()
+        .into_inner();
+    let after = pki::PeerIdentity::from_pem(&renewed.cert_pem).unwrap();
+    assert_eq!(
+        (after.node_id.as_str(), after.role),
+        (before.node_id.as_str(), Role::Worker)
+    );
+    assert!(after.not_after >= before.not_after);
+}
+
+#[tokio::test]
+async fn a_removed_node_is_refused_at_once_and_nothing_secret_leaks() {
+    let s = Secured::start(&[]).await;
+    let token = s.token("worker").await;
+    let dir = TempDir::new().unwrap();
+    let log = dir.path().join("agent.log");
+    let mut agent = std::process::Command::new(shoal_bin())
+        .args([
+            "agent",
+            "--manager",
+            &s.manager.addr.to_string(),
+            "--runtime",
+            "fake",
+            "--node-name",
+            "doomed",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("SHOAL_JOIN_TOKEN", &token)
+        .env("SHOAL_LOG", "debug")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let node_id = eventually("the agent to join and register", WAIT, || async {
+        let creds = Credentials::load(&dir.path().join("data").join("tls"))
+            .map_err(|e| e.to_string())?
+            .ok_or("no certificate yet")?;
+        let id = creds.identity().map_err(|e| e.to_string())?.node_id;
+        let out = s.manager.cli(&["node", "inspect", &id]).await;
+        out.status
+            .success()
+            .then_some(id)
+            .ok_or_else(|| "not registered yet".into())
+    })
+    .await
+    .unwrap();
+
+    let out = s.manager.cli(&["node", "rm", "--force", &node_id]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its certificate is still valid, but every call is refused.
+    let creds = Credentials::load(&dir.path().join("data").join("tls"))
+        .unwrap()
+        .unwrap();
+    let err = DispatcherClient::new(s.channel(creds).await.unwrap())
+        .session(SessionRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("removed"), "{err:?}");
+    let log_text = eventually("the agent to be refused", WAIT, || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("was removed from the cluster")
+            .then_some(text)
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await
+    .unwrap();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    // And it does not come back by itself.
+    let out = s.manager.cli(&["node", "ls", "-q"]).await;
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&node_id));
+
+    // Secrets stay out of logs and of the store's files.
+    let secret = token.rsplit('-').next().unwrap();
+    assert!(
+        !log_text.contains(secret),
+        "the agent logged its join token"
+    );
+    assert!(
+        !s.manager.log().contains(secret),
+        "the manager logged a join token"
+    );
+    let ca_key = s.ca.key_pem();
+    let key_body: String = ca_key.lines().nth(1).unwrap().to_string();
+    for file in files_under(&s.manager.data_dir) {
+        if file.starts_with(s.manager.data_dir.join("tls"))
+            || file.starts_with(s.manager.data_dir.join("admin"))
+        {
+            continue; // this node's own key files
+        }
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(&key_body),
+            "the CA key is in the clear in {}",
+            file.display()
+        );
+        assert!(
+            !text.contains(secret),
+            "a join token is in the clear in {}",
+            file.display()
+        );
+    }
+    // Private files are private.
+    use std::os::unix::fs::PermissionsExt;
+    for private in [
+        s.manager.data_dir.join("shoal.sock"),
+        s.manager.data_dir.join("keys").join("data.key"),
+        s.manager.data_dir.join("tls").join("key.pem"),
+        s.manager.admin_dir().join("key.pem"),
+        dir.path().join("data").join("tls").join("key.pem"),
+    ] {
+        let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is mode {mode:o}", private.display());
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.is_file() {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
