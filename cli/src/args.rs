@@ -574,6 +574,10 @@ pub struct AgentArgs {
     /// Container engine.
     #[arg(long, value_enum, default_value = "docker")]
     pub runtime: RuntimeArg,
+    /// Memory-backed (tmpfs) directory where tasks' secrets and configs are
+    /// written before they are mounted (default /dev/shm/shoal).
+    #[arg(long, value_name = "DIR")]
+    pub secrets_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

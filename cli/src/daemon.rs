@@ -103,7 +103,12 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     spawn(
         &mut tasks,
         "agent",
-        run_agent(config, args.runtime, root.child_token()),
+        run_agent(
+            config,
+            args.runtime,
+            args.secrets_dir.clone(),
+            root.child_token(),
+        ),
     );
     supervise(root, tasks).await
 }
@@ -166,7 +171,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             agent_config.join_token = Some(token);
         }
         println!("{banner}");
-        run_agent(agent_config, RuntimeArg::Docker, agent_token).await
+        run_agent(agent_config, RuntimeArg::Docker, None, agent_token).await
     });
     supervise(root, tasks).await
 }
@@ -253,6 +258,7 @@ async fn run_manager(
 async fn run_agent(
     config: AgentConfig,
     runtime: RuntimeArg,
+    secrets_dir: Option<std::path::PathBuf>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     match runtime {
@@ -266,9 +272,12 @@ async fn run_agent(
             shoal_agent::run(config, Arc::new(fake), shutdown).await?;
         }
         RuntimeArg::Docker => {
-            let Some(docker) = connect_docker(&shutdown).await else {
+            let Some(mut docker) = connect_docker(&shutdown).await else {
                 return Ok(());
             };
+            if let Some(dir) = secrets_dir {
+                docker = docker.with_files_dir(dir);
+            }
             shoal_agent::run(config, Arc::new(docker), shutdown).await?;
         }
     }
