@@ -501,7 +501,8 @@ pub struct ManagerArgs {
 /// How a new cluster's CA is set up (used only when the cluster is created).
 #[derive(Debug, Args, Default, Clone)]
 pub struct CaArgs {
-    /// Lifetime of node certificates (default 90 days; at least 1h).
+    /// Lifetime of node certificates (default 90 days; values under an hour are
+    /// for tests).
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub cert_expiry: Option<i64>,
     /// Use this root CA certificate (PEM) instead of generating one; needs --ca-key.

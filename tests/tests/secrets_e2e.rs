@@ -27,6 +27,9 @@ struct Cluster {
     manager: ManagerProcess,
     agent: AgentProcess,
     node_id: String,
+    /// A second node whose tasks use no secret.
+    other: AgentProcess,
+    other_id: String,
     scratch: tempfile::TempDir,
     _cleanup: Cleanup,
 }
@@ -41,10 +44,15 @@ impl Cluster {
         let agent = AgentProcess::start(&join, "secrets-a").unwrap();
         let node_id = agent.node_id().await.unwrap();
         cleanup.watch_node(&node_id);
+        let other = AgentProcess::start(&join, "secrets-b").unwrap();
+        let other_id = other.node_id().await.unwrap();
+        cleanup.watch_node(&other_id);
         Cluster {
             manager,
             agent,
             node_id,
+            other,
+            other_id,
             scratch: tempfile::tempdir().unwrap(),
             _cleanup: cleanup,
         }
@@ -110,12 +118,17 @@ impl Cluster {
     fn task_files_dir(&self) -> std::path::PathBuf {
         Path::new(FILES_DIR).join(&self.node_id)
     }
+
+    fn other_files_dir(&self) -> std::path::PathBuf {
+        Path::new(FILES_DIR).join(&self.other_id)
+    }
 }
 
 impl Drop for Cluster {
     /// A failed run leaves no secret files behind on the host either.
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(self.task_files_dir());
+        let _ = std::fs::remove_dir_all(self.other_files_dir());
     }
 }
 
@@ -208,6 +221,8 @@ async fn a_service_reads_its_secret_from_memory_and_the_value_leaks_nowhere() {
         "-d",
         "--name",
         "e2e-sec",
+        "--constraint",
+        &format!("node.id=={}", c.node_id),
         "--stop-grace-period",
         "1s",
         "--secret",
@@ -220,6 +235,23 @@ async fn a_service_reads_its_secret_from_memory_and_the_value_leaks_nowhere() {
     ])
     .await;
     let container = c.running_container("e2e-sec").await;
+    // A service on the other node that uses no secret.
+    c.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "e2e-plain",
+        "--constraint",
+        &format!("node.id=={}", c.other_id),
+        "--stop-grace-period",
+        "1s",
+        IMAGE,
+        "sleep",
+        "3600",
+    ])
+    .await;
+    let plain = c.running_container("e2e-plain").await;
 
     // Inside: the value, mode and owner asked for, on a tmpfs, read-only.
     let seen = exec(
@@ -242,6 +274,21 @@ async fn a_service_reads_its_secret_from_memory_and_the_value_leaks_nowhere() {
     let host_dir = c.task_files_dir();
     let host_files = files_containing(&host_dir, SECRET.as_bytes());
     assert_eq!(host_files.len(), 1, "{host_files:?}");
+
+    // The other node never got it: no file, no mount, nothing in its data
+    // dir or log (the dispatcher sends a secret only to nodes whose tasks use it).
+    assert!(files_containing(&c.other_files_dir(), SECRET.as_bytes()).is_empty());
+    let mounts = exec(&plain, "grep -c /run/secrets /proc/mounts || true");
+    assert_eq!(
+        mounts.trim(),
+        "0",
+        "the other node's task has secret mounts"
+    );
+    assert!(files_containing(c.other.data_dir.path(), SECRET.as_bytes()).is_empty());
+    assert!(
+        !c.other.log().contains(SECRET),
+        "the other agent logged the value"
+    );
 
     // The value is in no manager file (sled, raft log, snapshots, keys) and
     // no log line, on either side.
@@ -275,7 +322,7 @@ async fn a_service_reads_its_secret_from_memory_and_the_value_leaks_nowhere() {
 
     // Once the service is gone: the host files go with its container, and
     // the secret can be removed.
-    c.ok(&["service", "rm", "e2e-sec"]).await;
+    c.ok(&["service", "rm", "e2e-sec", "e2e-plain"]).await;
     eventually("the task's host files to be removed", WAIT, || async {
         let left = files_containing(&host_dir, SECRET.as_bytes());
         if left.is_empty() {

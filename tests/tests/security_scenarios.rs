@@ -129,6 +129,20 @@ fn mint_with(
     }
 }
 
+fn rcgen_key() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate().unwrap()
+}
+
+/// A CSR whose subject claims the manager role and an id of its choosing.
+fn manager_role_csr(key: &rcgen::KeyPair) -> String {
+    let mut params = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, "wants-to-be-a-manager");
+    dn.push(rcgen::DnType::OrganizationalUnitName, "manager");
+    params.distinguished_name = dn;
+    params.serialize_request(key).unwrap().pem().unwrap()
+}
+
 fn now() -> i64 {
     pki::unix_now()
 }
@@ -246,32 +260,12 @@ async fn a_worker_may_only_speak_for_its_own_node() {
     let a_channel = s.channel(a).await.unwrap();
     let b_channel = s.channel(b).await.unwrap();
 
-    // No control, watch or raft for a worker.
-    let err = ControlClient::new(a_channel.clone())
-        .list_nodes(ListNodesRequest {})
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    let err = ControlClient::new(a_channel.clone())
-        .get_join_token(GetJoinTokenRequest {
-            role: NodeRole::Manager as i32,
-            rotate: true,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    let err = WatchClient::new(a_channel.clone())
-        .watch(WatchRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    let err = RaftClient::new(a_channel.clone())
-        .process_raft_message(RaftMessageRequest {
-            message: vec![1, 2, 3],
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // No control, watch or raft for a worker: every RPC of those services.
+    let codes = every_control_watch_and_raft_rpc(a_channel.clone()).await;
+    assert_eq!(codes.len(), 25);
+    for (rpc, code) in &codes {
+        assert_eq!(*code, Code::PermissionDenied, "a worker called {rpc}");
+    }
 
     // Sessions: a worker is who its certificate says.
     let mut a_dispatcher = DispatcherClient::new(a_channel.clone());
@@ -447,6 +441,42 @@ async fn joining_pins_the_ca_checks_the_token_and_rotation_retires_it() {
     assert!(stderr.contains("token: join token is invalid"), "{stderr}");
     assert!(!dir.path().join("tls").join("cert.pem").exists());
 
+    // The manager itself refuses a truncated token (the agent's own check
+    // bypassed), and a worker token gets a worker certificate whatever the
+    // CSR asks for.
+    let anonymous = ca_client::CaClient::new(
+        client::connect(
+            Endpoint::from_shared(format!("http://{}", s.manager.addr)).unwrap(),
+            ClientTls::Fixed(client::pinned_config(s.ca.cert_pem()).unwrap()),
+        )
+        .await
+        .unwrap(),
+    );
+    let (_key, csr_pem) = pki::new_key_and_csr().unwrap();
+    let err = anonymous
+        .clone()
+        .issue_node_certificate(IssueNodeCertificateRequest {
+            token: worker[..worker.len() - 5].to_string(),
+            csr_pem,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let key = rcgen_key();
+    let greedy_csr = manager_role_csr(&key);
+    let issued = anonymous
+        .clone()
+        .issue_node_certificate(IssueNodeCertificateRequest {
+            token: worker.clone(),
+            csr_pem: greedy_csr,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let identity = pki::PeerIdentity::from_pem(&issued.cert_pem).unwrap();
+    assert_eq!(identity.role, Role::Worker);
+    assert_ne!(identity.node_id, "wants-to-be-a-manager");
+
     // Rotation: the old token stops working, the new one works, joined
     // nodes are not disturbed.
     let out = s
@@ -607,6 +637,201 @@ async fn a_removed_node_is_refused_at_once_and_nothing_secret_leaks() {
         let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{} is mode {mode:o}", private.display());
     }
+}
+
+#[tokio::test]
+async fn certificates_renew_without_dropping_the_agent_session() {
+    // 12 s certificates: each side renews 6-10 s after issuance.
+    let s = Secured::start(&["--cert-expiry", "12s"]).await;
+    let token = s.token("worker").await;
+    let dir = TempDir::new().unwrap();
+    let tls = dir.path().join("data").join("tls");
+    let log = dir.path().join("agent.log");
+    let mut agent = std::process::Command::new(shoal_bin())
+        .args([
+            "agent",
+            "--manager",
+            &s.manager.addr.to_string(),
+            "--runtime",
+            "fake",
+            "--node-name",
+            "renewing",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("SHOAL_JOIN_TOKEN", &token)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let first = eventually("the agent to join", WAIT, || async {
+        Credentials::load(&tls)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "no certificate yet".to_string())?
+            .identity()
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    assert!(first.not_after - now() <= 12, "{first:?}");
+
+    // Renewed before it expires, and the manager renewed its own too.
+    let renewed = eventually("the agent to renew its certificate", WAIT, || async {
+        let current = Credentials::load(&tls)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "no certificate".to_string())?
+            .identity()
+            .map_err(|e| e.to_string())?;
+        (current.not_after > first.not_after)
+            .then_some(current)
+            .ok_or_else(|| "not renewed yet".to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(renewed.node_id, first.node_id);
+    assert!(now() < first.not_after, "renewed only after expiry");
+    eventually("the manager to renew its own certificate", WAIT, || async {
+        s.manager
+            .log()
+            .contains("own certificate renewed")
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await
+    .unwrap();
+
+    // Past the first certificate's expiry the session that was opened with
+    // it is still the only one, and the node is still ready.
+    eventually("the first certificate to expire", WAIT, || async {
+        (now() > first.not_after + 1)
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await
+    .unwrap();
+    let out = s.manager.cli(&["node", "inspect", &first.node_id]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("\"ready\""), "{text}");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let agent_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        agent_log.contains("node certificate renewed"),
+        "{agent_log}"
+    );
+    assert_eq!(
+        agent_log.matches("session opened").count(),
+        1,
+        "the session was dropped: {agent_log}"
+    );
+}
+
+/// The status code of each Control, Watch and Raft RPC called over `channel`.
+async fn every_control_watch_and_raft_rpc(channel: Channel) -> Vec<(&'static str, Code)> {
+    fn code<T>(r: Result<T, tonic::Status>) -> Code {
+        match r {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        }
+    }
+    let mut c = ControlClient::new(channel.clone());
+    let mut w = WatchClient::new(channel.clone());
+    let mut r = RaftClient::new(channel);
+    vec![
+        (
+            "CreateService",
+            code(c.create_service(CreateServiceRequest::default()).await),
+        ),
+        (
+            "GetService",
+            code(c.get_service(GetServiceRequest::default()).await),
+        ),
+        (
+            "ListServices",
+            code(c.list_services(ListServicesRequest::default()).await),
+        ),
+        (
+            "UpdateService",
+            code(c.update_service(UpdateServiceRequest::default()).await),
+        ),
+        (
+            "RemoveService",
+            code(c.remove_service(RemoveServiceRequest::default()).await),
+        ),
+        (
+            "ListTasks",
+            code(c.list_tasks(ListTasksRequest::default()).await),
+        ),
+        ("GetTask", code(c.get_task(GetTaskRequest::default()).await)),
+        (
+            "ListNodes",
+            code(c.list_nodes(ListNodesRequest::default()).await),
+        ),
+        ("GetNode", code(c.get_node(GetNodeRequest::default()).await)),
+        (
+            "UpdateNode",
+            code(c.update_node(UpdateNodeRequest::default()).await),
+        ),
+        (
+            "RemoveNode",
+            code(c.remove_node(RemoveNodeRequest::default()).await),
+        ),
+        (
+            "GetCluster",
+            code(c.get_cluster(GetClusterRequest::default()).await),
+        ),
+        (
+            "GetJoinToken",
+            code(c.get_join_token(GetJoinTokenRequest::default()).await),
+        ),
+        (
+            "ServiceLogs",
+            code(c.service_logs(ServiceLogsRequest::default()).await),
+        ),
+        (
+            "CreateSecret",
+            code(c.create_secret(CreateSecretRequest::default()).await),
+        ),
+        (
+            "GetSecret",
+            code(c.get_secret(GetSecretRequest::default()).await),
+        ),
+        (
+            "ListSecrets",
+            code(c.list_secrets(ListSecretsRequest::default()).await),
+        ),
+        (
+            "RemoveSecret",
+            code(c.remove_secret(RemoveSecretRequest::default()).await),
+        ),
+        (
+            "CreateConfig",
+            code(c.create_config(CreateConfigRequest::default()).await),
+        ),
+        (
+            "GetConfig",
+            code(c.get_config(GetConfigRequest::default()).await),
+        ),
+        (
+            "ListConfigs",
+            code(c.list_configs(ListConfigsRequest::default()).await),
+        ),
+        (
+            "RemoveConfig",
+            code(c.remove_config(RemoveConfigRequest::default()).await),
+        ),
+        ("Watch", code(w.watch(WatchRequest::default()).await)),
+        (
+            "ProcessRaftMessage",
+            code(r.process_raft_message(RaftMessageRequest::default()).await),
+        ),
+        (
+            "StreamRaftMessage",
+            code(
+                r.stream_raft_message(tokio_stream::iter(vec![RaftMessageRequest::default()]))
+                    .await,
+            ),
+        ),
+    ]
 }
 
 fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {

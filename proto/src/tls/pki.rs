@@ -24,8 +24,9 @@ pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Lifetime of the root CA certificate (Swarm: 20 years).
 const CA_LIFETIME: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
 
-/// Certificates are valid from a little before they are made, so a peer whose
-/// clock is slightly behind does not refuse a fresh certificate.
+/// Certificates are valid from a little before they are made (an hour, or a
+/// tenth of a short lifetime), so a peer whose clock is slightly behind does
+/// not refuse a fresh certificate.
 const BACKDATE: Duration = Duration::from_secs(3600);
 
 /// Who a certificate says its holder is.
@@ -262,11 +263,12 @@ impl RootCa {
         lifetime: Duration,
     ) -> PeerIdentity {
         let now = unix_now();
+        let backdate = BACKDATE.min(lifetime / 10).as_secs().max(1) as i64;
         PeerIdentity {
             node_id: node_id.to_string(),
             role,
             cluster_id: cluster_id.to_string(),
-            not_before: now - BACKDATE.as_secs() as i64,
+            not_before: now - backdate,
             not_after: now + lifetime.as_secs() as i64,
         }
     }
