@@ -161,11 +161,11 @@ pub struct CreateArgs {
     /// Attach a mount: type=bind|volume|tmpfs,source=..,target=..[,readonly]
     #[arg(long = "mount", value_name = "MOUNT", value_parser = mount)]
     pub mount: Vec<Mount>,
-    /// Give the tasks a secret: NAME or source=NAME,target=FILE,uid=U,gid=G,mode=0400
+    /// Give the tasks a secret: NAME, NAME,target=FILE or source=NAME,target=FILE,uid=U,gid=G,mode=0400
     /// (the file is /run/secrets/FILE; repeatable).
     #[arg(long = "secret", value_name = "SECRET", value_parser = secret_ref)]
     pub secret: Vec<SecretReference>,
-    /// Give the tasks a config: NAME or source=NAME,target=/PATH,uid=U,gid=G,mode=0444
+    /// Give the tasks a config: NAME, NAME,target=/PATH or source=NAME,target=/PATH,uid=U,gid=G,mode=0444
     /// (default target /NAME; repeatable).
     #[arg(long = "config", value_name = "CONFIG", value_parser = config_ref)]
     pub config: Vec<ConfigReference>,

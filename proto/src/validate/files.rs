@@ -186,7 +186,9 @@ pub fn parse_config_ref(input: &str) -> std::result::Result<ConfigReference, Str
 fn parse_ref_fields(input: &str) -> std::result::Result<RefFields, String> {
     let s = input.trim();
     if s.is_empty() {
-        return Err("empty reference (use NAME or source=NAME,target=...)".into());
+        return Err(
+            "empty reference (use NAME, NAME,target=... or source=NAME,target=...)".into(),
+        );
     }
     let mut fields = RefFields {
         source: String::new(),
@@ -204,7 +206,12 @@ fn parse_ref_fields(input: &str) -> std::result::Result<RefFields, String> {
         fields.source = s.to_string();
         return Ok(fields);
     }
-    for part in s.split(',') {
+    for (i, part) in s.split(',').enumerate() {
+        // `NAME,target=...`: a bare first field is the source.
+        if i == 0 && !part.contains('=') {
+            fields.source = part.trim().to_string();
+            continue;
+        }
         let (key, value) = part
             .split_once('=')
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim()))

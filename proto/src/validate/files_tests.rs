@@ -140,6 +140,10 @@ fn flags_take_a_name_or_docker_csv() {
     assert_eq!((r.uid, r.gid, r.mode), (1000, 50, Some(0o400)));
     assert!(r.secret_id.is_empty());
 
+    let r = parse_secret_ref("db,target=pw,mode=0440").unwrap();
+    assert_eq!((r.secret_name.as_str(), r.target.as_str()), ("db", "pw"));
+    assert_eq!(r.mode, Some(0o440));
+
     let c = parse_config_ref("app").unwrap();
     assert_eq!((c.config_name.as_str(), c.target.as_str()), ("app", "/app"));
     let c = parse_config_ref("src=app,target=/etc/app.conf,mode=644").unwrap();
@@ -154,6 +158,7 @@ fn flags_take_a_name_or_docker_csv() {
         ("source=a,colour=red", "unknown option"),
         ("source=a,target=", "target is empty"),
         ("a,b", "invalid reference"),
+        ("a,target=x,b", "expected key=value"),
     ] {
         let err = parse_secret_ref(bad).unwrap_err();
         assert!(err.contains(words), "{bad:?}: {err}");
