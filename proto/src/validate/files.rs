@@ -186,9 +186,7 @@ pub fn parse_config_ref(input: &str) -> std::result::Result<ConfigReference, Str
 fn parse_ref_fields(input: &str) -> std::result::Result<RefFields, String> {
     let s = input.trim();
     if s.is_empty() {
-        return Err(
-            "empty reference (use NAME, NAME,target=... or source=NAME,target=...)".into(),
-        );
+        return Err("empty reference (use NAME, NAME,target=... or source=NAME,target=...)".into());
     }
     let mut fields = RefFields {
         source: String::new(),
