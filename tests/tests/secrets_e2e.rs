@@ -235,6 +235,13 @@ async fn a_service_reads_its_secret_from_memory_and_the_value_leaks_nowhere() {
     ])
     .await;
     let container = c.running_container("e2e-sec").await;
+    // The service shows its references, never the value.
+    let inspect = c.ok(&["service", "inspect", "e2e-sec"]).await;
+    assert!(
+        inspect.contains("/run/secrets/password") && inspect.contains("\"0400\""),
+        "{inspect}"
+    );
+    assert!(!inspect.contains(SECRET), "{inspect}");
     // A service on the other node that uses no secret.
     c.ok(&[
         "service",
