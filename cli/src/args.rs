@@ -71,7 +71,7 @@ impl Command {
     pub fn is_daemon(&self) -> bool {
         matches!(
             self,
-            Command::Manager(_) | Command::Agent(_) | Command::Up(_) | Command::Init(_)
+            Command::Manager(_) | Command::Agent(_) | Command::Up(_)
         )
     }
 }

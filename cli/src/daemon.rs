@@ -40,7 +40,11 @@ pub async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     spawn(
         &mut tasks,
         "manager",
-        run_manager(config, root.child_token(), print_new_cluster),
+        run_manager(config, root.child_token(), |ready| {
+            if let Some(new) = &ready.new_cluster {
+                print_new_cluster(new);
+            }
+        }),
     );
     supervise(root, tasks).await
 }
@@ -57,20 +61,13 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     };
     let config = manager_config(&manager_args)?;
     let new = shoal_manager::server::init(config).await?;
-    print_new_cluster(shoal_manager::server::Ready {
-        addr: "127.0.0.1:0".parse().expect("an address"),
-        node_id: String::new(),
-        new_cluster: Some(new),
-    });
+    print_new_cluster(&new);
     Ok(())
 }
 
 /// What `shoal manager` and `shoal init` print when they create a cluster
 /// (on stdout, never in the logs: the tokens are credentials).
-fn print_new_cluster(ready: shoal_manager::server::Ready) {
-    let Some(new) = ready.new_cluster else {
-        return;
-    };
+fn print_new_cluster(new: &shoal_manager::server::NewCluster) {
     println!(
         "Cluster initialized: this manager is its first member.\n\n\
          To add a worker to this cluster, run the following command:\n\n    \
