@@ -307,7 +307,7 @@ async fn tasks_of_a_lost_agent_are_replaced_within_the_grace_period() {
     wait_distribution(&m, "web", &[3, 3]).await.unwrap();
     let took = started.elapsed();
     println!(
-        "agent lost -> replacements running: {:.2} s (grace 4 x 200 ms)",
+        "agent lost -> replacements running: {:.2} s (grace 3 x 200 ms)",
         took.as_secs_f64()
     );
     let node = json(&m, &["node", "ls"])
