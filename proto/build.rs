@@ -6,7 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     cfg.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     // Messages that carry secret values get a hand-written Debug that shows no
     // data (src/redact.rs), so no log line can print a secret.
-    cfg.skip_debug([".shoal.v1.SecretSpec", ".shoal.v1.Payload"]);
+    cfg.skip_debug([
+        ".shoal.v1.SecretSpec",
+        ".shoal.v1.Payload",
+        ".shoal.v1.JoinClusterResponse",
+    ]);
     tonic_prost_build::configure().compile_with_config(cfg, &["proto/shoal.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/shoal.proto");
     Ok(())

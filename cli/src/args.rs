@@ -494,6 +494,13 @@ pub struct ManagerArgs {
     /// A node missing heartbeats for period × this is marked down.
     #[arg(long, value_name = "N")]
     pub heartbeat_grace_multiplier: Option<u32>,
+    /// Join the cluster of the manager at this address as a manager (with
+    /// --token; only on the first start, with an empty data directory).
+    #[arg(long, value_name = "HOST:PORT", requires = "token")]
+    pub join: Option<String>,
+    /// The manager join token (`shoal join-token manager` on a manager prints it).
+    #[arg(long, value_name = "TOKEN", requires = "join")]
+    pub token: Option<String>,
     #[command(flatten)]
     pub ca: CaArgs,
 }

@@ -35,12 +35,19 @@ pub async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         listen_addr = %config.listen_addr,
         "starting manager"
     );
+    let join = match (&args.join, &args.token) {
+        (Some(addr), Some(token)) => Some(shoal_manager::join::JoinOptions {
+            addr: addr.clone(),
+            token: token.clone(),
+        }),
+        _ => None,
+    };
     let root = shutdown_on_signal();
     let mut tasks = JoinSet::new();
     spawn(
         &mut tasks,
         "manager",
-        run_manager(config, root.child_token(), |ready| {
+        run_manager(config, join, root.child_token(), |ready| {
             if let Some(new) = &ready.new_cluster {
                 print_new_cluster(new);
             }
@@ -57,6 +64,8 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
         advertise_addr: None,
         heartbeat_period: None,
         heartbeat_grace_multiplier: None,
+        join: None,
+        token: None,
         ca: args.ca,
     };
     let config = manager_config(&manager_args)?;
@@ -72,8 +81,8 @@ fn print_new_cluster(new: &shoal_manager::server::NewCluster) {
         "Cluster initialized: this manager is its first member.\n\n\
          To add a worker to this cluster, run the following command:\n\n    \
          shoal agent --manager MANAGER_ADDR --token {}\n\n\
-         The manager token (for `shoal manager --join`, which comes with \
-         multi-manager support):\n\n    {}\n\n\
+         To add a manager, run on the new machine:\n\n    \
+         shoal manager --join MANAGER_ADDR --token {} --data-dir DIR --listen-addr HOST:PORT\n\n\
          A remote CLI authenticates with the admin certificate in {}:\n\n    \
          SHOAL_CERT_PATH={} SHOAL_HOST=MANAGER_ADDR shoal node ls\n",
         new.worker_token,
@@ -118,6 +127,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         advertise_addr: None,
         heartbeat_period: None,
         heartbeat_grace_multiplier: None,
+        join: None,
+        token: None,
         ca: Default::default(),
     };
     let config = manager_config(&manager_args)?;
@@ -141,7 +152,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     spawn(
         &mut tasks,
         "manager",
-        run_manager(config, root.child_token(), |_| {}),
+        run_manager(config, None, root.child_token(), |_| {}),
     );
     let agent_token = root.child_token();
     spawn(&mut tasks, "agent", async move {
@@ -239,6 +250,7 @@ fn hostname() -> Option<String> {
 
 async fn run_manager(
     config: ManagerConfig,
+    join: Option<shoal_manager::join::JoinOptions>,
     shutdown: CancellationToken,
     on_ready: impl FnOnce(shoal_manager::server::Ready) + Send,
 ) -> anyhow::Result<()> {
@@ -248,7 +260,7 @@ async fn run_manager(
             config.data_dir.display()
         )
     })?;
-    shoal_manager::server::run_with(config, shutdown, on_ready).await?;
+    shoal_manager::server::run_joining(config, join, shutdown, on_ready).await?;
     Ok(())
 }
 
@@ -451,6 +463,8 @@ mod tests {
             advertise_addr: Some("10.0.0.1:4290".into()),
             heartbeat_period: Some(200),
             heartbeat_grace_multiplier: Some(3),
+            join: None,
+            token: None,
             ca: Default::default(),
         };
         let config = manager_config(&args).unwrap();

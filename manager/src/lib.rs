@@ -12,6 +12,7 @@
 //! - [`control`]: the `Control` and `Watch` gRPC APIs the CLI talks to.
 //! - [`logbroker`]: `service logs`: asks the agents for their tasks' logs and
 //!   streams what they publish to the client.
+//! - [`join`]: a new manager joining a cluster (certificate, then Raft membership).
 //! - [`leader`]: starts the leader-only components together and stops them together.
 //! - [`seal`]: the cluster data key that encrypts the CA key and secrets at rest.
 //! - [`server`]: [`server::run`] wires it all onto a TCP listener and a unix socket.
@@ -21,6 +22,7 @@ pub mod ca;
 pub mod config;
 pub mod control;
 pub mod dispatcher;
+pub mod join;
 pub mod leader;
 pub mod logbroker;
 pub mod orchestrator;

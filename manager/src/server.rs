@@ -5,12 +5,14 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_proto::ca_server::CaServer;
 use shoal_proto::tls::{self, Credentials, SharedCredentials};
 use tonic::service::interceptor::InterceptedService;
 
+use shoal_proto::RaftMember;
 use shoal_proto::control_server::ControlServer;
 use shoal_proto::dispatcher_server::DispatcherServer;
 use shoal_proto::raft_server::RaftServer;
@@ -26,8 +28,9 @@ use crate::ca::{self, CaService};
 use crate::config::ManagerConfig;
 use crate::control::{ControlService, WatchService};
 use crate::dispatcher::Dispatcher;
+use crate::join::{self, JoinOptions};
 use crate::leader;
-use crate::raft::{self, RaftService};
+use crate::raft::{self, GrpcTransport, Membership, RaftService, membership};
 use crate::seal::DataKey;
 use crate::store::Store;
 
@@ -83,6 +86,17 @@ pub async fn run_with(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(Ready) + Send,
 ) -> Result<(), ServerError> {
+    run_joining(config, None, shutdown, on_ready).await
+}
+
+/// [`run_with`], first joining the cluster `join` names if this data dir has
+/// not joined one yet (`shoal manager --join ADDR --token T`).
+pub async fn run_joining(
+    config: ManagerConfig,
+    join: Option<JoinOptions>,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(Ready) + Send,
+) -> Result<(), ServerError> {
     config.validate().map_err(ServerError::Config)?;
     let listener = TcpListener::bind(config.listen_addr).await.map_err(|e| {
         ServerError::Io(format!(
@@ -90,7 +104,7 @@ pub async fn run_with(
             config.listen_addr
         ))
     })?;
-    serve_with(config, listener, shutdown, on_ready).await
+    serve_joining(config, join, listener, shutdown, on_ready).await
 }
 
 /// Run a manager on an already bound listener (tests bind port 0).
@@ -137,15 +151,38 @@ pub async fn serve_with(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(Ready) + Send,
 ) -> Result<(), ServerError> {
+    serve_joining(config, None, listener, shutdown, on_ready).await
+}
+
+/// [`serve_with`], joining the cluster `join` names first (see [`run_joining`]).
+pub async fn serve_joining(
+    config: ManagerConfig,
+    join: Option<JoinOptions>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(Ready) + Send,
+) -> Result<(), ServerError> {
     config.validate().map_err(ServerError::Config)?;
     prepare_data_dir(&config)?;
-    let key = DataKey::load_or_create(&config.data_dir).map_err(seal_err)?;
-    let (store, raft) = raft::start(&config)
-        .await
-        .map_err(|e| ServerError::Raft(e.to_string()))?;
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Io(e.to_string()))?;
+    let advertise = config
+        .advertise_addr
+        .clone()
+        .unwrap_or_else(|| addr.to_string());
+    let seeds = match &join {
+        Some(opts) => join_as_manager(&config, opts, &advertise).await?,
+        None => Vec::new(),
+    };
+    let key = DataKey::load_or_create(&config.data_dir).map_err(seal_err)?;
+    let transport = GrpcTransport::new(shutdown.clone());
+    transport.seed(&seeds);
+    let (store, raft) = raft::start_with_transport(&config, Arc::new(transport.clone()))
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+    transport.attach(store.clone(), raft.inbox());
+    let raft_id = raft.status().id;
     let (creds, new_cluster) = match identity(&config, &store, &key).await {
         Ok(found) => found,
         Err(e) => {
@@ -163,6 +200,7 @@ pub async fn serve_with(
         warn!(error = %e, "could not refresh the admin certificate");
     }
     let creds = SharedCredentials::new(creds).map_err(|e| ServerError::Config(e.to_string()))?;
+    transport.set_credentials(creds.clone());
     let tls = tls::server::server_config(&creds).map_err(|e| ServerError::Config(e.to_string()))?;
 
     let dispatcher =
@@ -196,7 +234,15 @@ pub async fn serve_with(
             Authorize::dispatcher(store.clone()),
         ))
         .add_service(InterceptedService::new(
-            RaftServer::new(RaftService::new(raft.clone())).max_decoding_message_size(MAX_MESSAGE),
+            RaftServer::new(
+                RaftService::new(raft.clone()).with_membership(Membership::new(
+                    store.clone(),
+                    raft.inbox(),
+                    key.clone(),
+                    raft_id,
+                )),
+            )
+            .max_decoding_message_size(MAX_MESSAGE),
             Authorize::raft(store.clone()),
         ))
         .add_service(CaServer::new(CaService::new(store.clone(), key.clone())))
@@ -219,6 +265,13 @@ pub async fn serve_with(
         dispatcher,
         shutdown.clone(),
     ));
+    let register = tokio::spawn(register_while_leading(
+        store.clone(),
+        raft_id,
+        node_id.clone(),
+        advertise.clone(),
+        shutdown.clone(),
+    ));
     let renew = tokio::spawn(ca::renew_own(
         store.clone(),
         key,
@@ -226,7 +279,7 @@ pub async fn serve_with(
         creds,
         shutdown.clone(),
     ));
-    info!(%addr, node.id = %node_id, socket = %socket_path.display(), data_dir = %config.data_dir.display(), "manager listening (mutual TLS)");
+    info!(%addr, %advertise, raft.id = raft_id, node.id = %node_id, socket = %socket_path.display(), data_dir = %config.data_dir.display(), "manager listening (mutual TLS)");
 
     let tcp = tokio::spawn(tcp_server);
     let unix = tokio::spawn(unix_server);
@@ -239,6 +292,7 @@ pub async fn serve_with(
     info!("manager shutting down");
     let _ = leader.await;
     let _ = renew.await;
+    let _ = register.await;
     for (name, server) in [("tcp", tcp), ("unix", unix)] {
         match tokio::time::timeout(DRAIN_GRACE, server).await {
             Ok(Ok(Ok(()))) => {}
@@ -253,6 +307,80 @@ pub async fn serve_with(
     raft.shutdown().await;
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// Join the cluster `opts` names unless this data dir already has: get a
+/// manager certificate, become a voter, keep the data key and the Raft id.
+/// Returns the members, whose addresses the transport starts with.
+async fn join_as_manager(
+    config: &ManagerConfig,
+    opts: &JoinOptions,
+    advertise: &str,
+) -> Result<Vec<RaftMember>, ServerError> {
+    let data_dir = &config.data_dir;
+    if membership::load_raft_id(data_dir)
+        .map_err(ServerError::Config)?
+        .is_some()
+    {
+        info!("this manager has already joined its cluster; --join ignored");
+        return Ok(Vec::new());
+    }
+    if data_dir.join("store").exists() {
+        return Err(ServerError::Config(format!(
+            "--join: data-dir {} already holds a cluster of its own; a joining manager needs an empty data dir",
+            data_dir.display()
+        )));
+    }
+    let tls_dir = config.tls_dir();
+    let kept = Credentials::load(&tls_dir).map_err(|e| ServerError::Config(e.to_string()))?;
+    let creds = match kept {
+        Some(creds) => creds,
+        None => {
+            let creds = join::certificate(opts).await.map_err(ServerError::Config)?;
+            creds
+                .store(&tls_dir)
+                .map_err(|e| ServerError::Io(format!("{}: {e}", tls_dir.display())))?;
+            creds
+        }
+    };
+    let response = join::join_cluster(opts, &creds, advertise)
+        .await
+        .map_err(ServerError::Config)?;
+    DataKey::from_bytes(&response.data_key)
+        .map_err(|_| ServerError::Config("the leader sent an unusable data key".into()))?
+        .store(data_dir)
+        .map_err(seal_err)?;
+    membership::store_raft_id(data_dir, response.raft_id).map_err(ServerError::Io)?;
+    info!(
+        raft.id = response.raft_id,
+        members = response.members.len(),
+        "joined the cluster as a manager"
+    );
+    Ok(response.members)
+}
+
+/// Keep this manager's address in the managers table whenever it leads (the
+/// first manager of a cluster records itself this way; a restarted leader
+/// corrects a changed address).
+async fn register_while_leading(
+    store: Store,
+    raft_id: u64,
+    node_id: String,
+    advertise: String,
+    shutdown: CancellationToken,
+) {
+    let mut leadership = store.leadership();
+    loop {
+        if leadership.borrow_and_update().is_leader
+            && let Err(e) = membership::register(&store, raft_id, &node_id, &advertise).await
+        {
+            warn!(error = %e, "could not record this manager in the managers table");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = leadership.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 /// This manager's credentials: those in `DATA_DIR/tls`, or, in a data dir

@@ -1,11 +1,11 @@
 //! `Debug` for the messages that carry secret values ([`SecretSpec`],
-//! [`Payload`]): it shows the name and the size, never the bytes. The build
+//! [`Payload`], [`JoinClusterResponse`] with the data key): it shows the name and the size, never the bytes. The build
 //! script skips prost's derived `Debug` for them, so a `{:?}` anywhere (a log
 //! line, a panic, a test failure) cannot print a secret.
 
 use std::fmt;
 
-use crate::v1::{Payload, SecretSpec};
+use crate::v1::{JoinClusterResponse, Payload, SecretSpec};
 
 impl fmt::Debug for SecretSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -23,6 +23,16 @@ impl fmt::Debug for Payload {
             .field("id", &self.id)
             .field("name", &self.name)
             .field("data", &Redacted(self.data.len()))
+            .finish()
+    }
+}
+
+impl fmt::Debug for JoinClusterResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinClusterResponse")
+            .field("raft_id", &self.raft_id)
+            .field("members", &self.members)
+            .field("data_key", &Redacted(self.data_key.len()))
             .finish()
     }
 }

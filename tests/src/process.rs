@@ -64,6 +64,9 @@ pub struct ManagerProcess {
     _dir: Option<TempDir>,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Joined another manager's cluster: it has no admin certificate, so it
+    /// is checked through its unix socket.
+    joined: bool,
 }
 
 impl ManagerProcess {
@@ -76,6 +79,30 @@ impl ManagerProcess {
             _dir: Some(dir),
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            joined: false,
+        };
+        m.spawn().await?;
+        Ok(m)
+    }
+
+    /// Start a manager that joins `through`'s cluster with the manager token
+    /// `token`, and wait until it has caught up (its unix socket shows the
+    /// cluster object). Later restarts keep the flags; the manager ignores
+    /// `--join` once it has joined.
+    pub async fn join(through: &ManagerProcess, token: &str) -> anyhow::Result<ManagerProcess> {
+        let dir = TempDir::new()?;
+        let mut m = ManagerProcess {
+            addr: free_addr(),
+            data_dir: dir.path().to_path_buf(),
+            _dir: Some(dir),
+            child: None,
+            extra_args: vec![
+                "--join".into(),
+                through.addr.to_string(),
+                "--token".into(),
+                token.to_string(),
+            ],
+            joined: true,
         };
         m.spawn().await?;
         Ok(m)
@@ -105,6 +132,24 @@ impl ManagerProcess {
     /// Wait until the manager answers over mutual TLS (with the admin
     /// certificate it wrote) and has created its cluster object (it leads).
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        if self.joined {
+            return eventually(
+                "the manager to catch up",
+                Duration::from_secs(30),
+                || async {
+                    let mut c = self.socket_control().await.map_err(|e| e.to_string())?;
+                    let info = c
+                        .get_cluster(shoal_proto::GetClusterRequest {})
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .into_inner();
+                    info.cluster
+                        .map(|_| ())
+                        .ok_or_else(|| "no cluster object yet".to_string())
+                },
+            )
+            .await;
+        }
         let addr = self.addr;
         let admin = self.admin_dir();
         eventually("the manager to lead", Duration::from_secs(30), || async {
@@ -178,6 +223,22 @@ impl ManagerProcess {
             .expect("run the shoal CLI")
     }
 
+    /// A Control client on the unix control socket (the local administrator).
+    pub async fn socket_control(&self) -> anyhow::Result<ControlClient<Channel>> {
+        let path = self.data_dir.join("shoal.sock");
+        let channel = Endpoint::from_static("http://localhost")
+            .connect_timeout(Duration::from_secs(2))
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await?;
+        Ok(ControlClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
+    }
+
     /// The `--host` value for the unix control socket.
     pub fn socket_host(&self) -> String {
         format!("unix://{}", self.data_dir.join("shoal.sock").display())
@@ -211,6 +272,18 @@ pub async fn worker_token(control: &mut ControlClient<Channel>) -> anyhow::Resul
     Ok(control
         .get_join_token(shoal_proto::GetJoinTokenRequest {
             role: shoal_proto::NodeRole::Worker as i32,
+            rotate: false,
+        })
+        .await?
+        .into_inner()
+        .token)
+}
+
+/// The cluster's manager join token.
+pub async fn manager_token(control: &mut ControlClient<Channel>) -> anyhow::Result<String> {
+    Ok(control
+        .get_join_token(shoal_proto::GetJoinTokenRequest {
+            role: shoal_proto::NodeRole::Manager as i32,
             rotate: false,
         })
         .await?

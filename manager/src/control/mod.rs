@@ -279,7 +279,10 @@ impl Control for ControlService {
             cluster,
             raft_index: status.applied,
             raft_term: status.term,
-            leader_addr: String::new(),
+            leader_addr: self
+                .store
+                .read(|s| crate::raft::membership::addr_of(s, status.leader_id))
+                .unwrap_or_default(),
         }))
     }
 }

@@ -6,17 +6,22 @@
 //! fsyncs never stall the async workers. It returns the [`Store`] the rest of
 //! the manager uses and a [`RaftHandle`] to watch and stop the node. Peers
 //! reach the node through [`RaftService`] (gRPC) or a [`PeerInbox`]; the node
-//! reaches peers through a [`Transport`] — [`NoPeers`] until managers can join.
+//! reaches peers through a [`Transport`]: [`GrpcTransport`] between managers,
+//! [`NoPeers`] in tests of a lone node.
 //!
 //! - [`storage`]: raft-rs `Storage` over sled (log, metadata, state trees).
 //! - [`snapshot`]: the applied state as a `StoreSnapshot`.
 //! - [`node`]: the actor and its Ready loop.
 //! - [`service`]: transport seam and the gRPC service.
+//! - [`transport`]: the gRPC transport between managers.
+//! - [`membership`]: the managers table, Raft ids, and joining.
 
+pub mod membership;
 mod node;
 mod service;
 mod snapshot;
 mod storage;
+mod transport;
 mod unwritten;
 
 use std::collections::HashMap;
@@ -28,7 +33,9 @@ use slog::Drain as _;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use membership::Membership;
 pub use service::{NoPeers, PeerInbox, RaftService, Transport};
+pub use transport::GrpcTransport;
 
 use crate::config::ManagerConfig;
 use crate::store::{Leadership, Store};
@@ -152,7 +159,10 @@ fn open(
     config: &ManagerConfig,
     transport: Arc<dyn Transport>,
 ) -> Result<(Store, RaftHandle), RaftError> {
-    let id = config.raft.id;
+    // A manager that joined a cluster keeps the Raft id it was given; it
+    // starts with no configuration and learns it from the leader's snapshot.
+    let joined = membership::load_raft_id(&config.data_dir).map_err(RaftError::Corrupt)?;
+    let id = joined.unwrap_or(config.raft.id);
     let disk = Disk::open(&config.data_dir.join("store"))?;
     let state = disk.load_state()?;
     let applied = state.applied_index;
@@ -161,7 +171,8 @@ fn open(
     let (leadership_tx, leadership_rx) = watch::channel(Leadership::default());
     let store = Store::new(state, proposals_tx, leadership_rx);
 
-    let storage = SledStorage::open(disk, store.clone(), &[id])?;
+    let bootstrap_voters = if joined.is_some() { vec![] } else { vec![id] };
+    let storage = SledStorage::open(disk, store.clone(), &bootstrap_voters)?;
     let sole_voter = {
         let cs = storage.conf_state();
         cs.voters == [id] && cs.learners.is_empty() && cs.voters_outgoing.is_empty()
@@ -210,6 +221,8 @@ fn open(
         tick_interval: config.raft.tick_interval,
         snapshot_interval: config.raft.snapshot_interval,
         waiters: HashMap::new(),
+        conf_waiters: HashMap::new(),
+        next_conf_waiter: 0,
         unwritten: Default::default(),
         written_applied: applied,
         durable_applied: applied,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType};
 use raft::{RawNode, StateRole};
 use shoal_proto::Proposal;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -36,6 +36,7 @@ use crate::store::{Applied, Leadership, ProposeRequest, Store, StoreError};
 const MAX_DRAIN: usize = 1024;
 
 type Reply = oneshot::Sender<Result<Applied, StoreError>>;
+type ConfReply = oneshot::Sender<Result<(), StoreError>>;
 
 pub(crate) struct Node {
     pub(crate) raw: RawNode<SledStorage>,
@@ -49,6 +50,10 @@ pub(crate) struct Node {
     pub(crate) snapshot_interval: u64,
     /// Callers waiting for their proposal, by proposal id.
     pub(crate) waiters: HashMap<u64, Reply>,
+    /// Callers waiting for their conf change, by the id in the entry's context.
+    pub(crate) conf_waiters: HashMap<u64, ConfReply>,
+    /// Last conf change waiter id handed out (unique for this node's life).
+    pub(crate) next_conf_waiter: u64,
     /// Applied changes not yet written to the state tree.
     pub(crate) unwritten: Unwritten,
     /// Applied index last written to the state tree.
@@ -113,6 +118,42 @@ impl Node {
             }
             Inbound::Unreachable(peer) => self.raw.report_unreachable(peer),
             Inbound::Snapshot { to, status } => self.raw.report_snapshot(to, status),
+            Inbound::AddVoter { id, reply } => self.propose_add_voter(id, reply),
+        }
+    }
+
+    /// Propose a conf change adding voter `id`; its context carries a fresh
+    /// waiter id so the reply is matched when the entry is applied.
+    fn propose_add_voter(&mut self, id: u64, reply: ConfReply) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            let _ = reply.send(Err(StoreError::NotLeader));
+            return;
+        }
+        if raft.pending_conf_index > raft.raft_log.applied {
+            let _ = reply.send(Err(StoreError::Invalid(
+                "another membership change is in progress; retry shortly".into(),
+            )));
+            return;
+        }
+        self.next_conf_waiter += 1;
+        let waiter = self.next_conf_waiter;
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::AddNode);
+        cc.node_id = id;
+        match self
+            .raw
+            .propose_conf_change(waiter.to_be_bytes().to_vec(), cc)
+        {
+            Ok(()) => {
+                tracing::info!(raft.id = id, "proposed adding a voter");
+                self.conf_waiters.insert(waiter, reply);
+            }
+            Err(err) => {
+                let _ = reply.send(Err(StoreError::Invalid(format!(
+                    "raft refused the membership change: {err}"
+                ))));
+            }
         }
     }
 
@@ -208,13 +249,13 @@ impl Node {
                 EntryType::EntryConfChange => {
                     let result = ConfChange::parse_from_bytes(&entry.data)
                         .map(|cc| self.raw.apply_conf_change(&cc));
-                    self.apply_conf_change(index, result)?;
+                    self.apply_conf_change(index, &entry.context, result)?;
                     self.unwritten.applied(index, None, now);
                 }
                 EntryType::EntryConfChangeV2 => {
                     let result = ConfChangeV2::parse_from_bytes(&entry.data)
                         .map(|cc| self.raw.apply_conf_change(&cc));
-                    self.apply_conf_change(index, result)?;
+                    self.apply_conf_change(index, &entry.context, result)?;
                     self.unwritten.applied(index, None, now);
                 }
             }
@@ -227,21 +268,35 @@ impl Node {
     fn apply_conf_change(
         &mut self,
         index: u64,
+        context: &[u8],
         result: Result<raft::Result<ConfState>, protobuf::ProtobufError>,
     ) -> Result<(), RaftError> {
-        match result {
+        let outcome = match result {
             Ok(Ok(cs)) => {
                 tracing::info!(index, voters = ?cs.voters, learners = ?cs.learners, "raft configuration changed");
                 self.raw.mut_store().set_conf_state(cs)?;
+                Ok(())
             }
             Ok(Err(err)) => {
-                tracing::error!(index, error = %err, "raft refused a configuration change; skipped")
+                tracing::error!(index, error = %err, "raft refused a configuration change; skipped");
+                Err(StoreError::Invalid(format!(
+                    "raft refused the membership change: {err}"
+                )))
             }
             Err(err) => {
-                tracing::error!(index, error = %err, "undecodable configuration change; skipped")
+                tracing::error!(index, error = %err, "undecodable configuration change; skipped");
+                Err(StoreError::Invalid(format!(
+                    "undecodable membership change: {err}"
+                )))
             }
-        }
+        };
         self.store.set_applied_index(index);
+        // Contexts are only matched on the node that proposed the change.
+        if let Ok(waiter) = <[u8; 8]>::try_from(context)
+            && let Some(reply) = self.conf_waiters.remove(&u64::from_be_bytes(waiter))
+        {
+            let _ = reply.send(outcome);
+        }
         Ok(())
     }
 
@@ -360,6 +415,11 @@ impl Node {
                 let _ = reply.send(Err(StoreError::LeadershipLost));
             }
         }
+        if !is_leader {
+            for (_, reply) in self.conf_waiters.drain() {
+                let _ = reply.send(Err(StoreError::LeadershipLost));
+            }
+        }
     }
 
     /// A storage failure stops the node: continuing could acknowledge writes
@@ -377,6 +437,9 @@ impl Node {
             let _ = req.reply.send(Err(StoreError::Stopped));
         }
         for (_, reply) in self.waiters.drain() {
+            let _ = reply.send(Err(StoreError::Stopped));
+        }
+        for (_, reply) in self.conf_waiters.drain() {
             let _ = reply.send(Err(StoreError::Stopped));
         }
         // Not needed for safety (the log has every entry), but it spares the

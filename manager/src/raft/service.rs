@@ -9,11 +9,16 @@ use protobuf::Message as _;
 use raft::SnapshotStatus;
 use raft::eraftpb::Message;
 use shoal_proto::raft_server::Raft;
-use shoal_proto::{RaftMessageRequest, RaftMessageResponse};
-use tokio::sync::mpsc;
+use shoal_proto::{
+    JoinClusterRequest, JoinClusterResponse, RaftMessageRequest, RaftMessageResponse,
+};
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::RaftError;
+use super::membership::Membership;
+use crate::auth::Caller;
+use crate::store::StoreError;
 
 /// Sends Raft messages to the peers named by `Message::to`.
 ///
@@ -41,7 +46,15 @@ impl Transport for NoPeers {
 pub(crate) enum Inbound {
     Message(Box<Message>),
     Unreachable(u64),
-    Snapshot { to: u64, status: SnapshotStatus },
+    Snapshot {
+        to: u64,
+        status: SnapshotStatus,
+    },
+    /// Leader only: add a voter; answered once the change is applied.
+    AddVoter {
+        id: u64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// Where peer messages and transport reports enter the Raft task. Clone freely.
@@ -81,6 +94,18 @@ impl PeerInbox {
         self.push(Inbound::Snapshot { to: peer, status })
     }
 
+    /// Leader only: propose adding `id` as a voter and wait until the change
+    /// is applied here. Fails at once if another change is still pending.
+    pub async fn add_voter(&self, id: u64) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        // Unlike peer traffic this is worth waiting for room.
+        self.tx
+            .send(Inbound::AddVoter { id, reply })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
     fn push(&self, inbound: Inbound) -> Result<(), RaftError> {
         // A full inbox drops the message rather than stalling the network:
         // Raft tolerates loss and the sender retries.
@@ -91,10 +116,12 @@ impl PeerInbox {
     }
 }
 
-/// The gRPC `Raft` service: decodes peer messages and steps them into the node.
+/// The gRPC `Raft` service: decodes peer messages and steps them into the
+/// node, and (given a [`Membership`]) lets managers join.
 #[derive(Clone)]
 pub struct RaftService {
     inbox: PeerInbox,
+    membership: Option<Membership>,
 }
 
 impl RaftService {
@@ -102,7 +129,14 @@ impl RaftService {
     pub fn new(inbox: impl Into<PeerInbox>) -> RaftService {
         RaftService {
             inbox: inbox.into(),
+            membership: None,
         }
+    }
+
+    /// Serve `JoinCluster` with `membership`.
+    pub fn with_membership(mut self, membership: Membership) -> RaftService {
+        self.membership = Some(membership);
+        self
     }
 
     /// The tonic server to add to a router.
@@ -137,14 +171,35 @@ impl Raft for RaftService {
     ) -> Result<Response<RaftMessageResponse>, Status> {
         let mut stream = request.into_inner();
         while let Some(req) = stream.message().await? {
-            match self.inbox.step(&req.message) {
-                Ok(()) => {}
-                // Dropping one message under load is fine; keep the stream.
-                Err(RaftError::Busy) => tracing::debug!("raft inbox full; peer message dropped"),
-                Err(err) => return Err(to_status(err)),
+            for bytes in std::iter::once(&req.message).chain(&req.batch) {
+                match self.inbox.step(bytes) {
+                    Ok(()) => {}
+                    // Dropping one message under load is fine; keep the stream.
+                    Err(RaftError::Busy) => {
+                        tracing::debug!("raft inbox full; peer message dropped")
+                    }
+                    Err(err) => return Err(to_status(err)),
+                }
             }
         }
         Ok(Response::new(RaftMessageResponse {}))
+    }
+
+    async fn join_cluster(
+        &self,
+        request: Request<JoinClusterRequest>,
+    ) -> Result<Response<JoinClusterResponse>, Status> {
+        let membership = self
+            .membership
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this manager does not accept joins"))?;
+        // The interceptor admitted only manager certificates.
+        let node_id = Caller::of(&request)
+            .node_id()
+            .map(str::to_string)
+            .ok_or_else(|| Status::permission_denied("joining requires a manager certificate"))?;
+        let addr = request.into_inner().addr;
+        membership.join(&node_id, &addr).await.map(Response::new)
     }
 }
 
@@ -159,6 +214,7 @@ mod tests {
         let status = service
             .process_raft_message(Request::new(RaftMessageRequest {
                 message: vec![0xff, 0xff, 0xff, 0xff],
+                batch: Vec::new(),
             }))
             .await
             .unwrap_err();
@@ -177,7 +233,10 @@ mod tests {
         };
         let bytes = msg.write_to_bytes().unwrap();
         service
-            .process_raft_message(Request::new(RaftMessageRequest { message: bytes }))
+            .process_raft_message(Request::new(RaftMessageRequest {
+                message: bytes,
+                batch: Vec::new(),
+            }))
             .await
             .unwrap();
         match rx.recv().await {

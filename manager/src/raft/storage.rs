@@ -145,20 +145,37 @@ pub(crate) struct SledStorage {
 
 impl SledStorage {
     /// Load the log's metadata. A fresh database is bootstrapped with
-    /// `voters` as its configuration.
+    /// `voters` as its configuration, recorded as a snapshot at index one,
+    /// term one, so that the log starts at 2: a manager added later has an
+    /// empty log, behind the leader's first index, so it always starts from a
+    /// snapshot (which carries the configuration) rather than replaying a log
+    /// that never mentions the first voters (raft-rs's advice). A joining
+    /// manager passes no voters: it learns them from that snapshot.
     pub(crate) fn open(disk: Disk, store: Store, voters: &[u64]) -> Result<SledStorage, RaftError> {
+        if read_meta::<ConfState>(&disk.meta, CONF_STATE_KEY)?.is_none() {
+            let mut cs = ConfState::default();
+            cs.set_voters(voters.to_vec());
+            if !voters.is_empty() {
+                let mut meta = SnapshotMetadata {
+                    index: 1,
+                    term: 1,
+                    ..Default::default()
+                };
+                meta.set_conf_state(cs.clone());
+                let hs = HardState {
+                    term: 1,
+                    commit: 1,
+                    ..Default::default()
+                };
+                disk.meta.insert(SNAPSHOT_KEY, meta.write_to_bytes()?)?;
+                disk.meta.insert(HARD_STATE_KEY, hs.write_to_bytes()?)?;
+            }
+            disk.meta.insert(CONF_STATE_KEY, cs.write_to_bytes()?)?;
+            disk.flush()?;
+        }
         let hard_state: HardState = read_meta(&disk.meta, HARD_STATE_KEY)?.unwrap_or_default();
         let snapshot: SnapshotMetadata = read_meta(&disk.meta, SNAPSHOT_KEY)?.unwrap_or_default();
-        let conf_state = match read_meta::<ConfState>(&disk.meta, CONF_STATE_KEY)? {
-            Some(cs) => cs,
-            None => {
-                let mut cs = ConfState::default();
-                cs.set_voters(voters.to_vec());
-                disk.meta.insert(CONF_STATE_KEY, cs.write_to_bytes()?)?;
-                disk.flush()?;
-                cs
-            }
-        };
+        let conf_state: ConfState = read_meta(&disk.meta, CONF_STATE_KEY)?.unwrap_or_default();
         let last_index = match disk.log.last()? {
             Some((key, _)) => decode_index(&key)?.max(snapshot.index),
             None => snapshot.index,
@@ -184,6 +201,12 @@ impl SledStorage {
                 "raft commit index behind applied state; raising it"
             );
             storage.set_commit(applied)?;
+        }
+        // A log made before the bootstrap snapshot existed starts at 1: compact
+        // it behind the (durable) applied state for the same reason.
+        if storage.snapshot.index == 0 && applied >= 1 && applied <= storage.last_index {
+            storage.compact(applied)?;
+            storage.disk.flush()?;
         }
         Ok(storage)
     }
