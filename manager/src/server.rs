@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use crate::auth::Authorize;
 use crate::ca::{self, CaService};
 use crate::config::ManagerConfig;
-use crate::control::{ControlService, WatchService};
+use crate::control::{ControlService, ForwardWrites, Forwarder, WatchService};
 use crate::dispatcher::Dispatcher;
 use crate::join::{self, JoinOptions};
 use crate::leader;
@@ -201,6 +201,7 @@ pub async fn serve_joining(
     }
     let creds = SharedCredentials::new(creds).map_err(|e| ServerError::Config(e.to_string()))?;
     transport.set_credentials(creds.clone());
+    let forwarder = Forwarder::new(store.clone(), creds.clone(), raft_id);
     let tls = tls::server::server_config(&creds).map_err(|e| ServerError::Config(e.to_string()))?;
 
     let dispatcher =
@@ -220,7 +221,7 @@ pub async fn serve_joining(
     // Every TCP connection is TLS; each service checks the peer's role.
     let tcp_server = Server::builder()
         .add_service(InterceptedService::new(
-            control_server(control.clone()),
+            ForwardWrites::new(control_server(control.clone()), forwarder.clone()),
             Authorize::control(store.clone()),
         ))
         .add_service(InterceptedService::new(
@@ -252,7 +253,7 @@ pub async fn serve_joining(
         );
     // The unix socket is the local administrator: its mode (0600) is the check.
     let unix_server = Server::builder()
-        .add_service(control_server(control))
+        .add_service(ForwardWrites::new(control_server(control), forwarder))
         .add_service(watch_server(watch))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(unix),

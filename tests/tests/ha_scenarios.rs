@@ -1,7 +1,7 @@
 //! Issue 6's first scenarios: several `shoal manager` processes on loopback
 //! ports forming one Raft group over mutual TLS. Managers 2 and 3 join with
-//! the manager token; writes made through one manager show up on the others'
-//! unix sockets; killing the leader with SIGKILL leaves a majority that elects
+//! the manager token; writes made through any manager (a follower relays them
+//! to the leader) show up on the others' unix sockets; killing the leader with SIGKILL leaves a majority that elects
 //! a new leader and accepts writes; the old leader, restarted, follows and
 //! catches up. A worker token cannot make a manager.
 
@@ -103,6 +103,14 @@ async fn three_managers_replicate_and_survive_the_loss_of_the_leader() {
         let info = cluster_info(m).await.unwrap();
         assert_eq!(info.leader_addr, first.addr.to_string());
     }
+    // A write sent to a follower is relayed to the leader.
+    ok_on_socket(
+        &third,
+        &["service", "create", "-d", "--name", "db", "img:v1"],
+    )
+    .await;
+    sees_service(&first, "db").await;
+    sees_service(&second, "db").await;
 
     // SIGKILL the leader: the other two elect one of themselves.
     let killed_at = Instant::now();
@@ -143,11 +151,27 @@ async fn three_managers_replicate_and_survive_the_loss_of_the_leader() {
     sees_service(follower, "api").await;
     sees_service(follower, "web").await;
 
-    // The old leader comes back as a follower and catches up.
+    // The old leader comes back as a follower, catches up, and relays writes.
     first.restart().await.unwrap();
     sees_service(&first, "api").await;
     let info = cluster_info(&first).await.unwrap();
     assert_eq!(info.leader_addr, leader_addr, "the old leader follows");
+    ok_on_socket(&first, &["service", "rm", "web"]).await;
+    eventually("web to be removed on the leader", WAIT, || async {
+        let mut c = leader.socket_control().await.map_err(|e| e.to_string())?;
+        let services = c
+            .list_services(ListServicesRequest::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner()
+            .services;
+        match services.len() {
+            2 => Ok(()),
+            n => Err(format!("{n} services")),
+        }
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

@@ -3,9 +3,11 @@
 //! Writes validate the spec (with the same `shoal_proto::validate` the CLI runs),
 //! then propose atomically; the store's own checks (versions, unique names and
 //! ports) are the final word, so two racing clients cannot both win. Every
-//! refusal names the field or object and the problem.
+//! refusal names the field or object and the problem. On a follower, writes
+//! are relayed to the leader ([`ForwardWrites`]); reads use the local store.
 
 mod errors;
+mod forward;
 mod nodes;
 mod secrets;
 mod services;
@@ -22,6 +24,7 @@ use crate::seal::DataKey;
 use crate::store::{Object, Store};
 
 pub use errors::{lookup_status, store_status};
+pub use forward::{ForwardWrites, Forwarder};
 pub use watch::WatchService;
 
 /// The Control API of one manager.

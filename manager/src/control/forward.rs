@@ -1,0 +1,186 @@
+//! Writes sent to a follower go to the leader: [`ForwardWrites`] wraps the
+//! `Control` server and, on a manager that does not lead, relays each
+//! request of a writing method (and the ones only the leader can serve, such
+//! as service logs, which need the agents' sessions) unchanged to the
+//! leader's `Control` service, over mutual TLS with this manager's
+//! certificate. Reads are answered from the local store.
+//!
+//! The caller is authorised here first (the interceptor runs before); the
+//! leader then sees this manager as the caller. A relayed request carries a
+//! marker header, so a manager whose view of the leader is stale answers
+//! "unavailable" instead of relaying it again.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use shoal_proto::tls::SharedCredentials;
+use shoal_proto::tls::client::{self, ClientTls};
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::server::NamedService;
+use tonic::transport::{Channel, Endpoint};
+use tower::{Service, ServiceExt as _};
+
+use crate::raft::membership;
+use crate::store::Store;
+
+/// Header marking a request relayed by another manager.
+const FORWARDED: &str = "shoal-forwarded-by";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Control methods answered from the local store on any manager.
+const LOCAL_METHODS: &[&str] = &[
+    "GetService",
+    "ListServices",
+    "ListTasks",
+    "GetTask",
+    "ListNodes",
+    "GetNode",
+    "GetCluster",
+    "GetSecret",
+    "ListSecrets",
+    "GetConfig",
+    "ListConfigs",
+];
+
+/// Finds the leader and keeps a channel to it. Clone freely.
+#[derive(Clone)]
+pub struct Forwarder {
+    store: Store,
+    creds: SharedCredentials,
+    /// This manager's raft id, to name the relay.
+    own_id: u64,
+    channel: Arc<Mutex<Option<(String, Channel)>>>,
+}
+
+impl Forwarder {
+    pub fn new(store: Store, creds: SharedCredentials, own_id: u64) -> Forwarder {
+        Forwarder {
+            store,
+            creds,
+            own_id,
+            channel: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// A channel to the leader, or why there is none.
+    fn leader(&self) -> Result<Channel, tonic::Status> {
+        let leader_id = self.store.leadership().borrow().leader_id;
+        if leader_id == 0 {
+            return Err(tonic::Status::unavailable(
+                "no leader is elected at the moment; retry shortly",
+            ));
+        }
+        let addr = self
+            .store
+            .read(|s| membership::addr_of(s, leader_id))
+            .ok_or_else(|| {
+                tonic::Status::unavailable(format!(
+                    "the address of the leader (raft id {leader_id}) is not known yet; retry shortly"
+                ))
+            })?;
+        let mut cached = self.channel.lock().expect("channel lock");
+        if let Some((known, channel)) = cached.as_ref()
+            && *known == addr
+        {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| tonic::Status::internal(format!("leader address {addr}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = client::connect_lazy(endpoint, ClientTls::Node(self.creds.clone()));
+        *cached = Some((addr, channel.clone()));
+        Ok(channel)
+    }
+}
+
+/// The `Control` server `S`, relaying leader-only methods on a follower.
+#[derive(Clone)]
+pub struct ForwardWrites<S> {
+    inner: S,
+    forwarder: Forwarder,
+}
+
+impl<S> ForwardWrites<S> {
+    pub fn new(inner: S, forwarder: Forwarder) -> Self {
+        ForwardWrites { inner, forwarder }
+    }
+}
+
+impl<S: NamedService> NamedService for ForwardWrites<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// Whether `path` (`/shoal.v1.Control/Method`) must be served by the leader.
+fn leader_only(path: &str) -> bool {
+    let method = path.rsplit('/').next().unwrap_or_default();
+    !LOCAL_METHODS.contains(&method)
+}
+
+impl<S> Service<http::Request<Body>> for ForwardWrites<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        if self.forwarder.store.is_leader() || !leader_only(request.uri().path()) {
+            return Box::pin(self.inner.call(request));
+        }
+        if request.headers().contains_key(FORWARDED) {
+            let status =
+                tonic::Status::unavailable("this manager is no longer the leader; retry shortly");
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let channel = match self.forwarder.leader() {
+            Ok(channel) => channel,
+            Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+        };
+        if let Ok(value) = self.forwarder.own_id.to_string().parse() {
+            request.headers_mut().insert(FORWARDED, value);
+        }
+        let path = request.uri().path().to_string();
+        Box::pin(async move {
+            match channel.oneshot(request).await {
+                Ok(response) => Ok(response),
+                Err(e) => {
+                    tracing::debug!(%path, error = %e, "relaying a request to the leader failed");
+                    Ok(tonic::Status::unavailable(format!(
+                        "cannot reach the leader to relay this request: {e}; retry shortly"
+                    ))
+                    .into_http())
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_stay_local_and_everything_else_goes_to_the_leader() {
+        assert!(!leader_only("/shoal.v1.Control/ListServices"));
+        assert!(!leader_only("/shoal.v1.Control/GetCluster"));
+        assert!(leader_only("/shoal.v1.Control/CreateService"));
+        assert!(leader_only("/shoal.v1.Control/RemoveNode"));
+        assert!(leader_only("/shoal.v1.Control/ServiceLogs"));
+        assert!(leader_only("/shoal.v1.Control/GetJoinToken"));
+    }
+}
