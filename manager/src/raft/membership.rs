@@ -241,6 +241,47 @@ fn store_status(e: StoreError) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_proto::Cluster;
+
+    async fn cluster_store() -> Store {
+        let store = Store::in_memory();
+        let cluster = Cluster {
+            id: "c1".into(),
+            ..Default::default()
+        };
+        store
+            .propose(vec![Action::Create(Object::Cluster(cluster))])
+            .await
+            .unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn joiners_get_fresh_raft_ids_that_are_never_reused() {
+        let store = cluster_store().await;
+        register(&store, 1, "n1", "10.0.0.1:4280").await.unwrap();
+        let second = admit(&store, 1, "n2", "10.0.0.2:4280").await.unwrap();
+        let third = admit(&store, 1, "n3", "10.0.0.3:4280").await.unwrap();
+        assert_eq!((second.raft_id, third.raft_id), (2, 3));
+        // A retried join gets its id back, with the new address.
+        let again = admit(&store, 1, "n3", "10.0.0.9:4280").await.unwrap();
+        assert_eq!(again.raft_id, 3);
+        assert_eq!(
+            store.read(|s| addr_of(s, 3)).as_deref(),
+            Some("10.0.0.9:4280")
+        );
+        // Once 3 is gone from the table, its id still is not handed out again.
+        let mut cluster = store.read(|s| s.cluster().cloned()).unwrap();
+        cluster.managers.retain(|m| m.raft_id != 3);
+        store
+            .propose(vec![Action::Update(Object::Cluster(cluster))])
+            .await
+            .unwrap();
+        let fourth = admit(&store, 1, "n4", "10.0.0.4:4280").await.unwrap();
+        assert_eq!(fourth.raft_id, 4);
+        let ids: Vec<u64> = store.read(members).iter().map(|m| m.raft_id).collect();
+        assert_eq!(ids, [1, 2, 4]);
+    }
 
     #[test]
     fn the_raft_id_file_round_trips_and_rejects_garbage() {

@@ -213,3 +213,52 @@ async fn waiters_fail_when_leadership_is_lost() {
     assert!(!store.is_leader());
     raft.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_new_cluster_logs_after_a_bootstrap_snapshot_so_joiners_start_from_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, raft) = start(&config(dir.path())).await.unwrap();
+    assert!(store.is_leader());
+    let service = Object::Service(Service {
+        id: "s1".into(),
+        ..Default::default()
+    });
+    store.propose(vec![Action::Create(service)]).await.unwrap();
+    raft.shutdown().await;
+
+    let disk = storage::Disk::open(&dir.path().join("store")).unwrap();
+    assert_eq!(disk.snapshot_index(), 1);
+    let (first, _) = disk.log_bounds();
+    assert_eq!(
+        first,
+        Some(2),
+        "the log starts after the bootstrap snapshot"
+    );
+}
+
+#[tokio::test]
+async fn a_joined_manager_starts_with_its_raft_id_and_no_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    membership::store_raft_id(dir.path(), 5).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (store, raft) =
+        start_with_transport(&config(dir.path()), Arc::new(Capture(Mutex::new(tx))))
+            .await
+            .unwrap();
+    assert_eq!(raft.status().id, 5);
+    assert!(!store.is_leader());
+    // The leader's snapshot, naming it a voter, is what gives it a
+    // configuration and a state.
+    let mut msg = Message::parse_from_bytes(&leader_snapshot()).unwrap();
+    msg.to = 5;
+    let mut cs = ConfState::default();
+    cs.set_voters(vec![2, 5]);
+    msg.mut_snapshot().mut_metadata().set_conf_state(cs);
+    raft.step(&msg.write_to_bytes().unwrap()).unwrap();
+    wait_for("the snapshot to be installed", || {
+        store.read(|s| s.applied_index) == 100
+    })
+    .await;
+    assert!(rx.try_recv().is_ok(), "it answers the leader");
+    raft.shutdown().await;
+}
