@@ -3,7 +3,7 @@
 //! the manager token; writes made through any manager (a follower relays them
 //! to the leader) show up on the others' unix sockets; killing the leader with SIGKILL leaves a majority that elects
 //! a new leader and accepts writes; the old leader, restarted, follows and
-//! catches up. A worker token cannot make a manager.
+//! catches up, and so does a restarted joined manager. A worker token cannot make a manager.
 
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,35 @@ async fn sees_service(m: &ManagerProcess, name: &str) {
                 Ok(())
             } else {
                 Err(format!("services: {names:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nmanager log:\n{}", m.log()));
+}
+
+/// Wait until `m`'s own store holds exactly the services `names`.
+async fn has_services(m: &ManagerProcess, names: &[&str]) {
+    eventually(
+        &format!("manager {} to hold services {names:?}", m.addr),
+        WAIT,
+        || async {
+            let mut c = m.socket_control().await.map_err(|e| e.to_string())?;
+            let services = c
+                .list_services(ListServicesRequest::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .services;
+            let mut found: Vec<_> = services
+                .iter()
+                .filter_map(|s| Some(s.service.as_ref()?.spec.as_ref()?.name.clone()))
+                .collect();
+            found.sort();
+            if found == names {
+                Ok(())
+            } else {
+                Err(format!("services: {found:?}"))
             }
         },
     )
@@ -159,21 +188,34 @@ async fn three_managers_replicate_and_survive_the_loss_of_the_leader() {
     let info = cluster_info(&first).await.unwrap();
     assert_eq!(info.leader_addr, leader_addr, "the old leader follows");
     ok_on_socket(&first, &["service", "rm", "web"]).await;
-    eventually("web to be removed on the leader", WAIT, || async {
-        let mut c = leader.socket_control().await.map_err(|e| e.to_string())?;
-        let services = c
-            .list_services(ListServicesRequest::default())
-            .await
-            .map_err(|e| e.to_string())?
-            .into_inner()
-            .services;
-        match services.len() {
-            2 => Ok(()),
-            n => Err(format!("{n} services")),
+    has_services(leader, &["api", "db"]).await;
+
+    // A joined follower, killed and restarted with the same flags, starts from
+    // its own data (--join is ignored once joined) and keeps following.
+    let mut joined = if second.addr.to_string() == leader_addr {
+        third
+    } else {
+        second
+    };
+    joined.restart().await.unwrap();
+    eventually("the restarted manager to find the leader", WAIT, || async {
+        let info = cluster_info(&joined).await?;
+        if info.leader_addr == leader_addr {
+            Ok(())
+        } else {
+            Err(format!("leader: {:?}", info.leader_addr))
         }
     })
     .await
     .unwrap();
+    ok_on_socket(
+        &joined,
+        &["service", "create", "-d", "--name", "cache", "img:v1"],
+    )
+    .await;
+    has_services(&joined, &["api", "cache", "db"]).await;
+    has_services(&first, &["api", "cache", "db"]).await;
+    assert!(joined.log().contains("--join ignored"), "{}", joined.log());
 }
 
 #[tokio::test]
