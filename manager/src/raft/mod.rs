@@ -259,3 +259,5 @@ fn open(
 mod tests;
 #[cfg(test)]
 mod tests_peers;
+#[cfg(test)]
+mod tests_transport;

@@ -6,7 +6,7 @@
 //! reopened with exponential backoff; meanwhile the peer is reported
 //! unreachable (so raft-rs stops pipelining to it) and its messages are
 //! dropped, which Raft tolerates. Snapshots are reported delivered once handed
-//! to an open stream, or failed when dropped. Peer addresses come from the
+//! to a stream on an established connection, or failed when dropped. Peer addresses come from the
 //! replicated `managers` table ([`super::membership`]), or from seeds given by
 //! the join before this manager's store has caught up.
 
@@ -152,7 +152,9 @@ impl Inner {
         }
     }
 
-    fn client(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
+    /// Connect now (not lazily), so that a peer that is down is found before
+    /// anything is handed to a stream that could never carry it.
+    async fn client(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
         let creds = self
             .creds
             .get()
@@ -164,7 +166,9 @@ impl Inner {
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        let channel = client::connect_lazy(endpoint, ClientTls::Node(creds.clone()));
+        let channel = client::connect(endpoint, ClientTls::Node(creds.clone()))
+            .await
+            .map_err(|e| root_cause(&e))?;
         Ok(RaftClient::new(channel).max_encoding_message_size(MAX_MESSAGE))
     }
 }
@@ -184,8 +188,8 @@ async fn run_peer(inner: Arc<Inner>, id: u64, mut queue: mpsc::Receiver<Message>
     loop {
         let why = match inner.addr_of(id) {
             None => format!("no address is known for raft id {id}"),
-            Some(addr) => match inner.client(&addr) {
-                Err(e) => e,
+            Some(addr) => match inner.client(&addr).await {
+                Err(e) => format!("{addr}: {e}"),
                 Ok(client) => {
                     let opened = Instant::now();
                     match stream_to(&inner, id, client, &mut queue).await {
@@ -286,4 +290,14 @@ async fn stream_to(
             inner.report_snapshot(id, true);
         }
     }
+}
+
+/// The innermost cause (a refused connection, a bad certificate) where the
+/// outer layers only say "transport error".
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
