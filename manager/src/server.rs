@@ -173,7 +173,10 @@ pub async fn serve_joining(
         .unwrap_or_else(|| addr.to_string());
     let seeds = match &join {
         Some(opts) => join_as_manager(&config, opts, &advertise).await?,
-        None => Vec::new(),
+        None => {
+            refuse_unfinished_join(&config)?;
+            Vec::new()
+        }
     };
     let key = DataKey::load_or_create(&config.data_dir).map_err(seal_err)?;
     let transport = GrpcTransport::new(shutdown.clone());
@@ -319,6 +322,11 @@ async fn join_as_manager(
     advertise: &str,
 ) -> Result<Vec<RaftMember>, ServerError> {
     let data_dir = &config.data_dir;
+    if !reachable(advertise) {
+        return Err(ServerError::Config(format!(
+            "--advertise-addr: required when listening on {advertise}: the other managers must be able to reach this one"
+        )));
+    }
     if membership::load_raft_id(data_dir)
         .map_err(ServerError::Config)?
         .is_some()
@@ -360,6 +368,30 @@ async fn join_as_manager(
     Ok(response.members)
 }
 
+/// A data dir with a certificate but neither state nor Raft id is a join that
+/// did not finish: starting it without `--join` would found a new cluster.
+fn refuse_unfinished_join(config: &ManagerConfig) -> Result<(), ServerError> {
+    let has_state = config.data_dir.join("store").exists();
+    let has_cert = config.tls_dir().join(tls::creds::CERT_FILE).exists();
+    let joined = membership::load_raft_id(&config.data_dir)
+        .map_err(ServerError::Config)?
+        .is_some();
+    if has_cert && !has_state && !joined {
+        return Err(ServerError::Config(format!(
+            "data-dir {} holds a manager certificate but no cluster state: a join did not finish; start again with --join ADDR --token MANAGER_TOKEN",
+            config.data_dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `addr` names a host others can connect to (not 0.0.0.0 or [::]).
+fn reachable(addr: &str) -> bool {
+    addr.parse::<SocketAddr>()
+        .map(|a| !a.ip().is_unspecified())
+        .unwrap_or(true)
+}
+
 /// Keep this manager's address in the managers table whenever it leads (the
 /// first manager of a cluster records itself this way; a restarted leader
 /// corrects a changed address).
@@ -370,6 +402,9 @@ async fn register_while_leading(
     advertise: String,
     shutdown: CancellationToken,
 ) {
+    if !reachable(&advertise) {
+        warn!(%advertise, "other managers cannot reach this address; give --advertise-addr before adding managers");
+    }
     let mut leadership = store.leadership();
     loop {
         if leadership.borrow_and_update().is_leader
@@ -442,4 +477,30 @@ fn prepare_data_dir(config: &ManagerConfig) -> Result<(), ServerError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| ServerError::Io(format!("data-dir {}: {e}", dir.display())))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_addresses_are_not_advertisable() {
+        assert!(!reachable("0.0.0.0:4280"));
+        assert!(!reachable("[::]:4280"));
+        assert!(reachable("10.0.0.1:4280"));
+        assert!(reachable("manager-1.example:4280"));
+    }
+
+    #[test]
+    fn a_certificate_without_state_or_raft_id_is_an_unfinished_join() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ManagerConfig::new(dir.path());
+        refuse_unfinished_join(&config).unwrap();
+        std::fs::create_dir_all(config.tls_dir()).unwrap();
+        std::fs::write(config.tls_dir().join(tls::creds::CERT_FILE), "").unwrap();
+        let err = refuse_unfinished_join(&config).unwrap_err().to_string();
+        assert!(err.contains("--join"), "{err}");
+        membership::store_raft_id(dir.path(), 4).unwrap();
+        refuse_unfinished_join(&config).unwrap();
+    }
 }
