@@ -35,6 +35,10 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// short delay again.
 const HEALTHY_SESSION: Duration = Duration::from_secs(5);
 
+/// Pause before following a follower's pointer to the leader (two managers
+/// with stale views must not bounce an agent between them in a tight loop).
+const REDIRECT_DELAY: Duration = Duration::from_millis(100);
+
 /// Why one session attempt ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionEnd {
@@ -53,6 +57,20 @@ enum SessionEnd {
     /// Not a session problem: the agent cannot go on.
     #[error(transparent)]
     Fatal(AgentError),
+}
+
+impl SessionEnd {
+    /// The leader's address, when a follower refused the session and named it.
+    fn leader_hint(&self) -> Option<String> {
+        match self {
+            SessionEnd::Rpc(status) if status.code() == tonic::Code::Unavailable => status
+                .metadata()
+                .get(shoal_proto::LEADER_ADDR_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            _ => None,
+        }
+    }
 }
 
 /// Runs sessions until `shutdown`; returns early only on an error a reconnect
@@ -99,6 +117,25 @@ pub(crate) async fn run_sessions<R: Runtime>(
         for addr in &configured {
             if !managers.contains(addr) {
                 managers.push(addr.clone());
+            }
+        }
+        if let Some(leader) = end.leader_hint().filter(|l| *l != addr) {
+            match manager_addr(&leader) {
+                Ok(leader) => {
+                    if !managers.contains(&leader) {
+                        managers.push(leader.clone());
+                    }
+                    next = managers.iter().position(|m| *m == leader).unwrap_or(next);
+                    info!(from = %addr, to = %leader, "the manager is a follower; going to the leader");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(REDIRECT_DELAY) => {}
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    warn!(manager = %leader, error = %e, "ignoring the leader address a manager named")
+                }
             }
         }
         if opened && started.elapsed() >= HEALTHY_SESSION {

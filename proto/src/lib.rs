@@ -29,6 +29,10 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// gRPC metadata a follower adds when it refuses a call only the leader
+/// serves (a dispatcher session, a manager join): the leader's `HOST:PORT`.
+pub const LEADER_ADDR_METADATA: &str = "shoal-leader-addr";
+
 /// Current time as unix milliseconds, the unit of every timestamp in the protocol.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -1,15 +1,20 @@
 //! Issue 6's first scenarios: several `shoal manager` processes on loopback
 //! ports forming one Raft group over mutual TLS. Managers 2 and 3 join with
 //! the manager token; writes made through any manager (a follower relays them
-//! to the leader) show up on the others' unix sockets; killing the leader with SIGKILL leaves a majority that elects
-//! a new leader and accepts writes; the old leader, restarted, follows and
-//! catches up, and so does a restarted joined manager. A worker token cannot make a manager.
+//! to the leader) show up on the others' unix sockets; killing the leader
+//! with SIGKILL leaves a majority that elects a new leader and accepts writes;
+//! the old leader, restarted, follows and catches up, and so does a restarted
+//! joined manager. A worker token cannot make a manager. An agent that knows
+//! only a follower is sent to the leader.
 
 use std::time::{Duration, Instant};
 
 use shoal_proto::control_client::ControlClient;
-use shoal_proto::{GetClusterRequest, GetClusterResponse, ListServicesRequest};
-use shoal_tests::process::{ManagerProcess, free_addr, manager_token, shoal_bin, worker_token};
+use shoal_proto::{GetClusterRequest, GetClusterResponse, ListNodesRequest, ListServicesRequest};
+use shoal_tests::agents::HollowAgent;
+use shoal_tests::process::{
+    JoinTarget, ManagerProcess, free_addr, manager_token, shoal_bin, worker_token,
+};
 use shoal_tests::wait::eventually;
 use tonic::transport::Channel;
 
@@ -251,4 +256,35 @@ async fn a_worker_token_cannot_join_as_a_manager() {
         !dir.path().join("raft-id").exists() && !dir.path().join("keys").exists(),
         "a refused join keeps no raft id or data key"
     );
+}
+
+#[tokio::test]
+async fn an_agent_pointed_at_a_follower_reaches_the_leader() {
+    let first = ManagerProcess::start(&[]).await.unwrap();
+    let mut control = first.control().await.unwrap();
+    let token = manager_token(&mut control).await.unwrap();
+    let second = ManagerProcess::join(&first, &token).await.unwrap();
+    // The agent knows only the follower: it joins there, is told where the
+    // leader is, and opens its session with the leader's dispatcher.
+    let follower = JoinTarget {
+        addr: second.addr,
+        token: worker_token(&mut control).await.unwrap(),
+    };
+    let agent = HollowAgent::start(&follower, "w1", &[]);
+    let node_id = eventually("the agent's node on the leader", WAIT, || async {
+        let mut c = first.socket_control().await.map_err(|e| e.to_string())?;
+        let nodes = c
+            .list_nodes(ListNodesRequest::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner()
+            .nodes;
+        match nodes.as_slice() {
+            [node] => Ok(node.id.clone()),
+            other => Err(format!("{} nodes", other.len())),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nfollower log:\n{}", second.log()));
+    assert_eq!(Some(node_id), agent.node_id());
 }

@@ -174,9 +174,12 @@ impl Dispatcher {
         let running = lock(&self.inner.running).clone();
         match running {
             Some(r) if self.inner.store.is_leader() && !r.token.is_cancelled() => Ok(r),
-            _ => Err(Status::unavailable(
-                "this manager is not the leader (or its dispatcher is not running); \
-                 connect to the leader",
+            _ => Err(crate::raft::membership::with_leader(
+                Status::unavailable(
+                    "this manager is not the leader (or its dispatcher is not running); \
+                     connect to the leader",
+                ),
+                &self.inner.store,
             )),
         }
     }

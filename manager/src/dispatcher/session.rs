@@ -231,7 +231,12 @@ pub(super) async fn open(
         session_id: session_id.clone(),
         node_id: node_id.clone(),
         heartbeat_period_ms: inner.config.heartbeat_period.as_millis() as i64,
-        managers: Vec::new(),
+        managers: inner.store.read(|s| {
+            crate::raft::membership::members(s)
+                .into_iter()
+                .map(|m| m.addr)
+                .collect()
+        }),
     };
     // Capacity 1 and nothing sent yet: this cannot fail.
     let _ = tx.try_send(Ok(first));

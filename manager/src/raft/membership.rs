@@ -76,6 +76,24 @@ pub fn addr_of(state: &MemState, id: u64) -> Option<String> {
         .map(|m| m.addr.clone())
 }
 
+/// The address of the current leader, if known.
+pub fn leader_addr(store: &Store) -> Option<String> {
+    let leader = store.leadership().borrow().leader_id;
+    if leader == 0 {
+        return None;
+    }
+    store.read(|s| addr_of(s, leader))
+}
+
+/// `status` naming the leader's address in its metadata, when known, so
+/// the caller can go there.
+pub fn with_leader(mut status: Status, store: &Store) -> Status {
+    if let Some(value) = leader_addr(store).and_then(|a| a.parse().ok()) {
+        status.metadata_mut().insert(LEADER_METADATA, value);
+    }
+    status
+}
+
 /// Record (or correct the address of) the manager `raft_id`. Leader only.
 pub async fn register(
     store: &Store,
@@ -195,9 +213,8 @@ impl Membership {
             )));
         }
         if !self.store.is_leader() {
-            let leader = self.store.leadership().borrow().leader_id;
-            let leader_addr = self.store.read(|s| addr_of(s, leader)).unwrap_or_default();
-            let mut status = Status::failed_precondition(format!(
+            let leader_addr = leader_addr(&self.store).unwrap_or_default();
+            let status = Status::failed_precondition(format!(
                 "this manager is not the leader; join through the leader at {}",
                 if leader_addr.is_empty() {
                     "(unknown yet)"
@@ -205,10 +222,7 @@ impl Membership {
                     &leader_addr
                 }
             ));
-            if let Ok(value) = leader_addr.parse() {
-                status.metadata_mut().insert(LEADER_METADATA, value);
-            }
-            return Err(status);
+            return Err(with_leader(status, &self.store));
         }
         let member = admit(&self.store, self.own_id, node_id, addr)
             .await
@@ -227,7 +241,7 @@ impl Membership {
 }
 
 /// gRPC metadata key naming the leader's address when a follower refuses a join.
-pub const LEADER_METADATA: &str = "shoal-leader-addr";
+pub const LEADER_METADATA: &str = shoal_proto::LEADER_ADDR_METADATA;
 
 fn store_status(e: StoreError) -> Status {
     match e {
