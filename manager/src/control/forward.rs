@@ -139,7 +139,10 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        if self.forwarder.store.is_leader() || !leader_only(request.uri().path()) {
+        // A new leader still applying its no-op serves writes itself.
+        let leadership = *self.forwarder.store.leadership().borrow();
+        let leads = leadership.is_leader || leadership.leader_id == self.forwarder.own_id;
+        if leads || !leader_only(request.uri().path()) {
             return Box::pin(self.inner.call(request));
         }
         if request.headers().contains_key(FORWARDED) {

@@ -228,8 +228,9 @@ fn open(
         durable_applied: applied,
         dirty: false,
     };
-    // Publish before returning so that a sole voter is seen leading at once.
-    node.publish();
+    // Process the first Ready before returning: a sole voter then has
+    // replayed its log and applied its no-op, and is seen leading at once.
+    node.handle_ready()?;
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()

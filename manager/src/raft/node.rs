@@ -188,7 +188,7 @@ impl Node {
     }
 
     /// Process every pending Ready, in the documented order.
-    fn handle_ready(&mut self) -> Result<(), RaftError> {
+    pub(crate) fn handle_ready(&mut self) -> Result<(), RaftError> {
         while self.raw.has_ready() {
             let mut rd = self.raw.ready();
             self.transport.send(rd.take_messages());
@@ -377,11 +377,21 @@ impl Node {
     }
 
     /// Publish leadership and status; fail waiters once this node leads no more.
+    ///
+    /// The store is told it leads only once it has applied an entry of its own
+    /// term (the new leader's no-op): everything committed under earlier
+    /// leaders is applied by then, so leader-only components never start on a
+    /// state that is still catching up (and never, say, found a second
+    /// cluster object before the log's one is replayed).
     pub(crate) fn publish(&mut self) {
         let raft = &self.raw.raft;
         let is_leader = raft.state == StateRole::Leader;
+        let applied_own_term = raft
+            .raft_log
+            .term(raft.raft_log.applied)
+            .is_ok_and(|term| term == raft.term);
         let leadership = Leadership {
-            is_leader,
+            is_leader: is_leader && applied_own_term,
             term: raft.term,
             leader_id: raft.leader_id,
         };
@@ -398,7 +408,7 @@ impl Node {
                 tracing::info!(
                     term = leadership.term,
                     leader_id = leadership.leader_id,
-                    is_leader,
+                    is_leader = leadership.is_leader,
                     "raft leadership changed"
                 );
                 *current = leadership;

@@ -175,14 +175,15 @@ async fn waiters_fail_when_leadership_is_lost() {
             .unwrap(),
     )
     .unwrap();
-    wait_for("node 1 to lead", || store.is_leader()).await;
-
-    // Peer 2 acknowledges the new term's no-op, then goes silent: the write
-    // waits until leadership moves.
+    // Peer 2 acknowledges the new term's no-op; once it is applied, node 1
+    // tells the store it leads. Then peer 2 goes silent: the write waits
+    // until leadership moves.
     let noop = next_of(&mut rx, MessageType::MsgAppend).await;
+    assert!(!store.is_leader(), "not before its no-op is applied");
     let mut ack = message(MessageType::MsgAppendResponse, vote.term);
     ack.index = noop.index + noop.entries.len() as u64;
     raft.step(&ack.write_to_bytes().unwrap()).unwrap();
+    wait_for("node 1 to lead", || store.is_leader()).await;
     let pending = tokio::spawn({
         let store = store.clone();
         async move {
