@@ -64,10 +64,24 @@ async fn cluster(agents: usize) -> (ManagerProcess, Vec<HollowAgent>) {
     shoal_tests::init();
     let m = ManagerProcess::start(&[]).await.unwrap();
     let cluster = m.join_target().await.unwrap();
-    let agents: Vec<HollowAgent> = (1..=agents)
+    let started: Vec<HollowAgent> = (1..=agents)
         .map(|i| HollowAgent::start(&cluster, &format!("node-{i}"), &[]))
         .collect();
-    (m, agents)
+    // Every node ready before a service is created, or the scheduler places
+    // all its tasks on the nodes that happened to register first.
+    eventually(&format!("{agents} ready nodes"), WAIT, || async {
+        let (out, _) = ok(&m, &["node", "ls", "--format", "json"]).await;
+        let nodes: Vec<Value> = serde_json::from_str(&out).unwrap();
+        let ready = nodes.iter().filter(|n| n["status"] == "ready").count();
+        if ready == agents {
+            Ok(())
+        } else {
+            Err(format!("{ready} ready"))
+        }
+    })
+    .await
+    .unwrap();
+    (m, started)
 }
 
 #[tokio::test]
