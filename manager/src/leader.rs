@@ -37,6 +37,24 @@ pub async fn run(
             res = leadership.wait_for(|l| l.is_leader) => if res.is_err() { return },
         }
         let term = leadership.borrow().term;
+        // A new leader holds every committed entry, but may not have applied
+        // them yet (a restart replays the log after the last state
+        // checkpoint). An empty proposal commits after all of them, so once it
+        // is applied the store is current: only then may the components read
+        // it, or they would act on a stale state (and a restarted manager
+        // would found a second cluster object).
+        let caught_up = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = store.propose(Vec::new()) => r,
+        };
+        if let Err(err) = caught_up {
+            warn!(raft.term = term, error = %err, "leadership ended before the store caught up");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                res = leadership.wait_for(|l| !l.is_leader || l.term != term) => if res.is_err() { return },
+            }
+            continue;
+        }
         info!(
             raft.term = term,
             "became leader: starting orchestrator, scheduler and dispatcher"
