@@ -99,6 +99,27 @@ impl Secured {
         .await
     }
 
+    /// A `shoal agent` process on the fake runtime joining with `token`; its
+    /// data in `dir/data`, its log in `dir/agent.log`.
+    fn fake_agent(
+        &self,
+        name: &str,
+        token: &str,
+        dir: &Path,
+        log_level: &str,
+    ) -> std::process::Child {
+        std::process::Command::new(shoal_bin())
+            .args(["agent", "--manager", &self.manager.addr.to_string()])
+            .args(["--runtime", "fake", "--node-name", name])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .env("SHOAL_JOIN_TOKEN", token)
+            .env("SHOAL_LOG", log_level)
+            .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
     async fn token(&self, role: &str) -> String {
         let out = self.manager.cli(&["join-token", role, "-q"]).await;
         assert!(
@@ -533,23 +554,7 @@ async fn a_removed_node_is_refused_at_once_and_nothing_secret_leaks() {
     let token = s.token("worker").await;
     let dir = TempDir::new().unwrap();
     let log = dir.path().join("agent.log");
-    let mut agent = std::process::Command::new(shoal_bin())
-        .args([
-            "agent",
-            "--manager",
-            &s.manager.addr.to_string(),
-            "--runtime",
-            "fake",
-            "--node-name",
-            "doomed",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("SHOAL_JOIN_TOKEN", &token)
-        .env("SHOAL_LOG", "debug")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut agent = s.fake_agent("doomed", &token, dir.path(), "debug");
     let node_id = eventually("the agent to join and register", WAIT, || async {
         let creds = Credentials::load(&dir.path().join("data").join("tls"))
             .map_err(|e| e.to_string())?
@@ -647,22 +652,7 @@ async fn certificates_renew_without_dropping_the_agent_session() {
     let dir = TempDir::new().unwrap();
     let tls = dir.path().join("data").join("tls");
     let log = dir.path().join("agent.log");
-    let mut agent = std::process::Command::new(shoal_bin())
-        .args([
-            "agent",
-            "--manager",
-            &s.manager.addr.to_string(),
-            "--runtime",
-            "fake",
-            "--node-name",
-            "renewing",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("SHOAL_JOIN_TOKEN", &token)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut agent = s.fake_agent("renewing", &token, dir.path(), "info");
     let first = eventually("the agent to join", WAIT, || async {
         Credentials::load(&tls)
             .map_err(|e| e.to_string())?
