@@ -100,13 +100,19 @@ pub fn node_spec(spec: &NodeSpec) -> Result {
 
 /// Docker's rule for service names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 63 characters.
 fn name(name: &str) -> Result {
+    docker_name("service", name, MAX_NAME_LEN)
+}
+
+/// Docker's rule for object names (`kind` says which, for the message):
+/// `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most `max_len` characters.
+fn docker_name(kind: &str, name: &str, max_len: usize) -> Result {
     if name.is_empty() {
-        return fail("name", "a service name is required");
+        return fail("name", format!("a {kind} name is required"));
     }
-    if name.len() > MAX_NAME_LEN {
+    if name.len() > max_len {
         return fail(
             "name",
-            format!("{name:?} is longer than {MAX_NAME_LEN} characters"),
+            format!("{name:?} is longer than {max_len} characters"),
         );
     }
     let mut chars = name.chars();

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use anyhow::Context;
 use bollard::Docker;
@@ -15,7 +14,6 @@ use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBu
 use tempfile::TempDir;
 
 use crate::process::{JoinTarget, shoal_bin};
-use crate::wait::eventually;
 
 /// The locally built test images (see tests/images/build-test-images.sh).
 pub const IMAGE: &str = "shoal-test/busybox:latest";
@@ -176,18 +174,7 @@ impl AgentProcess {
 
     /// The node id the manager gave this agent, once it has registered.
     pub async fn node_id(&self) -> anyhow::Result<String> {
-        let path = self.data_dir.path().join("node_id");
-        eventually("the agent to register", Duration::from_secs(30), || {
-            let path = path.clone();
-            async move {
-                std::fs::read_to_string(&path)
-                    .ok()
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| "no node_id file yet".to_string())
-            }
-        })
-        .await
+        crate::process::wait_node_id(self.data_dir.path()).await
     }
 
     /// SIGKILL the agent: its containers stay behind, as after a crash.

@@ -138,32 +138,12 @@ impl ManagerProcess {
                 Duration::from_secs(30),
                 || async {
                     let mut c = self.socket_control().await.map_err(|e| e.to_string())?;
-                    let info = c
-                        .get_cluster(shoal_proto::GetClusterRequest {})
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .into_inner();
-                    info.cluster
-                        .map(|_| ())
-                        .ok_or_else(|| "no cluster object yet".to_string())
+                    has_cluster(&mut c).await
                 },
             )
             .await;
         }
-        let addr = self.addr;
-        let admin = self.admin_dir();
-        eventually("the manager to lead", Duration::from_secs(30), || async {
-            let mut c = control(addr, &admin).await.map_err(|e| e.to_string())?;
-            let info = c
-                .get_cluster(shoal_proto::GetClusterRequest {})
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner();
-            info.cluster
-                .map(|_| ())
-                .ok_or_else(|| "no cluster object yet".to_string())
-        })
-        .await
+        wait_leading(self.addr, &self.admin_dir(), Duration::from_secs(30)).await
     }
 
     /// The admin client certificate the manager wrote (`SHOAL_CERT_PATH`).
@@ -265,6 +245,48 @@ pub async fn channel(addr: SocketAddr, tls_dir: &Path) -> anyhow::Result<Channel
 pub async fn control(addr: SocketAddr, tls_dir: &Path) -> anyhow::Result<ControlClient<Channel>> {
     Ok(ControlClient::new(channel(addr, tls_dir).await?)
         .max_decoding_message_size(256 * 1024 * 1024))
+}
+
+/// Wait until the manager at `addr` answers with the credentials in `tls_dir`
+/// and has created its cluster object (it leads).
+pub async fn wait_leading(
+    addr: SocketAddr,
+    tls_dir: &Path,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    eventually("the manager to lead", timeout, || async {
+        let mut c = control(addr, tls_dir).await.map_err(|e| e.to_string())?;
+        has_cluster(&mut c).await
+    })
+    .await
+}
+
+/// Ok once the manager behind `c` holds the cluster object.
+async fn has_cluster(c: &mut ControlClient<Channel>) -> Result<(), String> {
+    let info = c
+        .get_cluster(shoal_proto::GetClusterRequest {})
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    info.cluster
+        .map(|_| ())
+        .ok_or_else(|| "no cluster object yet".to_string())
+}
+
+/// The node id an agent keeps in `data_dir/node_id`, once it has registered.
+pub async fn wait_node_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("node_id");
+    eventually("the agent to register", Duration::from_secs(30), || {
+        let path = path.clone();
+        async move {
+            std::fs::read_to_string(&path)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| "no node_id file yet".to_string())
+        }
+    })
+    .await
 }
 
 /// The cluster's worker join token.

@@ -40,27 +40,7 @@ pub fn config_spec(spec: &ConfigSpec) -> Result {
 /// Docker's rule for secret and config names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`,
 /// at most 64 characters.
 fn object_name(kind: &str, name: &str) -> Result {
-    if name.is_empty() {
-        return fail("name", format!("a {kind} name is required"));
-    }
-    if name.len() > MAX_OBJECT_NAME_LEN {
-        return fail(
-            "name",
-            format!("{name:?} is longer than {MAX_OBJECT_NAME_LEN} characters"),
-        );
-    }
-    let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if !first_ok || !rest_ok {
-        return fail(
-            "name",
-            format!(
-                "invalid name {name:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"
-            ),
-        );
-    }
-    Ok(())
+    super::docker_name(kind, name, MAX_OBJECT_NAME_LEN)
 }
 
 fn data_size(kind: &str, len: usize) -> Result {

@@ -16,7 +16,7 @@ use tempfile::TempDir;
 use tonic::transport::Channel;
 
 use super::figures::{note, proc_mib};
-use crate::process::{JoinTarget, control, free_addr, worker_token};
+use crate::process::{JoinTarget, control, free_addr, wait_leading, wait_node_id, worker_token};
 use crate::wait::eventually;
 
 /// Path of the release `shoal` binary, built once per run. Figures come from
@@ -134,20 +134,7 @@ impl BenchManager {
     }
 
     async fn wait_leading(&self) -> anyhow::Result<()> {
-        let addr = self.addr;
-        let admin = self.admin_dir();
-        eventually("the manager to lead", Duration::from_secs(60), || async {
-            let mut c = control(addr, &admin).await.map_err(|e| e.to_string())?;
-            let info = c
-                .get_cluster(shoal_proto::GetClusterRequest {})
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner();
-            info.cluster
-                .map(|_| ())
-                .ok_or_else(|| "no cluster object yet".to_string())
-        })
-        .await
+        wait_leading(self.addr, &self.admin_dir(), Duration::from_secs(60)).await
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -310,18 +297,7 @@ impl BenchAgent {
 
     /// The node id the manager gave this agent, once it has registered.
     pub async fn node_id(&self) -> anyhow::Result<String> {
-        let path = self.dir.path().join("data").join("node_id");
-        eventually("the agent to register", Duration::from_secs(30), || {
-            let path = path.clone();
-            async move {
-                std::fs::read_to_string(&path)
-                    .ok()
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| "no node_id file yet".to_string())
-            }
-        })
-        .await
+        wait_node_id(&self.dir.path().join("data")).await
     }
 
     /// SIGKILL: the containers stay behind, as after a crash.
