@@ -447,6 +447,16 @@ pub enum NodeCommand {
     /// Remove one or more nodes from the cluster; their certificates are refused from then on.
     #[command(alias = "remove")]
     Rm(NodeRemoveArgs),
+    /// Take managers out of the raft group (they stop); refused if it would break quorum.
+    Demote(NodeRoleArgs),
+    /// Turn agents into managers (not in place: explains how to add a manager).
+    Promote(NodeRoleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeRoleArgs {
+    #[arg(required = true, value_name = "NODE")]
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -3,8 +3,8 @@
 use anyhow::bail;
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::{
-    GetClusterRequest, GetNodeRequest, ListNodesRequest, Node, NodeAvailability, UpdateNodeRequest,
-    validate,
+    GetClusterRequest, GetNodeRequest, ListNodesRequest, Node, NodeAvailability, NodeRole,
+    UpdateNodeRequest, validate,
 };
 use tonic::transport::Channel;
 
@@ -21,7 +21,77 @@ pub async fn run(host: Option<&str>, command: NodeCommand) -> anyhow::Result<()>
         NodeCommand::Inspect(args) => inspect_nodes(&mut client, &args).await,
         NodeCommand::Update(args) => update(&mut client, &args).await,
         NodeCommand::Rm(args) => remove(&mut client, &args).await,
+        NodeCommand::Demote(args) => demote(&mut client, &args.nodes).await,
+        NodeCommand::Promote(args) => promote(&mut client, &args.nodes).await,
     }
+}
+
+/// How long `node demote` keeps retrying while leadership moves.
+const DEMOTE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// `node demote`: each manager leaves the raft group, as in `docker node
+/// demote`. Demoting the leader first hands leadership over; the manager
+/// answering then says "retry", which is done here.
+async fn demote(client: &mut Client, nodes: &[String]) -> anyhow::Result<()> {
+    for reference in nodes {
+        let deadline = tokio::time::Instant::now() + DEMOTE_PATIENCE;
+        loop {
+            match set_role(client, reference, NodeRole::Worker).await {
+                Ok(()) => break,
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(message = status.message(), "demote: retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+                Err(status) => bail!("{reference}: {}", status.message()),
+            }
+        }
+        println!("Manager {reference} demoted in the cluster.");
+    }
+    Ok(())
+}
+
+/// `node promote`: an agent cannot become a manager in place; the manager
+/// says how to add one, and that is the error shown.
+async fn promote(client: &mut Client, nodes: &[String]) -> anyhow::Result<()> {
+    for reference in nodes {
+        let node = get(client, reference).await?;
+        if node.manager_status.is_some() {
+            println!("Node {reference} is already a manager.");
+            continue;
+        }
+        if let Err(status) = set_role(client, reference, NodeRole::Manager).await {
+            bail!("{reference}: {}", status.message());
+        }
+    }
+    Ok(())
+}
+
+async fn set_role(
+    client: &mut Client,
+    reference: &str,
+    role: NodeRole,
+) -> Result<(), tonic::Status> {
+    let node = client
+        .get_node(GetNodeRequest {
+            node: reference.to_string(),
+        })
+        .await?
+        .into_inner()
+        .node
+        .ok_or_else(|| tonic::Status::not_found(format!("node {reference} not found")))?;
+    let mut spec = node.spec.clone().unwrap_or_default();
+    spec.role = role as i32;
+    client
+        .update_node(UpdateNodeRequest {
+            node: node.id.clone(),
+            version: node.meta.unwrap_or_default().version,
+            spec: Some(spec),
+        })
+        .await?;
+    Ok(())
 }
 
 /// `node rm`: like `docker node rm`, each node in turn, its id printed once
@@ -168,7 +238,7 @@ pub async fn join_token(
             "To add a worker to this cluster, run the following command:\n\n    shoal agent --manager MANAGER_ADDR --token {token}\n"
         ),
         shoal_proto::NodeRole::Manager => println!(
-            "The manager token (for `shoal manager --join`, which comes with multi-manager support):\n\n    {token}\n"
+            "To add a manager to this cluster, run the following command on its machine:\n\n    shoal manager --join LEADER_ADDR --token {token} --listen-addr ADDR --advertise-addr ADDR\n"
         ),
     }
     Ok(())

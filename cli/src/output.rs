@@ -363,7 +363,7 @@ pub struct NodeRow {
     pub status: &'static str,
     pub availability: &'static str,
     pub role: &'static str,
-    /// `leader` or `reachable` for managers, empty for workers.
+    /// `leader`, `reachable` or `unreachable` for managers, empty for workers.
     pub manager_status: String,
     pub engine_version: String,
     pub addr: String,
@@ -376,9 +376,14 @@ impl NodeRow {
         let description = node.description.clone().unwrap_or_default();
         let status = node.status.clone().unwrap_or_default();
         let role = role_name(spec.role);
-        let manager_status = match role {
-            "manager" if !leader_addr.is_empty() && status.addr == leader_addr => "leader",
-            "manager" => "reachable",
+        let manager_status = match (&node.manager_status, role) {
+            (Some(m), _) if m.leader => "leader",
+            (Some(m), _) if m.reachability() == shoal_proto::Reachability::Unreachable => {
+                "unreachable"
+            }
+            (Some(m), _) if m.reachability() == shoal_proto::Reachability::Reachable => "reachable",
+            (_, "manager") if !leader_addr.is_empty() && status.addr == leader_addr => "leader",
+            (_, "manager") => "reachable",
             _ => "",
         };
         NodeRow {

@@ -111,6 +111,10 @@ impl Interceptor for Authorize {
     }
 }
 
+/// What the refusal of a removed node says (a removed manager's transport
+/// looks for it to learn that it is out).
+pub const REMOVED_NODE: &str = "was removed from the cluster";
+
 /// Refuse a certificate of another cluster or of a removed node.
 pub fn admit(state: &MemState, peer: &PeerIdentity) -> Result<(), Status> {
     let Some(cluster) = state.cluster() else {
@@ -124,7 +128,7 @@ pub fn admit(state: &MemState, peer: &PeerIdentity) -> Result<(), Status> {
     }
     if cluster.removed_nodes.contains_key(&peer.node_id) {
         return Err(Status::permission_denied(format!(
-            "node {} was removed from the cluster; join it again with a token",
+            "node {} {REMOVED_NODE}; join it again with a token",
             peer.node_id
         )));
     }

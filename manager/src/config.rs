@@ -102,6 +102,15 @@ pub struct RaftConfig {
     pub snapshot_interval: u64,
 }
 
+impl RaftConfig {
+    /// How long a read waits to confirm with a quorum that it sees every
+    /// committed write: one election timeout, past which a manager cut off
+    /// from the majority answers "no quorum" rather than hang.
+    pub fn read_timeout(&self) -> Duration {
+        self.tick_interval * self.election_ticks as u32
+    }
+}
+
 impl Default for RaftConfig {
     fn default() -> Self {
         RaftConfig {

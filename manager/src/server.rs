@@ -53,6 +53,11 @@ pub enum ServerError {
     Io(String),
     #[error("raft: {0}")]
     Raft(String),
+    #[error(
+        "this manager was removed from the cluster (node demote or node rm); its data dir {} is no longer a member: delete it before joining again with a token",
+        .0.display()
+    )]
+    Removed(std::path::PathBuf),
 }
 
 /// What a manager reports once it serves.
@@ -204,14 +209,17 @@ pub async fn serve_joining(
     }
     let creds = SharedCredentials::new(creds).map_err(|e| ServerError::Config(e.to_string()))?;
     transport.set_credentials(creds.clone());
-    let forwarder = Forwarder::new(store.clone(), creds.clone(), raft_id);
+    let forwarder = Forwarder::new(store.clone(), creds.clone(), raft_id)
+        .with_read_barrier(raft.inbox(), config.raft.read_timeout());
     let tls = tls::server::server_config(&creds).map_err(|e| ServerError::Config(e.to_string()))?;
 
     let dispatcher =
         Dispatcher::new(store.clone(), config.dispatcher.clone()).with_data_key(key.clone());
+    let membership = Membership::new(store.clone(), raft.inbox(), key.clone(), raft_id);
     let control = ControlService::new(store.clone(), Some(raft.clone()))
         .with_dispatcher(dispatcher.clone())
-        .with_data_key(key.clone());
+        .with_data_key(key.clone())
+        .with_membership(membership.clone(), config.raft.read_timeout() * 2);
     let watch = WatchService::new(store.clone(), shutdown.clone());
 
     let socket_path = config.control_socket();
@@ -238,15 +246,8 @@ pub async fn serve_joining(
             Authorize::dispatcher(store.clone()),
         ))
         .add_service(InterceptedService::new(
-            RaftServer::new(
-                RaftService::new(raft.clone()).with_membership(Membership::new(
-                    store.clone(),
-                    raft.inbox(),
-                    key.clone(),
-                    raft_id,
-                )),
-            )
-            .max_decoding_message_size(MAX_MESSAGE),
+            RaftServer::new(RaftService::new(raft.clone()).with_membership(membership))
+                .max_decoding_message_size(MAX_MESSAGE),
             Authorize::raft(store.clone()),
         ))
         .add_service(CaServer::new(CaService::new(store.clone(), key.clone())))
@@ -292,7 +293,14 @@ pub async fn serve_joining(
         node_id,
         new_cluster,
     });
-    shutdown.cancelled().await;
+    let removed = tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = raft.removed() => true,
+    };
+    if removed {
+        warn!("this manager was removed from the cluster (node demote or node rm); stopping");
+        shutdown.cancel();
+    }
     info!("manager shutting down");
     let _ = leader.await;
     let _ = renew.await;
@@ -310,6 +318,9 @@ pub async fn serve_joining(
     }
     raft.shutdown().await;
     let _ = std::fs::remove_file(&socket_path);
+    if removed {
+        return Err(ServerError::Removed(config.data_dir.clone()));
+    }
     Ok(())
 }
 

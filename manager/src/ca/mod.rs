@@ -188,6 +188,7 @@ pub async fn bootstrap(
             manager_sealed: key.seal(manager_token.to_string().as_bytes()),
         }),
         removed_nodes: Default::default(),
+        removed_raft_ids: Vec::new(),
         // The server records this manager once it knows its address.
         managers: Vec::new(),
         next_raft_id: 0,

@@ -14,9 +14,10 @@ pub fn store_status(err: StoreError) -> Status {
         StoreError::Conflict { .. } => Status::aborted(msg),
         StoreError::InUse { .. } => Status::failed_precondition(msg),
         StoreError::Invalid(_) => Status::invalid_argument(msg),
-        StoreError::NotLeader | StoreError::LeadershipLost | StoreError::Stopped => {
-            Status::unavailable(msg)
-        }
+        StoreError::NotLeader
+        | StoreError::LeadershipLost
+        | StoreError::NoQuorum
+        | StoreError::Stopped => Status::unavailable(msg),
         StoreError::Storage(_) => Status::internal(msg),
     }
 }

@@ -3,7 +3,11 @@
 //! request of a writing method (and the ones only the leader can serve, such
 //! as service logs, which need the agents' sessions) unchanged to the
 //! leader's `Control` service, over mutual TLS with this manager's
-//! certificate. Reads are answered from the local store.
+//! certificate. Reads are answered from the local store once a ReadIndex
+//! round ([`PeerInbox::read_barrier`]) has shown it holds every write
+//! committed when the read arrived: any manager serves linearizable reads,
+//! and one cut off from the majority answers "no quorum" within an election
+//! timeout instead of stale data.
 //!
 //! The caller is authorised here first (the interceptor runs before); the
 //! leader then sees this manager as the caller. A relayed request carries a
@@ -24,7 +28,8 @@ use tonic::server::NamedService;
 use tonic::transport::{Channel, Endpoint};
 use tower::{Service, ServiceExt as _};
 
-use crate::raft::membership;
+use crate::control::errors::store_status;
+use crate::raft::{PeerInbox, membership};
 use crate::store::Store;
 
 /// Header marking a request relayed by another manager.
@@ -32,14 +37,14 @@ const FORWARDED: &str = "shoal-forwarded-by";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Control methods answered from the local store on any manager.
+/// Control methods answered from the local store on any manager. Node reads
+/// are not among them: only the leader hears every manager, so it alone can
+/// say which managers are reachable.
 const LOCAL_METHODS: &[&str] = &[
     "GetService",
     "ListServices",
     "ListTasks",
     "GetTask",
-    "ListNodes",
-    "GetNode",
     "GetCluster",
     "GetSecret",
     "ListSecrets",
@@ -55,6 +60,8 @@ pub struct Forwarder {
     /// This manager's raft id, to name the relay.
     own_id: u64,
     channel: Arc<Mutex<Option<(String, Channel)>>>,
+    /// Where reads confirm their read index, and for how long they may try.
+    reads: Option<(PeerInbox, Duration)>,
 }
 
 impl Forwarder {
@@ -64,7 +71,15 @@ impl Forwarder {
             creds,
             own_id,
             channel: Arc::new(Mutex::new(None)),
+            reads: None,
         }
+    }
+
+    /// Serve local reads only after a ReadIndex round through `inbox`,
+    /// answering "no quorum" if it takes longer than `timeout`.
+    pub fn with_read_barrier(mut self, inbox: PeerInbox, timeout: Duration) -> Forwarder {
+        self.reads = Some((inbox, timeout));
+        self
     }
 
     /// A channel to the leader, or why there is none.
@@ -142,7 +157,21 @@ where
         // A new leader still applying its no-op serves writes itself.
         let leadership = *self.forwarder.store.leadership().borrow();
         let leads = leadership.is_leader || leadership.leader_id == self.forwarder.own_id;
-        if leads || !leader_only(request.uri().path()) {
+        if !leader_only(request.uri().path()) {
+            let Some((inbox, timeout)) = self.forwarder.reads.clone() else {
+                return Box::pin(self.inner.call(request));
+            };
+            // The clone takes the place of the service that was polled ready.
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            return Box::pin(async move {
+                match inbox.read_barrier(timeout).await {
+                    Ok(()) => inner.call(request).await,
+                    Err(e) => Ok(store_status(e).into_http()),
+                }
+            });
+        }
+        if leads {
             return Box::pin(self.inner.call(request));
         }
         if request.headers().contains_key(FORWARDED) {
@@ -181,6 +210,7 @@ mod tests {
     fn reads_stay_local_and_everything_else_goes_to_the_leader() {
         assert!(!leader_only("/shoal.v1.Control/ListServices"));
         assert!(!leader_only("/shoal.v1.Control/GetCluster"));
+        assert!(leader_only("/shoal.v1.Control/ListNodes"));
         assert!(leader_only("/shoal.v1.Control/CreateService"));
         assert!(leader_only("/shoal.v1.Control/RemoveNode"));
         assert!(leader_only("/shoal.v1.Control/ServiceLogs"));

@@ -37,6 +37,8 @@ pub struct ControlService {
     /// Opens what the store keeps sealed (join tokens, secrets); absent in
     /// unit tests that do not need it.
     data_key: Option<DataKey>,
+    /// The managers' side of the node calls (absent without Raft).
+    managers: Option<nodes::Managers>,
 }
 
 impl ControlService {
@@ -47,7 +49,24 @@ impl ControlService {
             raft,
             dispatcher: None,
             data_key: None,
+            managers: None,
         }
+    }
+
+    /// List managers as nodes and demote or remove them through `membership`.
+    pub fn with_membership(
+        mut self,
+        membership: crate::raft::Membership,
+        within: std::time::Duration,
+    ) -> Self {
+        if let Some(raft) = self.raft.clone() {
+            self.managers = Some(nodes::Managers {
+                membership,
+                group: std::sync::Arc::new(move || raft.group()),
+                within,
+            });
+        }
+        self
     }
 
     /// Open sealed values (join tokens, secrets) with the cluster data key.
@@ -162,7 +181,13 @@ impl Control for ControlService {
     }
 
     async fn list_nodes(&self, _req: Request<ListNodesRequest>) -> Reply<ListNodesResponse> {
-        let mut nodes: Vec<Node> = self.store.read(|s| s.nodes().cloned().collect());
+        let mut nodes: Vec<Node> = self.store.read(|s| {
+            let mut nodes: Vec<Node> = s.nodes().cloned().collect();
+            if let Some(m) = &self.managers {
+                nodes.extend(nodes::manager_nodes(s, &(m.group)(), m.within));
+            }
+            nodes
+        });
         nodes.sort_by(|a, b| hostname(a).cmp(hostname(b)).then(a.id.cmp(&b.id)));
         Ok(Response::new(ListNodesResponse { nodes }))
     }
@@ -171,18 +196,18 @@ impl Control for ControlService {
         let reference = req.into_inner().node;
         let node = self
             .store
-            .read(|s| s.find_node(&reference).cloned())
+            .read(|s| nodes::find(s, &reference, self.managers.as_ref()))
             .map_err(lookup_status)?;
         Ok(Response::new(GetNodeResponse { node: Some(node) }))
     }
 
     async fn update_node(&self, req: Request<UpdateNodeRequest>) -> Reply<UpdateNodeResponse> {
-        let node = nodes::update(&self.store, req.into_inner()).await?;
+        let node = nodes::update(&self.store, self.managers.as_ref(), req.into_inner()).await?;
         Ok(Response::new(UpdateNodeResponse { node: Some(node) }))
     }
 
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Reply<RemoveNodeResponse> {
-        nodes::remove(&self.store, req.into_inner()).await?;
+        nodes::remove(&self.store, self.managers.as_ref(), req.into_inner()).await?;
         Ok(Response::new(RemoveNodeResponse {}))
     }
 

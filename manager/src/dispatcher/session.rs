@@ -288,6 +288,7 @@ async fn register_node(
                 }),
                 description: Some(description.clone()),
                 status: Some(status.clone()),
+                manager_status: None,
             })),
         };
         match store.propose(vec![action]).await {

@@ -12,11 +12,12 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use shoal_proto::{JoinClusterResponse, RaftMember};
 use tonic::Status;
 
-use super::PeerInbox;
+use super::{GroupView, PeerInbox};
 use crate::seal::DataKey;
 use crate::store::{Action, MemState, Object, Store, StoreError};
 
@@ -137,7 +138,12 @@ async fn admit(
             m.addr = addr.to_string();
             return Some(m.raft_id);
         }
-        let highest = cluster.managers.iter().map(|m| m.raft_id).max();
+        let highest = cluster
+            .managers
+            .iter()
+            .map(|m| m.raft_id)
+            .chain(cluster.removed_raft_ids.iter().copied())
+            .max();
         let raft_id = cluster
             .next_raft_id
             .max(highest.unwrap_or(0) + 1)
@@ -240,6 +246,156 @@ impl Membership {
     }
 }
 
+/// Why a manager leaves the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// `node demote`: a live manager steps out, keeping a quorum.
+    Demote,
+    /// `node rm`: a manager that is down (or, forced, any other manager).
+    Remove { force: bool },
+}
+
+impl Membership {
+    /// Take the manager `member` out of the Raft group (leader only), then
+    /// out of the managers table, remembering its node id (its certificate
+    /// is refused from then on) and its Raft id (never admitted again).
+    ///
+    /// Refused, with the reason, when it would remove the last manager,
+    /// leave fewer reachable managers than a quorum of the new group, remove
+    /// a reachable manager without `--force` (`node rm`), or remove the
+    /// leader itself: demoting the leader hands leadership to another
+    /// manager first and asks the caller to try again there.
+    pub async fn remove(
+        &self,
+        member: &RaftMember,
+        group: &GroupView,
+        within: Duration,
+        removal: Removal,
+    ) -> Result<(), Status> {
+        if !self.store.is_leader() {
+            return Err(with_leader(
+                Status::unavailable("this manager is not the leader; retry shortly"),
+                &self.store,
+            ));
+        }
+        let name = &member.node_id;
+        let voter = group.voters.contains(&member.raft_id);
+        if voter {
+            check_removal(member, group, within, removal)?;
+        }
+        if member.raft_id == self.own_id {
+            return Err(self.hand_over(group, within).await);
+        }
+        if voter {
+            tracing::info!(raft.id = member.raft_id, node.id = %name, ?removal, "removing a manager from the raft group");
+            self.inbox
+                .remove_voter(member.raft_id)
+                .await
+                .map_err(store_status)?;
+        }
+        let lifetime = cert_lifetime(&self.store);
+        update_cluster(&self.store, |cluster| {
+            let now = shoal_proto::now_ms() / 1000;
+            cluster.managers.retain(|m| m.raft_id != member.raft_id);
+            cluster.removed_nodes.retain(|_, until| *until > now);
+            cluster
+                .removed_nodes
+                .insert(member.node_id.clone(), now + lifetime);
+            if !cluster.removed_raft_ids.contains(&member.raft_id) {
+                cluster.removed_raft_ids.push(member.raft_id);
+            }
+            Some(member.raft_id)
+        })
+        .await
+        .map_err(store_status)?;
+        Ok(())
+    }
+
+    /// Ask the most up-to-date reachable voter to lead, wait a little for it
+    /// to, and answer the status that tells the caller where to go on.
+    async fn hand_over(&self, group: &GroupView, within: Duration) -> Status {
+        let Some(successor) = group
+            .voters
+            .iter()
+            .copied()
+            .find(|id| *id != self.own_id && group.reachable(*id, within))
+        else {
+            return Status::failed_precondition(
+                "this manager leads and no other manager is reachable to take over",
+            );
+        };
+        if let Err(e) = self.inbox.transfer_leader(successor) {
+            return Status::unavailable(format!("cannot hand leadership over: {e}; retry"));
+        }
+        let mut leadership = self.store.leadership();
+        let moved = tokio::time::timeout(
+            within * 2,
+            leadership.wait_for(|l| l.leader_id != self.own_id && l.leader_id != 0),
+        )
+        .await;
+        let status = match moved {
+            Ok(Ok(_)) => Status::unavailable(format!(
+                "the manager to demote was the leader; it handed leadership to raft id {successor}: retry to finish demoting it"
+            )),
+            _ => Status::unavailable(
+                "the manager to demote is the leader and the hand-over has not completed yet; retry",
+            ),
+        };
+        with_leader(status, &self.store)
+    }
+}
+
+/// The checks of [`Membership::remove`] that only need the group's view.
+fn check_removal(
+    member: &RaftMember,
+    group: &GroupView,
+    within: Duration,
+    removal: Removal,
+) -> Result<(), Status> {
+    let name = &member.node_id;
+    if group.voters.len() <= 1 {
+        return Err(Status::failed_precondition(format!(
+            "manager {name} is the last manager of the cluster; it cannot leave"
+        )));
+    }
+    let reachable = group.reachable(member.raft_id, within);
+    if removal == (Removal::Remove { force: false }) && reachable {
+        return Err(Status::failed_precondition(format!(
+            "manager {name} is reachable and still in the raft group; demote it first (shoal node demote {name}) or use --force"
+        )));
+    }
+    let remaining: Vec<u64> = group
+        .voters
+        .iter()
+        .copied()
+        .filter(|id| *id != member.raft_id)
+        .collect();
+    let up = remaining
+        .iter()
+        .filter(|id| group.reachable(**id, within))
+        .count();
+    let quorum = remaining.len() / 2 + 1;
+    if up < quorum {
+        return Err(Status::failed_precondition(format!(
+            "removing manager {name} would leave {up} reachable of {} managers, fewer than the {quorum} a quorum needs; bring the others back first",
+            remaining.len()
+        )));
+    }
+    Ok(())
+}
+
+/// How long a node certificate lives: a removed node is remembered that long.
+fn cert_lifetime(store: &Store) -> i64 {
+    store
+        .read(|s| {
+            s.cluster()
+                .and_then(|c| c.root_ca.as_ref())
+                .map(|ca| ca.node_cert_lifetime_secs)
+        })
+        .filter(|l| *l > 0)
+        .unwrap_or(shoal_proto::tls::pki::DEFAULT_CERT_LIFETIME.as_secs() as i64)
+}
+
 /// gRPC metadata key naming the leader's address when a follower refuses a join.
 pub const LEADER_METADATA: &str = shoal_proto::LEADER_ADDR_METADATA;
 
@@ -295,6 +451,70 @@ mod tests {
         assert_eq!(fourth.raft_id, 4);
         let ids: Vec<u64> = store.read(members).iter().map(|m| m.raft_id).collect();
         assert_eq!(ids, [1, 2, 4]);
+    }
+
+    fn group(voters: &[u64], heard: &[u64]) -> GroupView {
+        GroupView {
+            self_id: 1,
+            voters: voters.to_vec(),
+            heard: heard
+                .iter()
+                .map(|id| (*id, std::time::Instant::now()))
+                .collect(),
+        }
+    }
+
+    fn member(raft_id: u64) -> RaftMember {
+        RaftMember {
+            raft_id,
+            node_id: format!("n{raft_id}"),
+            addr: format!("10.0.0.{raft_id}:4280"),
+        }
+    }
+
+    #[test]
+    fn removals_that_would_break_quorum_or_drop_a_live_manager_are_refused() {
+        let within = Duration::from_secs(2);
+        let check = |voters: &[u64], heard: &[u64], id, removal| {
+            check_removal(&member(id), &group(voters, heard), within, removal)
+                .map_err(|s| s.message().to_string())
+        };
+        let rm = Removal::Remove { force: false };
+        // 3 managers, 3 down: removing it leaves 2 of 2 reachable.
+        check(&[1, 2, 3], &[2], 3, rm).unwrap();
+        // A reachable manager is demoted, not removed (unless forced).
+        let err = check(&[1, 2, 3], &[2, 3], 3, rm).unwrap_err();
+        assert!(err.contains("demote it first"), "{err}");
+        check(&[1, 2, 3], &[2, 3], 3, Removal::Remove { force: true }).unwrap();
+        check(&[1, 2, 3], &[2, 3], 3, Removal::Demote).unwrap();
+        // 3 managers, 2 down: demoting the live one leaves 1 of 2 reachable.
+        let err = check(&[1, 2, 3], &[2], 2, Removal::Demote).unwrap_err();
+        assert!(err.contains("fewer than the 2 a quorum needs"), "{err}");
+        // The last manager never leaves.
+        let err = check(&[1], &[], 1, Removal::Demote).unwrap_err();
+        assert!(err.contains("last manager"), "{err}");
+        // A peer not heard from lately is not reachable.
+        let mut stale = group(&[1, 2, 3], &[]);
+        stale
+            .heard
+            .insert(2, std::time::Instant::now() - Duration::from_secs(10));
+        assert!(!stale.reachable(2, within));
+        assert!(stale.reachable(1, within), "a manager reaches itself");
+    }
+
+    #[tokio::test]
+    async fn removed_raft_ids_are_never_handed_out_again() {
+        let store = cluster_store().await;
+        register(&store, 1, "n1", "10.0.0.1:4280").await.unwrap();
+        let mut cluster = store.read(|s| s.cluster().cloned()).unwrap();
+        cluster.removed_raft_ids = vec![7];
+        cluster.next_raft_id = 0;
+        store
+            .propose(vec![Action::Update(Object::Cluster(cluster))])
+            .await
+            .unwrap();
+        let joined = admit(&store, 1, "n8", "10.0.0.8:4280").await.unwrap();
+        assert_eq!(joined.raft_id, 8);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use membership::Membership;
-pub use service::{NoPeers, PeerInbox, RaftService, Transport};
+pub use service::{NoPeers, PeerInbox, RaftService, Transport, VoterChange};
 pub use transport::GrpcTransport;
 
 use crate::config::ManagerConfig;
@@ -84,6 +84,25 @@ pub struct RaftStatus {
     pub leader_id: u64,
 }
 
+/// The group as this manager last saw it (refreshed every tick).
+#[derive(Debug, Clone, Default)]
+pub struct GroupView {
+    /// This manager's Raft id.
+    pub self_id: u64,
+    /// The voters of the applied configuration.
+    pub voters: Vec<u64>,
+    /// When each peer was last heard from (a leader hears every voter at
+    /// least once a heartbeat; a follower mostly hears the leader).
+    pub heard: HashMap<u64, std::time::Instant>,
+}
+
+impl GroupView {
+    /// Whether `id` is this manager or was heard from within `within`.
+    pub fn reachable(&self, id: u64, within: std::time::Duration) -> bool {
+        id == self.self_id || self.heard.get(&id).is_some_and(|at| at.elapsed() <= within)
+    }
+}
+
 /// Control over a running Raft node. Clone freely; any clone may shut it down.
 #[derive(Clone)]
 pub struct RaftHandle {
@@ -93,6 +112,9 @@ pub struct RaftHandle {
     /// Becomes true (or closes, if the thread panicked) once the node has
     /// stopped and sled is closed.
     stopped: watch::Receiver<bool>,
+    /// Becomes true once this manager is out of the Raft group.
+    removed: watch::Receiver<bool>,
+    group: Arc<std::sync::Mutex<GroupView>>,
 }
 
 impl RaftHandle {
@@ -104,6 +126,20 @@ impl RaftHandle {
     /// Status with change notification.
     pub fn watch_status(&self) -> watch::Receiver<RaftStatus> {
         self.status.clone()
+    }
+
+    /// The voters and which peers were heard from lately.
+    pub fn group(&self) -> GroupView {
+        self.group.lock().expect("group lock").clone()
+    }
+
+    /// Resolves once this manager has been removed from the Raft group
+    /// (`node demote` or `node rm`); never, if the node stops first.
+    pub async fn removed(&self) {
+        let mut removed = self.removed.clone();
+        if removed.wait_for(|r| *r).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Feed a peer's message (a rust-protobuf encoded `eraftpb::Message`).
@@ -173,6 +209,10 @@ fn open(
 
     let bootstrap_voters = if joined.is_some() { vec![] } else { vec![id] };
     let storage = SledStorage::open(disk, store.clone(), &bootstrap_voters)?;
+    let removed_at_start = {
+        let cs = storage.conf_state();
+        !cs.voters.is_empty() && !cs.voters.contains(&id) && !cs.learners.contains(&id)
+    };
     let sole_voter = {
         let cs = storage.conf_state();
         cs.voters == [id] && cs.learners.is_empty() && cs.voters_outgoing.is_empty()
@@ -206,6 +246,17 @@ fn open(
 
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_QUEUE);
     let inbox = PeerInbox::new(inbox_tx);
+    if removed_at_start {
+        tracing::warn!(
+            raft.id = id,
+            "this manager is not in the raft group it last saw: it was removed"
+        );
+    }
+    let (removed_tx, removed_rx) = watch::channel(removed_at_start);
+    let group = Arc::new(std::sync::Mutex::new(GroupView {
+        self_id: id,
+        ..Default::default()
+    }));
     let (status_tx, status_rx) = watch::channel(RaftStatus {
         id,
         ..Default::default()
@@ -227,6 +278,14 @@ fn open(
         written_applied: applied,
         durable_applied: applied,
         dirty: false,
+        reads: HashMap::new(),
+        confirmed_reads: Vec::new(),
+        read_prefix: read_prefix(id),
+        next_read: 0,
+        read_term: 0,
+        removed: removed_tx,
+        heard: HashMap::new(),
+        group: group.clone(),
     };
     // Process the first Ready before returning: a sole voter then has
     // replayed its log and applied its no-op, and is seen leading at once.
@@ -252,8 +311,23 @@ fn open(
             status: status_rx,
             shutdown,
             stopped,
+            removed: removed_rx,
+            group,
         },
     ))
+}
+
+/// The raft id and a nonce for this start (the clock's nanoseconds), so a
+/// restarted node's read contexts do not repeat its earlier ones.
+fn read_prefix(id: u64) -> [u8; 16] {
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    let mut prefix = [0; 16];
+    prefix[..8].copy_from_slice(&id.to_be_bytes());
+    prefix[8..].copy_from_slice(&nonce.to_be_bytes());
+    prefix
 }
 
 #[cfg(test)]

@@ -25,10 +25,10 @@ use shoal_proto::Proposal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::service::{Inbound, Transport};
+use super::service::{Inbound, Transport, VoterChange};
 use super::storage::{APPLIED_KEY, MAX_ENTRY_BYTES, SledStorage};
 use super::unwritten::Unwritten;
-use super::{RaftError, RaftStatus};
+use super::{GroupView, RaftError, RaftStatus};
 use crate::store::{Applied, Leadership, ProposeRequest, Store, StoreError};
 
 /// Proposals or peer messages taken from a channel before handling a Ready:
@@ -37,6 +37,7 @@ const MAX_DRAIN: usize = 1024;
 
 type Reply = oneshot::Sender<Result<Applied, StoreError>>;
 type ConfReply = oneshot::Sender<Result<(), StoreError>>;
+type ReadReply = oneshot::Sender<Result<(), StoreError>>;
 
 pub(crate) struct Node {
     pub(crate) raw: RawNode<SledStorage>,
@@ -62,6 +63,25 @@ pub(crate) struct Node {
     pub(crate) durable_applied: u64,
     /// Writes not yet flushed.
     pub(crate) dirty: bool,
+    /// Reads waiting for the leader to confirm their read index, by context.
+    pub(crate) reads: HashMap<Vec<u8>, ReadReply>,
+    /// Reads whose index is confirmed, waiting for this node to apply it.
+    pub(crate) confirmed_reads: Vec<(u64, ReadReply)>,
+    /// Prefix of this node's read contexts: its Raft id and a per-start
+    /// nonce, so contexts never collide on the leader, which keys pending
+    /// reads from every manager by context.
+    pub(crate) read_prefix: [u8; 16],
+    /// Last read context number handed out.
+    pub(crate) next_read: u64,
+    /// Term of the last published status; reads in flight across a term
+    /// change are asked again.
+    pub(crate) read_term: u64,
+    /// Set once this manager is out of the group; the server then stops.
+    pub(crate) removed: watch::Sender<bool>,
+    /// When each peer was last heard from.
+    pub(crate) heard: HashMap<u64, Instant>,
+    /// What the rest of the manager may see of the group, refreshed each tick.
+    pub(crate) group: std::sync::Arc<std::sync::Mutex<GroupView>>,
 }
 
 impl Node {
@@ -77,6 +97,9 @@ impl Node {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {
                     self.raw.tick();
+                    // Readers that gave up (timed out) leave their waiter behind.
+                    self.reads.retain(|_, reply| !reply.is_closed());
+                    self.share_group();
                     if let Err(err) = self.checkpoint_if_due().and_then(|()| self.flush_if_dirty()) {
                         self.fail(err);
                         break;
@@ -112,19 +135,97 @@ impl Node {
     fn step(&mut self, inbound: Inbound) {
         match inbound {
             Inbound::Message(msg) => {
+                if msg.from != raft::INVALID_ID {
+                    self.heard.insert(msg.from, Instant::now());
+                }
                 if let Err(err) = self.raw.step(*msg) {
                     tracing::debug!(error = %err, "raft message ignored");
                 }
             }
             Inbound::Unreachable(peer) => self.raw.report_unreachable(peer),
             Inbound::Snapshot { to, status } => self.raw.report_snapshot(to, status),
-            Inbound::AddVoter { id, reply } => self.propose_add_voter(id, reply),
+            Inbound::ChangeVoter { change, reply } => self.propose_voter_change(change, reply),
+            Inbound::TransferLeader { to } => {
+                if self.raw.raft.state == StateRole::Leader && to != self.raw.raft.id {
+                    tracing::info!(raft.to = to, "handing leadership over");
+                    self.raw.transfer_leader(to);
+                }
+            }
+            Inbound::RemovedByPeer { peer } => {
+                tracing::warn!(
+                    raft.peer = peer,
+                    "a manager refused this one as removed from the cluster"
+                );
+                self.mark_removed();
+            }
+            Inbound::ReadIndex { reply } => self.read_index(reply),
         }
     }
 
-    /// Propose a conf change adding voter `id`; its context carries a fresh
-    /// waiter id so the reply is matched when the entry is applied.
-    fn propose_add_voter(&mut self, id: u64, reply: ConfReply) {
+    /// Ask the leader (or, leading, a quorum) for the index a read must see.
+    fn read_index(&mut self, reply: ReadReply) {
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            let _ = reply.send(Err(StoreError::NoQuorum));
+            return;
+        }
+        self.next_read += 1;
+        let mut ctx = self.read_prefix.to_vec();
+        ctx.extend_from_slice(&self.next_read.to_be_bytes());
+        self.raw.read_index(ctx.clone());
+        self.reads.insert(ctx, reply);
+    }
+
+    /// This manager is no longer in the Raft group: say so once.
+    fn mark_removed(&mut self) {
+        self.removed.send_if_modified(|removed| {
+            let first = !*removed;
+            if first {
+                tracing::warn!("this manager has been removed from the raft group");
+            }
+            *removed = true;
+            first
+        });
+    }
+
+    /// Copy the voters and when each peer was last heard from where the
+    /// control service reads them (`node ls`'s manager status).
+    fn share_group(&mut self) {
+        let cs = self.raw.store().conf_state();
+        let view = GroupView {
+            voters: cs.voters.clone(),
+            heard: self.heard.clone(),
+            self_id: self.raw.raft.id,
+        };
+        *self.group.lock().expect("group lock") = view;
+    }
+
+    /// Match confirmed read indexes to their waiters.
+    fn confirm_reads(&mut self, states: Vec<raft::ReadState>) {
+        for state in states {
+            if let Some(reply) = self.reads.remove(&state.request_ctx) {
+                self.confirmed_reads.push((state.index, reply));
+            }
+        }
+    }
+
+    /// Answer the reads whose index this node has applied.
+    fn answer_reads(&mut self) {
+        if self.confirmed_reads.is_empty() {
+            return;
+        }
+        let applied = self.raw.raft.raft_log.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.confirmed_reads)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.confirmed_reads = waiting;
+        for (_, reply) in ready {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    /// Propose a conf change adding or removing a voter; its context carries
+    /// a fresh waiter id so the reply is matched when the entry is applied.
+    fn propose_voter_change(&mut self, change: VoterChange, reply: ConfReply) {
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader {
             let _ = reply.send(Err(StoreError::NotLeader));
@@ -139,14 +240,23 @@ impl Node {
         self.next_conf_waiter += 1;
         let waiter = self.next_conf_waiter;
         let mut cc = ConfChange::default();
-        cc.set_change_type(ConfChangeType::AddNode);
+        let id = match change {
+            VoterChange::Add(id) => {
+                cc.set_change_type(ConfChangeType::AddNode);
+                id
+            }
+            VoterChange::Remove(id) => {
+                cc.set_change_type(ConfChangeType::RemoveNode);
+                id
+            }
+        };
         cc.node_id = id;
         match self
             .raw
             .propose_conf_change(waiter.to_be_bytes().to_vec(), cc)
         {
             Ok(()) => {
-                tracing::info!(raft.id = id, "proposed adding a voter");
+                tracing::info!(raft.id = id, ?change, "proposed a voter change");
                 self.conf_waiters.insert(waiter, reply);
             }
             Err(err) => {
@@ -192,6 +302,7 @@ impl Node {
         while self.raw.has_ready() {
             let mut rd = self.raw.ready();
             self.transport.send(rd.take_messages());
+            self.confirm_reads(rd.take_read_states());
 
             let installed_snapshot = !rd.snapshot().is_empty();
             if installed_snapshot {
@@ -224,6 +335,7 @@ impl Node {
             self.transport.send(light.take_messages());
             self.apply_entries(light.take_committed_entries())?;
             self.raw.advance_apply();
+            self.answer_reads();
 
             self.checkpoint_if_due()?;
             self.maybe_compact()?;
@@ -274,7 +386,12 @@ impl Node {
         let outcome = match result {
             Ok(Ok(cs)) => {
                 tracing::info!(index, voters = ?cs.voters, learners = ?cs.learners, "raft configuration changed");
+                let id = self.raw.raft.id;
+                let member = cs.voters.contains(&id) || cs.learners.contains(&id);
                 self.raw.mut_store().set_conf_state(cs)?;
+                if !member {
+                    self.mark_removed();
+                }
                 Ok(())
             }
             Ok(Err(err)) => {
@@ -430,6 +547,14 @@ impl Node {
                 let _ = reply.send(Err(StoreError::LeadershipLost));
             }
         }
+        // A new term drops the read requests raft-rs had in flight: their
+        // callers ask again (confirmed reads stay valid and keep waiting).
+        if self.read_term != raft.term {
+            self.read_term = raft.term;
+            for (_, reply) in self.reads.drain() {
+                let _ = reply.send(Err(StoreError::NoQuorum));
+            }
+        }
     }
 
     /// A storage failure stops the node: continuing could acknowledge writes
@@ -452,6 +577,8 @@ impl Node {
         for (_, reply) in self.conf_waiters.drain() {
             let _ = reply.send(Err(StoreError::Stopped));
         }
+        self.reads.clear();
+        self.confirmed_reads.clear();
         // Not needed for safety (the log has every entry), but it spares the
         // next start a replay.
         if let Err(err) = self.checkpoint() {

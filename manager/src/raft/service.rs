@@ -13,12 +13,16 @@ use shoal_proto::{
     JoinClusterRequest, JoinClusterResponse, RaftMessageRequest, RaftMessageResponse,
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Duration, Instant};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::RaftError;
 use super::membership::Membership;
 use crate::auth::Caller;
 use crate::store::StoreError;
+
+/// Pause before asking again for a read index the node could not serve.
+const READ_RETRY: Duration = Duration::from_millis(50);
 
 /// Sends Raft messages to the peers named by `Message::to`.
 ///
@@ -50,11 +54,31 @@ pub(crate) enum Inbound {
         to: u64,
         status: SnapshotStatus,
     },
-    /// Leader only: add a voter; answered once the change is applied.
-    AddVoter {
-        id: u64,
+    /// Leader only: add or remove a voter; answered once the change is applied.
+    ChangeVoter {
+        change: VoterChange,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Leader only: hand leadership to voter `to` (raft-rs's transfer).
+    TransferLeader {
+        to: u64,
+    },
+    /// A peer refused this manager as removed from the cluster.
+    RemovedByPeer {
+        peer: u64,
+    },
+    /// Confirm with a quorum the commit index a read must see, and answer
+    /// once this node has applied up to it. `NoQuorum` means "not now".
+    ReadIndex {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// A change of the voter set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoterChange {
+    Add(u64),
+    Remove(u64),
 }
 
 /// Where peer messages and transport reports enter the Raft task. Clone freely.
@@ -97,13 +121,66 @@ impl PeerInbox {
     /// Leader only: propose adding `id` as a voter and wait until the change
     /// is applied here. Fails at once if another change is still pending.
     pub async fn add_voter(&self, id: u64) -> Result<(), StoreError> {
+        self.change_voter(VoterChange::Add(id)).await
+    }
+
+    /// Leader only: propose removing voter `id` and wait until the change is
+    /// applied here.
+    pub async fn remove_voter(&self, id: u64) -> Result<(), StoreError> {
+        self.change_voter(VoterChange::Remove(id)).await
+    }
+
+    async fn change_voter(&self, change: VoterChange) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         // Unlike peer traffic this is worth waiting for room.
         self.tx
-            .send(Inbound::AddVoter { id, reply })
+            .send(Inbound::ChangeVoter { change, reply })
             .await
             .map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Leader only: ask voter `to` to take over leadership. Watch the
+    /// leadership to see whether it did.
+    pub fn transfer_leader(&self, to: u64) -> Result<(), RaftError> {
+        self.push(Inbound::TransferLeader { to })
+    }
+
+    /// The transport's report that `peer` refused this manager as removed.
+    pub fn removed_by_peer(&self, peer: u64) -> Result<(), RaftError> {
+        self.push(Inbound::RemovedByPeer { peer })
+    }
+
+    /// Wait until this node has applied everything committed cluster-wide
+    /// when the call began (Raft's ReadIndex), so a read of the local store
+    /// that follows is linearizable on any manager. A manager that cannot
+    /// confirm this with a majority within `within` answers
+    /// [`StoreError::NoQuorum`] instead of serving data that may be stale.
+    pub async fn read_barrier(&self, within: Duration) -> Result<(), StoreError> {
+        let give_up = Instant::now() + within;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            match tokio::time::timeout_at(give_up, self.tx.send(Inbound::ReadIndex { reply })).await
+            {
+                Err(_) => return Err(StoreError::NoQuorum),
+                Ok(Err(_)) => return Err(StoreError::Stopped),
+                Ok(Ok(())) => {}
+            }
+            match tokio::time::timeout_at(give_up, rx).await {
+                Err(_) => return Err(StoreError::NoQuorum),
+                Ok(Err(_)) => return Err(StoreError::Stopped),
+                // No leader right now, or leadership moved while the read
+                // was in flight: ask again until the deadline.
+                Ok(Ok(Err(StoreError::NoQuorum))) => {
+                    let retry_at = Instant::now() + READ_RETRY;
+                    if retry_at >= give_up {
+                        return Err(StoreError::NoQuorum);
+                    }
+                    tokio::time::sleep_until(retry_at).await;
+                }
+                Ok(Ok(outcome)) => return outcome,
+            }
+        }
     }
 
     fn push(&self, inbound: Inbound) -> Result<(), RaftError> {

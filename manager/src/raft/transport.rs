@@ -139,6 +139,12 @@ impl Inner {
         }
     }
 
+    fn report_removed(&self, id: u64) {
+        if let Some((_, inbox)) = self.wiring.get() {
+            let _ = inbox.removed_by_peer(id);
+        }
+    }
+
     fn report_snapshot(&self, id: u64, delivered: bool) {
         if let Some((_, inbox)) = self.wiring.get() {
             let _ = inbox.report_snapshot(id, delivered);
@@ -237,7 +243,14 @@ async fn stream_to(
     tokio::pin!(call);
     let broken = |result: Result<tonic::Response<_>, tonic::Status>| match result {
         Ok(_) => Ended::Broken("the peer closed the stream".into()),
-        Err(status) => Ended::Broken(format!("{}: {}", status.code(), status.message())),
+        Err(status) => {
+            if status.code() == tonic::Code::PermissionDenied
+                && status.message().contains(crate::auth::REMOVED_NODE)
+            {
+                inner.report_removed(id);
+            }
+            Ended::Broken(format!("{}: {}", status.code(), status.message()))
+        }
     };
     loop {
         let first = tokio::select! {

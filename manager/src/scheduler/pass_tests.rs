@@ -35,6 +35,7 @@ pub(crate) fn node(id: &str, labels: &[(&str, &str)]) -> Node {
             state: NodeState::Ready as i32,
             ..Default::default()
         }),
+        manager_status: None,
     }
 }
 

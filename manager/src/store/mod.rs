@@ -113,6 +113,10 @@ pub enum StoreError {
     NotLeader,
     #[error("leadership changed before the write committed; it may or may not have been applied")]
     LeadershipLost,
+    #[error(
+        "no quorum: this manager cannot confirm with a majority of managers that its data is current; retry, or ask a manager that can reach the others"
+    )]
+    NoQuorum,
     #[error("the store is shutting down")]
     Stopped,
     #[error("storage error: {0}")]
