@@ -13,6 +13,7 @@
 pub mod agents;
 pub mod bench;
 pub mod docker;
+pub mod linearizability;
 pub mod process;
 pub mod wait;
 
