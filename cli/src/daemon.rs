@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::{AgentArgs, InitArgs, ManagerArgs, RuntimeArg, UpArgs};
 use crate::connect::default_data_dir;
+use crate::join_tokens;
 
 /// How long tasks may take to stop after the shutdown signal.
 const GRACE: Duration = Duration::from_secs(10);
@@ -35,25 +36,93 @@ pub async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         listen_addr = %config.listen_addr,
         "starting manager"
     );
-    let join = match (&args.join, &args.token) {
-        (Some(addr), Some(token)) => Some(shoal_manager::join::JoinOptions {
-            addr: addr.clone(),
-            token: token.clone(),
-        }),
-        _ => None,
-    };
     let root = shutdown_on_signal();
+    let join = match &args.join {
+        // A manager that has joined ignores --join: it needs no token file.
+        Some(_) if args.token.is_none() && has_joined_as_manager(&config)? => None,
+        Some(addr) => match join_token(&args, &root).await? {
+            Some(token) => Some(shoal_manager::join::JoinOptions {
+                addr: addr.clone(),
+                token,
+            }),
+            None => return Ok(()),
+        },
+        None => None,
+    };
     let mut tasks = JoinSet::new();
+    let (created, new_cluster) = tokio::sync::oneshot::channel();
     spawn(
         &mut tasks,
         "manager",
-        run_manager(config, join, root.child_token(), |ready| {
-            if let Some(new) = &ready.new_cluster {
-                print_new_cluster(new);
+        run_manager(config, join, root.child_token(), move |ready| {
+            if let Some(new) = ready.new_cluster {
+                let _ = created.send(new);
             }
         }),
     );
+    let export_dir = args.export_join_tokens.clone();
+    let stop = root.child_token();
+    spawn(&mut tasks, "new-cluster", async move {
+        // Only a start that creates the cluster sends; otherwise the sender
+        // is dropped once the manager serves.
+        if let Ok(new) = new_cluster.await {
+            match &export_dir {
+                Some(dir) => export_new_cluster(dir, &new)?,
+                None => print_new_cluster(&new),
+            }
+        }
+        stop.cancelled().await;
+        Ok(())
+    });
     supervise(root, tasks).await
+}
+
+/// The manager join token of `--join`: `--token`, or `--token-file` (waited
+/// for). `None` when shut down while waiting.
+async fn join_token(
+    args: &ManagerArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<String>> {
+    match (&args.token, &args.token_file) {
+        (Some(token), _) => Ok(Some(token.clone())),
+        (None, Some(path)) => {
+            let timeout = join_tokens::TOKEN_FILE_WAIT;
+            join_tokens::wait_for_token("--token-file", path, timeout, shutdown).await
+        }
+        (None, None) => anyhow::bail!("--join: needs --token or --token-file"),
+    }
+}
+
+/// Whether this manager's data dir has joined its cluster (it has a Raft id).
+fn has_joined_as_manager(config: &ManagerConfig) -> anyhow::Result<bool> {
+    let id = shoal_manager::raft::membership::load_raft_id(&config.data_dir)
+        .map_err(|e| anyhow::anyhow!("--data-dir: {e}"))?;
+    Ok(id.is_some())
+}
+
+/// `--export-join-tokens`: the tokens go to files, and only their paths to
+/// stdout.
+fn export_new_cluster(dir: &Path, new: &shoal_manager::server::NewCluster) -> anyhow::Result<()> {
+    join_tokens::export(dir, &new.manager_token, &new.worker_token)?;
+    let manager = dir.join(join_tokens::MANAGER_TOKEN_FILE);
+    let worker = dir.join(join_tokens::WORKER_TOKEN_FILE);
+    tracing::info!(
+        manager_token = %manager.display(),
+        worker_token = %worker.display(),
+        "join tokens written"
+    );
+    println!(
+        "Cluster initialized: this manager is its first member.\n\n\
+         The join tokens are in {} and {} (mode 0600). Add a worker with:\n\n    \
+         shoal agent --manager MANAGER_ADDR --token-file {}\n\n\
+         and a manager with:\n\n    \
+         shoal manager --join MANAGER_ADDR --token-file {} --data-dir DIR --listen-addr HOST:PORT\n",
+        manager.display(),
+        worker.display(),
+        worker.display(),
+        manager.display(),
+    );
+    Ok(())
 }
 
 /// `shoal init`: create the cluster, print how to grow it, exit.
@@ -66,6 +135,8 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
         heartbeat_grace_multiplier: None,
         join: None,
         token: None,
+        token_file: None,
+        export_join_tokens: None,
         ca: args.ca,
     };
     let config = manager_config(&manager_args)?;
@@ -93,7 +164,7 @@ fn print_new_cluster(new: &shoal_manager::server::NewCluster) {
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let config = AgentConfig {
+    let mut config = AgentConfig {
         managers: args.managers.clone(),
         node_name: args.node_name.clone(),
         data_dir: args
@@ -105,6 +176,16 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     };
     config.validate()?;
     let root = shutdown_on_signal();
+    if let Some(path) = &args.token_file
+        && !has_joined(&config.data_dir)
+    {
+        let wait =
+            join_tokens::wait_for_token("--token-file", path, join_tokens::TOKEN_FILE_WAIT, &root);
+        match wait.await? {
+            Some(token) => config.join_token = Some(token),
+            None => return Ok(()),
+        }
+    }
     let mut tasks = JoinSet::new();
     spawn(
         &mut tasks,
@@ -119,6 +200,14 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     supervise(root, tasks).await
 }
 
+/// Whether the agent with this data dir holds its node certificate (it
+/// needs no join token then).
+fn has_joined(data_dir: &Path) -> bool {
+    shoal_agent::identity::tls_dir(data_dir)
+        .join("cert.pem")
+        .exists()
+}
+
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let manager_args = ManagerArgs {
@@ -129,6 +218,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         heartbeat_grace_multiplier: None,
         join: None,
         token: None,
+        token_file: None,
+        export_join_tokens: None,
         ca: Default::default(),
     };
     let config = manager_config(&manager_args)?;
@@ -465,6 +556,8 @@ mod tests {
             heartbeat_grace_multiplier: Some(3),
             join: None,
             token: None,
+            token_file: None,
+            export_join_tokens: None,
             ca: Default::default(),
         };
         let config = manager_config(&args).unwrap();

@@ -6,12 +6,14 @@
 //! - `connect`: finding and dialling the manager; [`connect::default_data_dir`].
 //! - `service`, `node`, `secret` (secrets and configs): the client commands; `output` and `inspect` print;
 //!   `progress` shows a service converging.
-//! - `daemon`: the daemons and their shutdown.
+//! - `daemon`: the daemons and their shutdown; `join_tokens`: join tokens
+//!   handed over through files (`--export-join-tokens`, `--token-file`).
 
 mod args;
 mod connect;
 mod daemon;
 mod inspect;
+mod join_tokens;
 mod node;
 mod output;
 mod progress;

@@ -3,11 +3,13 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::{ArgGroup, Args, ValueEnum};
 
 use super::{duration, label};
+use crate::join_tokens::{export_dir_flag, path_flag};
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("join_token").args(["token", "token_file"])))]
 pub struct ManagerArgs {
     /// Where the manager keeps its state (default: $SHOAL_DATA_DIR, /var/lib/shoal
     /// for root, else ~/.local/share/shoal).
@@ -26,12 +28,22 @@ pub struct ManagerArgs {
     #[arg(long, value_name = "N")]
     pub heartbeat_grace_multiplier: Option<u32>,
     /// Join the cluster of the manager at this address as a manager (with
-    /// --token; only on the first start, with an empty data directory).
-    #[arg(long, value_name = "HOST:PORT", requires = "token")]
+    /// --token or --token-file; only on the first start, with an empty data
+    /// directory).
+    #[arg(long, value_name = "HOST:PORT", requires = "join_token")]
     pub join: Option<String>,
     /// The manager join token (`shoal join-token manager` on a manager prints it).
     #[arg(long, value_name = "TOKEN", requires = "join")]
     pub token: Option<String>,
+    /// Read the manager join token from this file, waiting for it to appear
+    /// (written by a first manager started with --export-join-tokens).
+    #[arg(long, value_name = "PATH", requires = "join", value_parser = path_flag)]
+    pub token_file: Option<PathBuf>,
+    /// When this start creates the cluster, write its join tokens to
+    /// DIR/manager.token and DIR/worker.token (mode 0600) instead of printing
+    /// them (for --token-file of the nodes that join).
+    #[arg(long, value_name = "DIR", conflicts_with = "join", value_parser = export_dir_flag)]
+    pub export_join_tokens: Option<PathBuf>,
     #[command(flatten)]
     pub ca: CaArgs,
 }
@@ -110,6 +122,11 @@ pub struct AgentArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// Read the join token from this file, waiting for it to appear, unless
+    /// the agent has joined already (for a first manager started with
+    /// --export-join-tokens: its worker.token).
+    #[arg(long, value_name = "PATH", conflicts_with = "token", value_parser = path_flag)]
+    pub token_file: Option<PathBuf>,
     /// Container engine.
     #[arg(long, value_enum, default_value = "docker")]
     pub runtime: RuntimeArg,

@@ -76,3 +76,115 @@ fn health_flags_conflict_with_no_healthcheck() {
     ]);
     assert!(err.contains("--no-healthcheck"), "{err}");
 }
+
+#[test]
+fn managers_join_with_a_token_or_a_token_file() {
+    let cli = Cli::try_parse_from([
+        "shoal",
+        "manager",
+        "--join",
+        "manager1:4280",
+        "--token-file",
+        "/run/shoal/join/manager.token",
+    ])
+    .unwrap();
+    let Command::Manager(m) = cli.command else {
+        panic!("not a manager");
+    };
+    assert_eq!(
+        m.token_file.as_deref(),
+        Some(std::path::Path::new("/run/shoal/join/manager.token"))
+    );
+    assert!(m.token.is_none());
+
+    let err = parse_err(&["shoal", "manager", "--join", "m:4280"]);
+    assert!(err.contains("--token"), "{err}");
+    let err = parse_err(&[
+        "shoal",
+        "manager",
+        "--join",
+        "m:4280",
+        "--token",
+        "T",
+        "--token-file",
+        "/t",
+    ]);
+    assert!(
+        err.contains("--token-file") && err.contains("--token "),
+        "{err}"
+    );
+    let err = parse_err(&["shoal", "manager", "--token-file", "/t"]);
+    assert!(err.contains("--join"), "{err}");
+    let err = parse_err(&["shoal", "manager", "--join", "m:4280", "--token-file", ""]);
+    assert!(err.contains("--token-file"), "{err}");
+    assert!(err.contains("empty"), "{err}");
+}
+
+#[test]
+fn only_a_founding_manager_exports_join_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("join");
+    let cli = Cli::try_parse_from([
+        "shoal",
+        "manager",
+        "--export-join-tokens",
+        out.to_str().unwrap(),
+    ])
+    .unwrap();
+    let Command::Manager(m) = cli.command else {
+        panic!("not a manager");
+    };
+    assert_eq!(m.export_join_tokens.as_deref(), Some(out.as_path()));
+
+    let err = parse_err(&[
+        "shoal",
+        "manager",
+        "--join",
+        "m:4280",
+        "--token",
+        "T",
+        "--export-join-tokens",
+        "/j",
+    ]);
+    assert!(err.contains("--export-join-tokens"), "{err}");
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let err = parse_err(&[
+        "shoal",
+        "manager",
+        "--export-join-tokens",
+        file.to_str().unwrap(),
+    ]);
+    assert!(err.contains("--export-join-tokens"), "{err}");
+    assert!(err.contains("not a directory"), "{err}");
+}
+
+#[test]
+fn agents_take_a_token_or_a_token_file() {
+    let cli = Cli::try_parse_from([
+        "shoal",
+        "agent",
+        "--manager",
+        "manager1:4280",
+        "--token-file",
+        "/run/shoal/join/worker.token",
+    ])
+    .unwrap();
+    let Command::Agent(a) = cli.command else {
+        panic!("not an agent");
+    };
+    assert!(a.token_file.is_some());
+    let err = parse_err(&[
+        "shoal",
+        "agent",
+        "--manager",
+        "m:4280",
+        "--token",
+        "T",
+        "--token-file",
+        "/t",
+    ]);
+    assert!(err.contains("--token-file"), "{err}");
+    let err = parse_err(&["shoal", "agent", "--manager", "m:4280", "--token-file="]);
+    assert!(err.contains("--token-file"), "{err}");
+}
