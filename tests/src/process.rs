@@ -109,7 +109,17 @@ impl ManagerProcess {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.data_dir.with_extension("log"))?;
+        self.launch()?;
+        self.wait_ready().await
+    }
+
+    /// Start the process without waiting for it to serve (its log is kept
+    /// across restarts, appended to).
+    pub fn launch(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_extension("log"))?;
         let child = Command::new(shoal_bin())
             .arg("manager")
             .arg("--data-dir")
@@ -126,7 +136,24 @@ impl ManagerProcess {
             .spawn()
             .context("start shoal manager")?;
         self.child = Some(child);
-        self.wait_ready().await
+        Ok(())
+    }
+
+    /// The exit status, once the process has ended on its own.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
+    /// SIGSTOP the process (it holds its sockets but answers nothing).
+    pub fn pause(&self) -> anyhow::Result<()> {
+        signal(self.child.as_ref().context("not running")?.id(), "STOP")
+    }
+
+    /// SIGCONT a paused process.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        signal(self.child.as_ref().context("not running")?.id(), "CONT")
     }
 
     /// Wait until the manager answers over mutual TLS (with the admin
@@ -172,6 +199,8 @@ impl ManagerProcess {
     /// SIGKILL the process (no clean shutdown).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A paused process dies of SIGKILL too; CONT is for tidiness.
+            let _ = signal(c.id(), "CONT");
             let _ = c.kill();
             let _ = c.wait();
         }

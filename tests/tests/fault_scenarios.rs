@@ -1,0 +1,384 @@
+//! Issue 6's fault suite on real processes: three `shoal manager` processes
+//! on loopback ports, crashed with SIGKILL and paused with SIGSTOP.
+//!
+//! - Membership: `node ls` shows each manager's status as the leader sees
+//!   it; `node demote` and `node rm` take managers out of the Raft group,
+//!   refusing what would break quorum; a removed manager stops, and is
+//!   refused if started again.
+//! - Reads: an old leader paused through an election serves no stale read
+//!   when it wakes up; a manager cut off from the majority answers "no
+//!   quorum" instead of hanging.
+//! - Durability: SIGKILL every manager in the middle of writes; after the
+//!   restart every acknowledged write is on every manager.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use shoal_proto::control_client::ControlClient;
+use shoal_proto::{
+    ContainerSpec, CreateServiceRequest, GetClusterRequest, GetClusterResponse,
+    ListServicesRequest, ServiceSpec, TaskSpec,
+};
+use shoal_tests::process::{ManagerProcess, manager_token, shoal_bin};
+use shoal_tests::wait::eventually;
+use tonic::transport::Channel;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Three managers: the first leads, the others joined with the manager token.
+async fn three_managers() -> [ManagerProcess; 3] {
+    let first = ManagerProcess::start(&[]).await.unwrap();
+    let token = manager_token(&mut first.control().await.unwrap())
+        .await
+        .unwrap();
+    let second = ManagerProcess::join(&first, &token).await.unwrap();
+    let third = ManagerProcess::join(&first, &token).await.unwrap();
+    [first, second, third]
+}
+
+/// Run the CLI on `m`'s unix socket; (success, stdout, stderr).
+async fn cli(m: &ManagerProcess, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(shoal_bin())
+        .arg("--host")
+        .arg(m.socket_host())
+        .args(args)
+        .output()
+        .await
+        .expect("run the shoal CLI");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn ok(m: &ManagerProcess, args: &[&str]) -> String {
+    let (success, stdout, stderr) = cli(m, args).await;
+    assert!(
+        success,
+        "shoal {args:?} failed: {stderr}\nmanager log:\n{}",
+        m.log()
+    );
+    stdout
+}
+
+async fn cluster_info(m: &ManagerProcess) -> Result<GetClusterResponse, String> {
+    let mut c: ControlClient<Channel> = m.socket_control().await.map_err(|e| e.to_string())?;
+    c.get_cluster(GetClusterRequest {})
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|e| e.to_string())
+}
+
+/// The node id of manager `m`, from the managers table.
+async fn node_id(m: &ManagerProcess) -> String {
+    let info = cluster_info(m).await.unwrap();
+    let addr = m.addr.to_string();
+    info.cluster
+        .unwrap()
+        .managers
+        .iter()
+        .find(|member| member.addr == addr)
+        .map(|member| member.node_id.clone())
+        .expect("the manager is in the managers table")
+}
+
+/// `node ls --format json` on `m`: (node id, role, manager status) per row.
+async fn managers_listed(m: &ManagerProcess) -> Result<BTreeSet<(String, String)>, String> {
+    let (success, stdout, stderr) = cli(m, &["node", "ls", "--format", "json"]).await;
+    if !success {
+        return Err(stderr);
+    }
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).map_err(|e| e.to_string())?;
+    Ok(rows
+        .iter()
+        .filter(|r| r["role"] == "manager")
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap_or_default().to_string(),
+                r["manager_status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
+}
+
+/// Wait until `node ls` on `m` shows exactly `want` (id, status) for managers.
+async fn wait_listed(m: &ManagerProcess, want: &[(&str, &str)]) {
+    let want: BTreeSet<(String, String)> = want
+        .iter()
+        .map(|(id, status)| (id.to_string(), status.to_string()))
+        .collect();
+    eventually("node ls to show the managers", WAIT, || async {
+        let seen = managers_listed(m).await?;
+        if seen == want {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}, want {want:?}"))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nmanager log:\n{}", m.log()));
+}
+
+/// Wait for `m` to exit on its own; its log must say it was removed.
+async fn wait_removed_exit(m: &mut ManagerProcess) {
+    let status = eventually("the removed manager to stop", WAIT, || {
+        let exited = m.exited();
+        async move { exited.ok_or_else(|| "still running".to_string()) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nmanager log:\n{}", m.log()));
+    assert!(!status.success(), "a removed manager exits with an error");
+    assert!(m.log().contains("removed from the cluster"), "{}", m.log());
+}
+
+#[tokio::test]
+async fn managers_are_demoted_and_removed_without_breaking_quorum() {
+    let [first, mut second, mut third] = three_managers().await;
+    let (id1, id2, id3) = (
+        node_id(&first).await,
+        node_id(&second).await,
+        node_id(&third).await,
+    );
+    wait_listed(
+        &first,
+        &[(&id1, "leader"), (&id2, "reachable"), (&id3, "reachable")],
+    )
+    .await;
+    // Node reads go to the leader, so a follower shows the same.
+    wait_listed(
+        &second,
+        &[(&id1, "leader"), (&id2, "reachable"), (&id3, "reachable")],
+    )
+    .await;
+
+    // A live manager is demoted, not removed.
+    let (success, _, stderr) = cli(&first, &["node", "rm", &id3]).await;
+    assert!(!success && stderr.contains("demote it first"), "{stderr}");
+
+    // Manager 3 goes down: it shows unreachable. Demoting 2 now would leave
+    // one reachable manager of two: refused. Removing 3, which is down, is fine.
+    third.kill();
+    wait_listed(
+        &first,
+        &[(&id1, "leader"), (&id2, "reachable"), (&id3, "unreachable")],
+    )
+    .await;
+    let (success, _, stderr) = cli(&first, &["node", "demote", &id2]).await;
+    assert!(
+        !success && stderr.contains("a quorum needs"),
+        "demoting 2 with 3 down: {stderr}"
+    );
+    ok(&first, &["node", "rm", &id3]).await;
+    wait_listed(&first, &[(&id1, "leader"), (&id2, "reachable")]).await;
+
+    // Started again, the removed manager is refused and stops.
+    third.launch().unwrap();
+    wait_removed_exit(&mut third).await;
+    let info = cluster_info(&first).await.unwrap();
+    let cluster = info.cluster.unwrap();
+    assert!(cluster.removed_raft_ids.contains(&3), "{cluster:?}");
+
+    // Demoting the leader hands leadership to 2 first; 1 then leaves and stops.
+    let mut first = first;
+    ok(&second, &["node", "demote", &id1]).await;
+    wait_removed_exit(&mut first).await;
+    wait_listed(&second, &[(&id2, "leader")]).await;
+    ok(
+        &second,
+        &["service", "create", "-d", "--name", "after", "img:v1"],
+    )
+    .await;
+    // The last manager cannot leave.
+    let (success, _, stderr) = cli(&second, &["node", "demote", &id2]).await;
+    assert!(!success && stderr.contains("last manager"), "{stderr}");
+    second.terminate().unwrap();
+}
+
+/// Every service name `m` lists, or why it could not answer.
+async fn service_names(m: &ManagerProcess) -> Result<BTreeSet<String>, tonic::Status> {
+    let mut c = m
+        .socket_control()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let services = c
+        .list_services(ListServicesRequest::default())
+        .await?
+        .into_inner()
+        .services;
+    Ok(services
+        .iter()
+        .filter_map(|s| Some(s.service.as_ref()?.spec.as_ref()?.name.clone()))
+        .collect())
+}
+
+#[tokio::test]
+async fn a_woken_old_leader_serves_no_stale_read_and_a_minority_says_no_quorum() {
+    let [first, mut second, mut third] = three_managers().await;
+    ok(
+        &first,
+        &["service", "create", "-d", "--name", "a", "img:v1"],
+    )
+    .await;
+
+    // Pause the leader; the others elect a new one and take a write.
+    first.pause().unwrap();
+    let new_leader = eventually("a new leader", WAIT, || async {
+        for m in [&second, &third] {
+            let info = cluster_info(m).await?;
+            if !info.leader_addr.is_empty() && info.leader_addr != first.addr.to_string() {
+                return Ok(info.leader_addr);
+            }
+        }
+        Err("no new leader yet".to_string())
+    })
+    .await
+    .unwrap();
+    let leader = if second.addr.to_string() == new_leader {
+        &second
+    } else {
+        &third
+    };
+    ok(
+        leader,
+        &["service", "create", "-d", "--name", "b", "img:v1"],
+    )
+    .await;
+
+    // Woken up, the old leader still believes it leads until it hears
+    // otherwise: each read it serves must already show "b".
+    first.resume().unwrap();
+    let started = Instant::now();
+    let (mut served, mut refused) = (0, 0);
+    while started.elapsed() < Duration::from_secs(3) {
+        match service_names(&first).await {
+            Ok(names) => {
+                assert!(
+                    names.contains("b"),
+                    "stale read from the old leader: {names:?}"
+                );
+                served += 1;
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    println!("old leader after waking: {served} reads served (all current), {refused} refused");
+    assert!(served > 0, "the old leader serves reads once it follows");
+
+    // Cut the first manager off from the majority: it answers "no quorum".
+    second.kill();
+    third.kill();
+    let asked = Instant::now();
+    let err = eventually("a 'no quorum' answer", WAIT, || async {
+        match service_names(&first).await {
+            Err(status) if status.message().contains("no quorum") => Ok(status),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    println!(
+        "minority read refused after {:?}: {}",
+        asked.elapsed(),
+        err.message()
+    );
+}
+
+/// Create services `prefix-0`, `prefix-1`, ... through `control` until it
+/// fails; returns the names acknowledged.
+async fn write_until_failure(mut control: ControlClient<Channel>, prefix: String) -> Vec<String> {
+    let mut acked = Vec::new();
+    for i in 0.. {
+        let name = format!("{prefix}-{i}");
+        let spec = ServiceSpec {
+            name: name.clone(),
+            replicas: 0,
+            task: Some(TaskSpec {
+                container: Some(ContainerSpec {
+                    image: "img:v1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let request = CreateServiceRequest { spec: Some(spec) };
+        match tokio::time::timeout(Duration::from_secs(5), control.create_service(request)).await {
+            Ok(Ok(_)) => acked.push(name),
+            _ => break,
+        }
+    }
+    acked
+}
+
+#[tokio::test]
+async fn no_acknowledged_write_is_lost_when_every_manager_is_killed() {
+    let mut managers = three_managers().await;
+    let mut writers = Vec::new();
+    for (i, m) in managers.iter().enumerate() {
+        for w in 0..2 {
+            let control = m.socket_control().await.unwrap();
+            writers.push(tokio::spawn(write_until_failure(
+                control,
+                format!("m{i}w{w}"),
+            )));
+        }
+    }
+    // Let some writes through, then SIGKILL all three at once.
+    eventually("writes to be acknowledged", WAIT, || async {
+        let names = service_names(&managers[0])
+            .await
+            .map_err(|e| e.to_string())?;
+        if names.len() >= 50 {
+            Ok(())
+        } else {
+            Err(format!("{} services", names.len()))
+        }
+    })
+    .await
+    .unwrap();
+    for m in managers.iter_mut() {
+        m.kill();
+    }
+    let mut acked = BTreeSet::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    println!("{} writes acknowledged before the kill", acked.len());
+
+    for m in managers.iter_mut() {
+        m.launch().unwrap();
+    }
+    for m in &managers {
+        let names = eventually("the restarted manager to answer", WAIT, || async {
+            let names = service_names(m).await.map_err(|e| e.to_string())?;
+            let missing: Vec<_> = acked.difference(&names).collect();
+            if missing.is_empty() {
+                Ok(names)
+            } else {
+                Err(format!("{} acknowledged writes missing", missing.len()))
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nmanager log:\n{}", m.log()));
+        assert!(names.is_superset(&acked));
+    }
+    // And the three agree on the whole store, acknowledged or not.
+    let all = eventually("the managers to agree", WAIT, || async {
+        let mut sets = Vec::new();
+        for m in &managers {
+            sets.push(service_names(m).await.map_err(|e| e.to_string())?);
+        }
+        if sets.iter().all(|s| *s == sets[0]) {
+            Ok(sets.remove(0))
+        } else {
+            Err(format!(
+                "sizes {:?}",
+                sets.iter().map(BTreeSet::len).collect::<Vec<_>>()
+            ))
+        }
+    })
+    .await
+    .unwrap();
+    println!("{} services on every manager after the restart", all.len());
+}
