@@ -234,24 +234,29 @@ impl ManagerProcess {
 
     /// A Control client on the unix control socket (the local administrator).
     pub async fn socket_control(&self) -> anyhow::Result<ControlClient<Channel>> {
-        let path = self.data_dir.join("shoal.sock");
-        let channel = Endpoint::from_static("http://localhost")
-            .connect_timeout(Duration::from_secs(2))
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
-            .await?;
-        Ok(ControlClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
+        socket_control_at(&self.data_dir.join("shoal.sock")).await
     }
 
     /// The `--host` value for the unix control socket.
     pub fn socket_host(&self) -> String {
         format!("unix://{}", self.data_dir.join("shoal.sock").display())
     }
+}
+
+/// A Control client on the manager control socket at `path`.
+pub async fn socket_control_at(path: &Path) -> anyhow::Result<ControlClient<Channel>> {
+    let path = path.to_path_buf();
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_timeout(Duration::from_secs(2))
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await?;
+    Ok(ControlClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
 }
 
 impl Drop for ManagerProcess {
