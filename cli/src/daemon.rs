@@ -137,6 +137,8 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
         token: None,
         token_file: None,
         export_join_tokens: None,
+        snapshot_interval: None,
+        force_new_cluster: false,
         ca: args.ca,
     };
     let config = manager_config(&manager_args)?;
@@ -220,6 +222,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         token: None,
         token_file: None,
         export_join_tokens: None,
+        snapshot_interval: None,
+        force_new_cluster: false,
         ca: Default::default(),
     };
     let config = manager_config(&manager_args)?;
@@ -287,6 +291,10 @@ pub fn manager_config(args: &ManagerArgs) -> anyhow::Result<ManagerConfig> {
     if let Some(n) = args.heartbeat_grace_multiplier {
         config.dispatcher.grace_multiplier = n;
     }
+    if let Some(n) = args.snapshot_interval {
+        config.raft.snapshot_interval = n;
+    }
+    config.raft.force_new_cluster = args.force_new_cluster;
     if let Some(ms) = args.ca.cert_expiry {
         config.ca.cert_lifetime = Duration::from_millis(ms.max(0) as u64);
     }
@@ -558,6 +566,8 @@ mod tests {
             token: None,
             token_file: None,
             export_join_tokens: None,
+            snapshot_interval: None,
+            force_new_cluster: false,
             ca: Default::default(),
         };
         let config = manager_config(&args).unwrap();

@@ -100,6 +100,9 @@ pub struct RaftConfig {
     pub heartbeat_ticks: usize,
     /// Take a snapshot and compact the log every this many applied entries.
     pub snapshot_interval: u64,
+    /// Restart as the only voter of the group, keeping the state (recovery
+    /// from the loss of a quorum of managers).
+    pub force_new_cluster: bool,
 }
 
 impl RaftConfig {
@@ -119,6 +122,7 @@ impl Default for RaftConfig {
             election_ticks: 10,
             heartbeat_ticks: 1,
             snapshot_interval: 10_000,
+            force_new_cluster: false,
         }
     }
 }

@@ -275,6 +275,7 @@ pub async fn serve_joining(
         raft_id,
         node_id.clone(),
         advertise.clone(),
+        config.raft.force_new_cluster,
         shutdown.clone(),
     ));
     let renew = tokio::spawn(ca::renew_own(
@@ -411,6 +412,7 @@ async fn register_while_leading(
     raft_id: u64,
     node_id: String,
     advertise: String,
+    forced_new_cluster: bool,
     shutdown: CancellationToken,
 ) {
     if !reachable(&advertise) {
@@ -422,6 +424,12 @@ async fn register_while_leading(
             && let Err(e) = membership::register(&store, raft_id, &node_id, &advertise).await
         {
             warn!(error = %e, "could not record this manager in the managers table");
+        }
+        if forced_new_cluster
+            && leadership.borrow().is_leader
+            && let Err(e) = membership::forget_others(&store, raft_id).await
+        {
+            warn!(error = %e, "could not drop the other managers from the managers table");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -139,6 +139,11 @@ impl ManagerProcess {
         Ok(())
     }
 
+    /// Flags added to every later start (for example `--force-new-cluster`).
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+    }
+
     /// The exit status, once the process has ended on its own.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         let status = self.child.as_mut()?.try_wait().ok()??;

@@ -50,7 +50,7 @@ impl Cluster {
                 .json(&["node", "ls"])
                 .await
                 .iter()
-                .filter(|x| x["status"] == "ready")
+                .filter(|x| x["status"] == "ready" && x["role"] == "worker")
                 .count();
             if ready == n {
                 Ok(())

@@ -72,7 +72,10 @@ async fn cluster(agents: usize) -> (ManagerProcess, Vec<HollowAgent>) {
     eventually(&format!("{agents} ready nodes"), WAIT, || async {
         let (out, _) = ok(&m, &["node", "ls", "--format", "json"]).await;
         let nodes: Vec<Value> = serde_json::from_str(&out).unwrap();
-        let ready = nodes.iter().filter(|n| n["status"] == "ready").count();
+        let ready = nodes
+            .iter()
+            .filter(|n| n["status"] == "ready" && n["role"] == "worker")
+            .count();
         if ready == agents {
             Ok(())
         } else {

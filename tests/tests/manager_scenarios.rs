@@ -78,7 +78,7 @@ async fn three_agents(m: &ManagerProcess) -> Vec<HollowAgent> {
         let ready = json(m, &["node", "ls"])
             .await
             .iter()
-            .filter(|n| n["status"] == "ready")
+            .filter(|n| n["status"] == "ready" && n["role"] == "worker")
             .count();
         if ready == 3 {
             Ok(())
@@ -351,7 +351,7 @@ async fn manager_restart_keeps_state_and_agents_reconnect_without_duplicates() {
         let ready = json(&m, &["node", "ls"])
             .await
             .iter()
-            .filter(|n| n["status"] == "ready")
+            .filter(|n| n["status"] == "ready" && n["role"] == "worker")
             .count();
         if ready == 3 {
             Ok(())

@@ -44,6 +44,15 @@ pub struct ManagerArgs {
     /// them (for --token-file of the nodes that join).
     #[arg(long, value_name = "DIR", conflicts_with = "join", value_parser = export_dir_flag)]
     pub export_join_tokens: Option<PathBuf>,
+    /// Take a Raft snapshot and compact the log every N applied entries
+    /// (default 10000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_interval: Option<u64>,
+    /// Recover from the loss of a quorum: restart this manager as the only
+    /// member of its Raft group, with all the state and its agents; the other
+    /// managers are removed (join new ones afterwards).
+    #[arg(long, conflicts_with = "join")]
+    pub force_new_cluster: bool,
     #[command(flatten)]
     pub ca: CaArgs,
 }

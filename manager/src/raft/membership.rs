@@ -122,6 +122,37 @@ pub async fn register(
     .map(|_| ())
 }
 
+/// After `--force-new-cluster`: drop every other manager from the managers
+/// table, remembering their Raft ids and node ids as removed, so that none
+/// of them is let back in with its old identity. Leader only.
+pub async fn forget_others(store: &Store, own_id: u64) -> Result<(), StoreError> {
+    let lifetime = cert_lifetime(store);
+    update_cluster(store, |cluster| {
+        let others: Vec<RaftMember> = cluster
+            .managers
+            .iter()
+            .filter(|m| m.raft_id != own_id)
+            .cloned()
+            .collect();
+        if others.is_empty() {
+            return None;
+        }
+        let now = shoal_proto::now_ms() / 1000;
+        for m in &others {
+            cluster
+                .removed_nodes
+                .insert(m.node_id.clone(), now + lifetime);
+            if !cluster.removed_raft_ids.contains(&m.raft_id) {
+                cluster.removed_raft_ids.push(m.raft_id);
+            }
+        }
+        cluster.managers.retain(|m| m.raft_id == own_id);
+        Some(own_id)
+    })
+    .await
+    .map(|_| ())
+}
+
 /// The member for `node_id`: its existing entry (a retried join), or a new
 /// one with a fresh Raft id. Leader only.
 async fn admit(

@@ -185,10 +185,40 @@ pub async fn start_with_transport(
     transport: Arc<dyn Transport>,
 ) -> Result<(Store, RaftHandle), RaftError> {
     let config = config.clone();
+    if config.raft.force_new_cluster {
+        force_new_cluster(&config).await?;
+    }
     // Opening sled and reading the state tree is blocking I/O.
     tokio::task::spawn_blocking(move || open(&config, transport))
         .await
         .map_err(|e| RaftError::Thread(std::io::Error::other(e)))?
+}
+
+/// `--force-new-cluster`: start the node once without peers so that it
+/// applies and writes everything committed, then rewrite its Raft metadata
+/// so that this manager is the only voter. The next start leads at once,
+/// with all the state; the other managers' removal from the managers table
+/// follows once it leads ([`membership::forget_others`]).
+async fn force_new_cluster(config: &ManagerConfig) -> Result<(), RaftError> {
+    let mut replay = config.clone();
+    replay.raft.force_new_cluster = false;
+    let (_, handle) = tokio::task::spawn_blocking(move || open(&replay, Arc::new(NoPeers)))
+        .await
+        .map_err(|e| RaftError::Thread(std::io::Error::other(e)))??;
+    let id = handle.status().id;
+    handle.shutdown().await;
+    let path = config.data_dir.join("store");
+    let index = tokio::task::spawn_blocking(move || {
+        Disk::open(&path).and_then(|disk| disk.force_single_voter(id))
+    })
+    .await
+    .map_err(|e| RaftError::Thread(std::io::Error::other(e)))??;
+    tracing::warn!(
+        raft.id = id,
+        index,
+        "forced a new cluster: this manager is now the only voter, with the state applied up to {index}"
+    );
+    Ok(())
 }
 
 fn open(

@@ -127,6 +127,53 @@ impl Disk {
         self.db.flush()?;
         Ok(())
     }
+
+    /// `--force-new-cluster`: make `id` the only voter, keeping the applied
+    /// state. The caller has replayed and written everything committed
+    /// first; the log (nothing past the applied state but entries no
+    /// quorum may have acknowledged) is dropped behind a snapshot at the
+    /// applied index whose configuration is `id` alone. Returns that index.
+    pub(crate) fn force_single_voter(&self, id: u64) -> Result<u64, RaftError> {
+        let applied = match self.state.get(APPLIED_KEY)? {
+            Some(bytes) => decode_index(&bytes)?,
+            None => 0,
+        };
+        let old: SnapshotMetadata = read_meta(&self.meta, SNAPSHOT_KEY)?.unwrap_or_default();
+        let mut hs: HardState = read_meta(&self.meta, HARD_STATE_KEY)?.unwrap_or_default();
+        let term = if applied == old.index {
+            old.term
+        } else {
+            match self.log.get(applied.to_be_bytes())? {
+                Some(bytes) => Entry::parse_from_bytes(&bytes)?.term,
+                None => {
+                    return Err(RaftError::Corrupt(format!(
+                        "applied index {applied} is neither the snapshot ({}) nor in the log",
+                        old.index
+                    )));
+                }
+            }
+        };
+        let mut cs = ConfState::default();
+        cs.set_voters(vec![id]);
+        let mut meta = SnapshotMetadata {
+            index: applied,
+            term,
+            ..Default::default()
+        };
+        meta.set_conf_state(cs.clone());
+        hs.commit = applied;
+        hs.term = hs.term.max(term);
+        let mut batch = sled::Batch::default();
+        for key in self.log.iter().keys() {
+            batch.remove(key?);
+        }
+        self.log.apply_batch(batch)?;
+        self.meta.insert(SNAPSHOT_KEY, meta.write_to_bytes()?)?;
+        self.meta.insert(HARD_STATE_KEY, hs.write_to_bytes()?)?;
+        self.meta.insert(CONF_STATE_KEY, cs.write_to_bytes()?)?;
+        self.flush()?;
+        Ok(applied)
+    }
 }
 
 /// raft-rs [`Storage`] over [`Disk`].
