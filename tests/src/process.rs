@@ -131,11 +131,30 @@ impl ManagerProcess {
                 "SHOAL_LOG",
                 std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .env(
+                shoal_manager::raft::faults::PARTITION_FILE_ENV,
+                self.partition_file(),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .context("start shoal manager")?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// The file through which the test cuts this manager's Raft traffic.
+    fn partition_file(&self) -> PathBuf {
+        self.data_dir.with_extension("partition")
+    }
+
+    /// Drop this manager's Raft messages to and from the managers with these
+    /// Raft ids (an empty list heals the partition).
+    pub fn cut_off_from(&self, raft_ids: &[u64]) -> anyhow::Result<()> {
+        let list: Vec<String> = raft_ids.iter().map(u64::to_string).collect();
+        let tmp = self.partition_file().with_extension("partition.tmp");
+        std::fs::write(&tmp, list.join(" "))?;
+        std::fs::rename(&tmp, self.partition_file())?;
         Ok(())
     }
 

@@ -6,8 +6,10 @@
 //!   refusing what would break quorum; a removed manager stops, and is
 //!   refused if started again.
 //! - Reads: an old leader paused through an election serves no stale read
-//!   when it wakes up; a manager cut off from the majority answers "no
-//!   quorum" instead of hanging.
+//!   when it wakes up; one partitioned away (its Raft traffic cut both ways,
+//!   `shoal_manager::raft::faults`) refuses reads while the majority elects
+//!   and writes, then catches up when healed; a manager cut off from the
+//!   majority answers "no quorum" instead of hanging.
 //! - Durability: SIGKILL every manager in the middle of writes; after the
 //!   restart every acknowledged write is on every manager.
 //! - Recovery and growth: `--force-new-cluster` on the survivor of a lost
@@ -833,5 +835,102 @@ async fn three_managers_grow_to_five_and_back_while_writing_and_joiners_catch_up
     println!(
         "{} writes acknowledged across 3 -> 5 -> 3 managers, all on the three",
         acked.len()
+    );
+}
+
+/// The Raft id of manager `m`, from the managers table.
+async fn raft_id(m: &ManagerProcess) -> u64 {
+    let info = cluster_info(m).await.unwrap();
+    let addr = m.addr.to_string();
+    info.cluster
+        .unwrap()
+        .managers
+        .iter()
+        .find(|member| member.addr == addr)
+        .map(|member| member.raft_id)
+        .expect("the manager is in the managers table")
+}
+
+#[tokio::test]
+async fn a_leader_partitioned_away_serves_no_stale_read_and_catches_up_when_healed() {
+    let [first, second, third] = three_managers().await;
+    ok(
+        &first,
+        &["service", "create", "-d", "--name", "a", "img:v1"],
+    )
+    .await;
+    let ids = [
+        raft_id(&first).await,
+        raft_id(&second).await,
+        raft_id(&third).await,
+    ];
+    // Cut the leader's Raft traffic to and from the other two, both ways.
+    let cut = Instant::now();
+    first.cut_off_from(&ids[1..]).unwrap();
+    second.cut_off_from(&ids[..1]).unwrap();
+    third.cut_off_from(&ids[..1]).unwrap();
+
+    // The majority elects a leader of its own and takes a write (made on a
+    // follower of the majority, it is relayed to that leader).
+    let new_leader = eventually("a leader in the majority", WAIT, || async {
+        let info = cluster_info(&second).await?;
+        if !info.leader_addr.is_empty() && info.leader_addr != first.addr.to_string() {
+            Ok(info.leader_addr)
+        } else {
+            Err(format!("leader {:?}", info.leader_addr))
+        }
+    })
+    .await
+    .unwrap();
+    println!("majority leader {new_leader} after {:?}", cut.elapsed());
+    ok(
+        &second,
+        &["service", "create", "-d", "--name", "b", "img:v1"],
+    )
+    .await;
+
+    // The old leader cannot know of "b": it must refuse reads, not serve
+    // the old list; a write there is not acknowledged.
+    let mut refused = 0;
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(3) {
+        match service_names(&first).await {
+            Ok(names) => panic!("stale read from the partitioned old leader: {names:?}"),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+                refused += 1;
+            }
+        }
+    }
+    let (success, _, stderr) = cli(
+        &first,
+        &["service", "create", "-d", "--name", "c", "img:v1"],
+    )
+    .await;
+    assert!(
+        !success,
+        "a write acknowledged by the cut-off manager: {stderr}"
+    );
+    println!("partitioned old leader: {refused} reads refused, none served");
+
+    // Healed: the old leader follows and catches up.
+    for m in [&first, &second, &third] {
+        m.cut_off_from(&[]).unwrap();
+    }
+    eventually("the old leader to catch up", WAIT, || async {
+        let names = service_names(&first).await.map_err(|e| e.to_string())?;
+        let info = cluster_info(&first).await?;
+        if names.contains("b") && info.leader_addr == new_leader {
+            Ok(())
+        } else {
+            Err(format!("{names:?}, leader {:?}", info.leader_addr))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nold leader log:\n{}", first.log()));
+    let names = service_names(&first).await.unwrap();
+    assert!(
+        !names.contains("c"),
+        "an unacknowledged write of the old term survived: {names:?}"
     );
 }

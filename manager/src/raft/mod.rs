@@ -16,6 +16,7 @@
 //! - [`transport`]: the gRPC transport between managers.
 //! - [`membership`]: the managers table, Raft ids, and joining.
 
+pub mod faults;
 pub mod membership;
 mod node;
 mod service;

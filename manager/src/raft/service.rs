@@ -100,6 +100,9 @@ impl PeerInbox {
 
     /// Feed a decoded peer message.
     pub fn step_message(&self, msg: Message) -> Result<(), RaftError> {
+        if super::faults::blocked(msg.from) {
+            return Ok(());
+        }
         self.push(Inbound::Message(Box::new(msg)))
     }
 

@@ -107,6 +107,10 @@ impl Transport for GrpcTransport {
         let mut peers = self.inner.peers.lock().expect("peers lock");
         for msg in messages {
             let to = msg.to;
+            if super::faults::blocked(to) {
+                self.inner.dropped(to, &msg);
+                continue;
+            }
             let queue = peers.entry(to).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(PEER_QUEUE);
                 self.inner
