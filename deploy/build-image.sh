@@ -15,6 +15,11 @@ trap 'rm -rf "$ctx"' EXIT
 root=$ctx/rootfs
 mkdir -p "$root/usr/local/bin" "$root/etc" "$root/tmp" "$root/var/lib/shoal"
 cp "$bin" "$root/usr/local/bin/shoal"
+# The release profile keeps debug info (for profiling); the image needs only the
+# symbols, for backtraces: about a quarter of the size.
+if command -v objcopy >/dev/null 2>&1; then
+    objcopy --strip-debug "$root/usr/local/bin/shoal"
+fi
 # The dynamic loader and every library the binary links, at the same paths.
 for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
     mkdir -p "$root$(dirname "$lib")"
