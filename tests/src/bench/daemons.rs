@@ -1,7 +1,8 @@
 //! Release-built `shoal` daemons for the benchmarks: the binary (built with
 //! `cargo build --release` on first use; cargo makes that a no-op when fresh),
-//! a manager process and Docker agent processes, each with a temp data dir and
-//! a log file, killed when dropped.
+//! a manager process (founding a cluster or joining one, killed and restarted
+//! at will) and Docker agent processes, each with a temp data dir and a log
+//! file, killed when dropped.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -93,10 +94,18 @@ pub fn ensure_test_images() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A `shoal manager` process on a loopback port with its sled store in a temp dir.
+/// A `shoal manager` process on a loopback port with its sled store in a temp
+/// dir. It can be killed and restarted on the same data dir and address (the
+/// log file is appended to, so it keeps every life of the manager).
 pub struct BenchManager {
     pub addr: SocketAddr,
     dir: TempDir,
+    /// Client certificate the harness reaches it with over TCP: its own admin
+    /// certificate for the founding manager; a copy of the founder's for one
+    /// that joined (a joined manager writes none, and the CA is the same).
+    admin: PathBuf,
+    args: Vec<String>,
+    log_filter: String,
     child: Option<Child>,
 }
 
@@ -104,37 +113,105 @@ impl BenchManager {
     /// Start a manager with `extra_args` (e.g. `--heartbeat-period 2s`) logging
     /// at `log_filter`, and wait until it leads.
     pub async fn start(extra_args: &[&str], log_filter: &str) -> anyhow::Result<BenchManager> {
-        let bin = release_shoal_bin()?;
         let dir = TempDir::with_prefix("shoal-bench-manager-")?;
-        let addr = free_addr();
-        let log = std::fs::File::create(dir.path().join("manager.log"))?;
-        let child = Command::new(bin)
+        let admin = dir.path().join("data").join("admin");
+        let mut manager = BenchManager {
+            addr: free_addr(),
+            dir,
+            admin,
+            args: extra_args.iter().map(|a| a.to_string()).collect(),
+            log_filter: log_filter.to_string(),
+            child: None,
+        };
+        manager.spawn()?;
+        manager.wait_has_cluster().await?;
+        Ok(manager)
+    }
+
+    /// Start a manager that joins `through`'s cluster with the manager join
+    /// token `token`, and wait until its own store holds the cluster object
+    /// (it has caught up at least to its own join). Restarts keep the flags:
+    /// the manager ignores `--join` once it has joined.
+    pub async fn join(
+        through: &BenchManager,
+        token: &str,
+        extra_args: &[&str],
+        log_filter: &str,
+    ) -> anyhow::Result<BenchManager> {
+        let dir = TempDir::with_prefix("shoal-bench-manager-")?;
+        let admin = dir.path().join("admin-client");
+        copy_files(&through.admin, &admin)?;
+        let mut args = vec![
+            "--join".to_string(),
+            through.addr.to_string(),
+            "--token".to_string(),
+            token.to_string(),
+        ];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let mut manager = BenchManager {
+            addr: free_addr(),
+            dir,
+            admin,
+            args,
+            log_filter: log_filter.to_string(),
+            child: None,
+        };
+        manager.spawn()?;
+        manager.wait_has_cluster().await?;
+        Ok(manager)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("manager.log"))?;
+        let child = Command::new(release_shoal_bin()?)
             .arg("manager")
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(self.dir.path().join("data"))
             .arg("--listen-addr")
-            .arg(addr.to_string())
-            .args(extra_args)
-            .env("SHOAL_LOG", log_filter)
+            .arg(self.addr.to_string())
+            .args(&self.args)
+            .env("SHOAL_LOG", &self.log_filter)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .context("start shoal manager")?;
-        note(format!("manager pid={} on {addr}", child.id()));
-        let manager = BenchManager {
-            addr,
-            dir,
-            child: Some(child),
-        };
-        manager
-            .wait_leading()
-            .await
-            .with_context(|| manager.log_tail())?;
-        Ok(manager)
+        note(format!("manager pid={} on {}", child.id(), self.addr));
+        self.child = Some(child);
+        Ok(())
     }
 
-    async fn wait_leading(&self) -> anyhow::Result<()> {
-        wait_leading(self.addr, &self.admin_dir(), Duration::from_secs(60)).await
+    /// Wait until the manager answers over mutual TLS and its store holds the
+    /// cluster object: the founder leads; a joined manager has caught up with
+    /// its join; a restarted one has at least reopened its store.
+    async fn wait_has_cluster(&self) -> anyhow::Result<()> {
+        wait_leading(self.addr, &self.admin, Duration::from_secs(60))
+            .await
+            .with_context(|| self.log_tail())
+    }
+
+    /// SIGKILL (no clean shutdown) and reap the process; a no-op when it is
+    /// not running.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the process was started and not killed since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Start the manager again on the same data dir, address and flags, and
+    /// wait until it answers (not until it has caught up with the leader).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()?;
+        self.wait_has_cluster().await
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -160,14 +237,16 @@ impl BenchManager {
         let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
         format!(
-            "manager log tail:\n{}",
+            "manager {} log tail:\n{}",
+            self.addr,
             lines[lines.len().saturating_sub(20)..].join("\n")
         )
     }
 
-    /// The admin client certificate the manager wrote.
-    pub fn admin_dir(&self) -> std::path::PathBuf {
-        self.dir.path().join("data").join("admin")
+    /// The client certificate the harness reaches this manager with (an
+    /// admin certificate of the cluster).
+    pub fn admin_dir(&self) -> PathBuf {
+        self.admin.clone()
     }
 
     pub async fn control(&self) -> anyhow::Result<ControlClient<Channel>> {
@@ -197,9 +276,11 @@ impl BenchManager {
             let ready = nodes
                 .iter()
                 .filter(|n| {
-                    n.status
-                        .as_ref()
-                        .is_some_and(|s| s.state() == NodeState::Ready)
+                    // Agents only: `node ls` lists the managers too.
+                    n.manager_status.is_none()
+                        && n.status
+                            .as_ref()
+                            .is_some_and(|s| s.state() == NodeState::Ready)
                 })
                 .count();
             if ready >= count {
@@ -233,6 +314,18 @@ impl BenchManager {
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// Copy the files (not subdirectories) of `from` into a new directory `to`.
+fn copy_files(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("read {}", from.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for BenchManager {

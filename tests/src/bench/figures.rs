@@ -1,9 +1,10 @@
 //! Printing figures (`key=value` on stdout) and the pure computations behind
-//! them: percentiles, `/proc/PID/status` fields, the manager's scheduler log lines.
+//! them: percentiles, `/proc/PID/status` fields, the manager's scheduler and
+//! Raft log lines.
 
 use std::fmt::Display;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Print one figure as `key=value` and flush, so a script (or a person
 /// watching a long run) sees it at once.
@@ -80,6 +81,91 @@ pub fn scheduler_passes(log: &str) -> SchedulerPasses {
     sum
 }
 
+/// A Raft event of a manager log, with the line's wall-clock time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftEvent {
+    pub at: SystemTime,
+    pub kind: RaftEventKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaftEventKind {
+    /// raft-rs: an election timeout fired (a pre-vote round starts; the term
+    /// moves only if a majority grants it).
+    ElectionStarted,
+    /// raft-rs: this manager won the election for `term`.
+    BecameLeader { term: u64 },
+    /// shoal: this manager's store leads in `term` (its no-op is applied, the
+    /// leader-only components start, writes are served).
+    StoreLeads { term: u64 },
+}
+
+/// The Raft events of a manager log (info level; lines start with an
+/// RFC 3339 UTC timestamp, as tracing's default format writes them).
+pub fn raft_events(log: &str) -> Vec<RaftEvent> {
+    let mut events = Vec::new();
+    for line in log.lines() {
+        let clean = strip_ansi(line);
+        let kind = if clean.contains("starting a new election") {
+            RaftEventKind::ElectionStarted
+        } else if let Some(rest) = clean.split("became leader at term ").nth(1) {
+            let Some(term) = leading_number(rest) else {
+                continue;
+            };
+            RaftEventKind::BecameLeader { term }
+        } else if clean.contains("raft leadership changed") && clean.contains("is_leader=true") {
+            let Some(term) = clean
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("term=")?.parse().ok())
+            else {
+                continue;
+            };
+            RaftEventKind::StoreLeads { term }
+        } else {
+            continue;
+        };
+        if let Some(at) = clean.split_whitespace().next().and_then(parse_utc) {
+            events.push(RaftEvent { at, kind });
+        }
+    }
+    events
+}
+
+fn leading_number(s: &str) -> Option<u64> {
+    let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// `2026-01-02T03:04:05.123456Z` as a `SystemTime` (UTC, any number of
+/// fraction digits).
+pub fn parse_utc(stamp: &str) -> Option<SystemTime> {
+    let stamp = stamp.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
+    let (h, m, sec) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    let nanos: u32 = format!("{fraction:0<9}").get(..9)?.parse().ok()?;
+    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
+    let secs = days * 86_400 + h * 3600 + m * 60 + sec;
+    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
@@ -145,6 +231,47 @@ garbage scheduling pass without fields";
                 elapsed_ms: 19,
                 max_pass_ms: 12
             }
+        );
+    }
+
+    #[test]
+    fn parses_log_timestamps() {
+        let at = |s| parse_utc(s).map(|t| t.duration_since(SystemTime::UNIX_EPOCH).unwrap());
+        assert_eq!(at("1970-01-01T00:00:00Z"), Some(Duration::ZERO));
+        assert_eq!(
+            at("2000-03-01T00:00:01.5Z"),
+            Some(Duration::from_millis(951_868_801_500))
+        );
+        assert_eq!(
+            at("2026-11-28T18:00:00.076460Z"),
+            Some(Duration::new(1_795_888_800, 76_460_000))
+        );
+        assert_eq!(at("2026-13-01T00:00:00Z"), None);
+        assert_eq!(at("not a time"), None);
+    }
+
+    #[test]
+    fn reads_raft_events() {
+        let log = "\
+2026-11-28T18:00:00.076450Z  INFO raft::raft: starting a new election, raft_id: 2, term: 3
+2026-11-28T18:00:00.076456Z  INFO raft::raft: became candidate at term 4, raft_id: 2, term: 4
+2026-11-28T18:00:00.076460Z  INFO raft::raft: became leader at term 4, raft_id: 2, term: 4
+2026-11-28T18:00:00.080299Z  INFO shoal_manager::raft::node: raft leadership changed term=4 leader_id=2 is_leader=false
+2026-11-28T18:00:00.090299Z  INFO shoal_manager::raft::node: raft leadership changed term=4 leader_id=2 is_leader=true
+garbage became leader at term 5";
+        let kinds: Vec<RaftEventKind> = raft_events(log).iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                RaftEventKind::ElectionStarted,
+                RaftEventKind::BecameLeader { term: 4 },
+                RaftEventKind::StoreLeads { term: 4 },
+            ]
+        );
+        let events = raft_events(log);
+        assert_eq!(
+            events[2].at.duration_since(events[1].at).unwrap(),
+            Duration::from_micros(13_839)
         );
     }
 

@@ -7,6 +7,7 @@
 //!
 //! - [`daemons`]: the release `shoal` binary, manager and agent processes,
 //!   memory readings from `/proc`.
+//! - [`cluster`]: several managers forming one Raft group, and when it is at rest.
 //! - [`schedule`]: hollow nodes at scale, placements per second.
 //! - [`converge`]: N replicas on the real engine via shoal, Swarm and `docker run`.
 //! - [`recover`]: an agent killed, its replicas running elsewhere (shoal and Swarm).
@@ -14,6 +15,7 @@
 //! - [`footprint`]: resident memory of the daemons.
 //! - [`figures`]: printing figures and the small pure computations behind them.
 
+pub mod cluster;
 pub mod converge;
 pub mod daemons;
 pub mod figures;
