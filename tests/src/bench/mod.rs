@@ -11,6 +11,7 @@
 //! - [`schedule`]: hollow nodes at scale, placements per second.
 //! - [`converge`]: N replicas on the real engine via shoal, Swarm and `docker run`.
 //! - [`recover`]: an agent killed, its replicas running elsewhere (shoal and Swarm).
+//! - [`failover`]: the leader manager killed, a write accepted again.
 //! - [`swarm`]: Docker Swarm on the local engine, and extra `dockerd` daemons.
 //! - [`footprint`]: resident memory of the daemons.
 //! - [`figures`]: printing figures and the small pure computations behind them.
@@ -18,6 +19,7 @@
 pub mod cluster;
 pub mod converge;
 pub mod daemons;
+pub mod failover;
 pub mod figures;
 pub mod footprint;
 pub mod recover;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use shoal_tests::bench::{converge, figures, footprint, recover, schedule};
+use shoal_tests::bench::{converge, failover, footprint, recover, schedule};
 
 #[derive(Parser)]
 #[command(
@@ -29,7 +29,8 @@ enum Scenario {
         /// Tasks in all (replicas over all services).
         #[arg(long, default_value_t = 20_000)]
         tasks: usize,
-        /// Managers (only 1 until the HA issue lands).
+        /// Managers in the cluster (3 share the machine's cores; hollow nodes
+        /// connect to the leader).
         #[arg(long, default_value_t = 1)]
         managers: usize,
         /// Services the tasks are split over.
@@ -63,10 +64,14 @@ enum Scenario {
         #[arg(long)]
         no_swarm: bool,
     },
-    /// Leader failover (needs several managers).
+    /// Leader failover: the leader killed -9, time until a write is accepted.
     Failover {
-        #[arg(long, default_value_t = 10)]
+        /// Leaders killed, one after the other.
+        #[arg(long, default_value_t = 20)]
         trials: usize,
+        /// Managers in the cluster (at least 3).
+        #[arg(long, default_value_t = 3)]
+        managers: usize,
     },
     /// Resident memory of the daemons.
     Footprint {
@@ -115,12 +120,8 @@ fn main() -> anyhow::Result<()> {
                 parallelism,
             } => converge::run(replicas, parallelism).await,
             Scenario::Recover { trials, no_swarm } => recover::run(trials, !no_swarm).await,
-            Scenario::Failover { trials: _ } => {
-                figures::figure(
-                    "failover",
-                    "unavailable reason=single manager until the HA issue lands",
-                );
-                Ok(())
+            Scenario::Failover { trials, managers } => {
+                failover::run(failover::FailoverArgs { trials, managers }).await
             }
             Scenario::Footprint { nodes } => footprint::run(nodes).await,
         }
