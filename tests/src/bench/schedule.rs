@@ -1,18 +1,22 @@
 //! `schedule`: scheduling throughput with hollow nodes (kubemark-style).
 //!
-//! A release `shoal manager` process with its sled store on disk, N in-process
-//! hollow agents (the real agent library on the fake runtime, each with its own
-//! gRPC session, heartbeats and status reports), then S services whose replicas
-//! add up to M. Timed from the first `CreateService` call until every task is
-//! ASSIGNED-or-later as committed changes seen on the `Watch` stream, and until
-//! every task is RUNNING as reported by the hollow agents.
+//! K release `shoal manager` processes with their sled stores on disk (one, or
+//! a Raft group whose first manager leads), N in-process hollow agents
+//! connected to the leader (the real agent library on the fake runtime, each
+//! with its own gRPC session, heartbeats and status reports), then S services
+//! whose replicas add up to M, created through the leader. Timed from the first
+//! `CreateService` call until every task is ASSIGNED-or-later as committed
+//! changes seen on the leader's `Watch` stream, and until every task is RUNNING
+//! as reported by the hollow agents. With K > 1 every placement is committed by
+//! a majority, and the followers apply it on the same cores.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use shoal_proto::{ContainerSpec, CreateServiceRequest, ServiceSpec, TaskSpec};
 
+use super::cluster::{BenchCluster, Settled};
 use super::daemons::BenchManager;
-use super::figures::{figure, ms, note, scheduler_passes};
+use super::figures::{RaftEventKind, figure, ms, note, raft_events, scheduler_passes};
 use super::tasks::follow;
 use crate::agents::HollowAgent;
 
@@ -46,17 +50,12 @@ impl Default for ScheduleArgs {
 
 /// The manager's log filter in benchmarks: the orchestrator logs every task it
 /// creates at info, which would cost more than the scheduling being measured;
-/// only the scheduler's one line per pass is kept.
-pub const BENCH_LOG: &str = "warn,shoal_manager::scheduler=info";
+/// only the scheduler's one line per pass and raft-rs's few lines on roles
+/// and elections are kept.
+pub const BENCH_LOG: &str = "warn,shoal_manager::scheduler=info,raft::raft=info";
 
 pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
-    if args.managers > 1 {
-        figure(
-            &format!("schedule_managers_{}", args.managers),
-            "unavailable reason=only one manager is supported until the HA issue lands",
-        );
-        return Ok(());
-    }
+    anyhow::ensure!(args.managers > 0, "--managers must be above 0");
     anyhow::ensure!(
         args.nodes > 0 && args.tasks > 0,
         "--nodes and --tasks must be above 0"
@@ -64,19 +63,85 @@ pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.services > 0, "--services must be above 0");
     check_open_files(args.nodes)?;
 
-    let manager = BenchManager::start(&["--heartbeat-period", &args.heartbeat], BENCH_LOG).await?;
+    let cluster = BenchCluster::start(
+        args.managers,
+        &["--heartbeat-period", &args.heartbeat],
+        BENCH_LOG,
+    )
+    .await?;
+    let settled = cluster.wait_settled(Duration::from_secs(60)).await?;
+    let manager = &cluster.managers[settled.leader];
+    figure("managers", args.managers);
+    let settled_at = SystemTime::now();
     let started = Instant::now();
-    let agents = start_hollow_nodes(&manager, args.nodes).await?;
+    let agents = start_hollow_nodes(manager, args.nodes).await?;
     figure("nodes", args.nodes);
     figure("nodes_ready_ms", ms(started.elapsed()));
 
-    let result = measure(&manager, &args).await;
+    let followers: Vec<&BenchManager> = cluster
+        .managers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != settled.leader)
+        .map(|(_, m)| m)
+        .collect();
+    let followers_cpu_before: Vec<Option<f64>> = followers
+        .iter()
+        .map(|m| m.pid().and_then(cpu_seconds))
+        .collect();
+    let result = measure(manager, &args).await;
     if let Err(err) = &result {
         note(format!("schedule failed: {err:#}\n{}", manager.log_tail()));
     }
     figure("manager_peak_rss_mib", fmt_mib(manager.peak_rss_mib()));
+    if !followers.is_empty() {
+        let cpu: Vec<String> = followers
+            .iter()
+            .zip(&followers_cpu_before)
+            .map(
+                |(m, before)| match (before, m.pid().and_then(cpu_seconds)) {
+                    (Some(before), Some(after)) => format!("{:.1}", after - before),
+                    _ => "unknown".into(),
+                },
+            )
+            .collect();
+        figure("followers_cpu_s", cpu.join(","));
+        let rss: Vec<String> = followers
+            .iter()
+            .map(|m| fmt_mib(m.peak_rss_mib()))
+            .collect();
+        figure("followers_peak_rss_mib", rss.join(","));
+        report_leadership(&cluster, settled, settled_at).await;
+    }
     stop_hollow_nodes(agents).await;
     result
+}
+
+/// Whether the leader kept its term through the run: a term change under
+/// load is a spurious election (the hollow nodes stay with the old leader's
+/// dispatcher until redirected, so the figures would not mean much). Election
+/// timeouts that fired since `since` are counted too: with pre-vote, one can
+/// fire and fail without moving the term.
+async fn report_leadership(cluster: &BenchCluster, before: Settled, since: SystemTime) {
+    let starts = cluster
+        .managers
+        .iter()
+        .flat_map(|m| raft_events(&m.log()))
+        .filter(|e| e.kind == RaftEventKind::ElectionStarted && e.at >= since)
+        .count();
+    figure("raft_election_starts", starts);
+    match cluster.wait_settled(Duration::from_secs(30)).await {
+        Ok(after) => {
+            figure("raft_term_changes", after.term.saturating_sub(before.term));
+            if after.leader != before.leader {
+                note(format!(
+                    "leadership moved during the run: manager {} now leads (term {})",
+                    cluster.managers[after.leader].addr, after.term
+                ));
+            }
+        }
+        Err(err) => note(format!("the group did not settle after the run: {err:#}")),
+    }
 }
 
 /// Stop the agents before their manager goes, so that they leave quietly
