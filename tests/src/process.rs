@@ -87,8 +87,8 @@ impl ManagerProcess {
 
     /// Start a manager that joins `through`'s cluster with the manager token
     /// `token`, and wait until it has caught up (its unix socket shows the
-    /// cluster object). Later restarts keep the flags; the manager ignores
-    /// `--join` once it has joined.
+    /// cluster object) and the leader has made it a voter. Later restarts
+    /// keep the flags; the manager ignores `--join` once it has joined.
     pub async fn join(through: &ManagerProcess, token: &str) -> anyhow::Result<ManagerProcess> {
         let dir = TempDir::new()?;
         let mut m = ManagerProcess {
@@ -105,6 +105,31 @@ impl ManagerProcess {
             joined: true,
         };
         m.spawn().await?;
+        // It joined as a learner: wait until the leader has made it a voter.
+        let addr = m.addr.to_string();
+        eventually(
+            "the joined manager to become a voter",
+            Duration::from_secs(30),
+            || async {
+                let mut c = through.socket_control().await.map_err(|e| e.to_string())?;
+                let nodes = c
+                    .list_nodes(shoal_proto::ListNodesRequest {})
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner()
+                    .nodes;
+                let voter = nodes
+                    .iter()
+                    .filter_map(|n| n.manager_status.as_ref())
+                    .any(|s| s.addr == addr && s.voter);
+                if voter {
+                    Ok(())
+                } else {
+                    Err("not a voter yet".to_string())
+                }
+            },
+        )
+        .await?;
         Ok(m)
     }
 

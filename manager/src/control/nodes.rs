@@ -64,13 +64,14 @@ fn manager_node(member: &RaftMember, group: &GroupView, within: Duration) -> Nod
         }),
         manager_status: Some(ManagerStatus {
             raft_id: member.raft_id,
-            leader: member.raft_id == group.self_id,
+            leader: member.raft_id == group.leader_id,
             reachability: if reachable {
                 Reachability::Reachable
             } else {
                 Reachability::Unreachable
             } as i32,
             addr: member.addr.clone(),
+            voter: group.voters.contains(&member.raft_id),
         }),
         ..Default::default()
     }

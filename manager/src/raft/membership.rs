@@ -242,7 +242,8 @@ impl Membership {
         }
     }
 
-    /// Add the manager `node_id`, reached at `addr`, as a voter.
+    /// Add the manager `node_id`, reached at `addr`: as a learner, which the
+    /// leader makes a voter once it has caught up.
     pub async fn join(&self, node_id: &str, addr: &str) -> Result<JoinClusterResponse, Status> {
         if addr.is_empty() || !addr.contains(':') {
             return Err(Status::invalid_argument(format!(
@@ -266,7 +267,7 @@ impl Membership {
             .map_err(store_status)?;
         tracing::info!(raft.id = member.raft_id, node.id = %node_id, %addr, "adding a manager to the raft group");
         self.inbox
-            .add_voter(member.raft_id)
+            .add_learner(member.raft_id)
             .await
             .map_err(store_status)?;
         Ok(JoinClusterResponse {
@@ -311,16 +312,17 @@ impl Membership {
         }
         let name = &member.node_id;
         let voter = group.voters.contains(&member.raft_id);
+        let learner = group.learners.contains(&member.raft_id);
         if voter {
             check_removal(member, group, within, removal)?;
         }
         if member.raft_id == self.own_id {
             return Err(self.hand_over(group, within).await);
         }
-        if voter {
+        if voter || learner {
             tracing::info!(raft.id = member.raft_id, node.id = %name, ?removal, "removing a manager from the raft group");
             self.inbox
-                .remove_voter(member.raft_id)
+                .remove_member(member.raft_id)
                 .await
                 .map_err(store_status)?;
         }
@@ -487,7 +489,9 @@ mod tests {
     fn group(voters: &[u64], heard: &[u64]) -> GroupView {
         GroupView {
             self_id: 1,
+            leader_id: 1,
             voters: voters.to_vec(),
+            learners: Vec::new(),
             heard: heard
                 .iter()
                 .map(|id| (*id, std::time::Instant::now()))

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use membership::Membership;
-pub use service::{NoPeers, PeerInbox, RaftService, Transport, VoterChange};
+pub use service::{MemberChange, NoPeers, PeerInbox, RaftService, Transport};
 pub use transport::GrpcTransport;
 
 use crate::config::ManagerConfig;
@@ -90,8 +90,12 @@ pub struct RaftStatus {
 pub struct GroupView {
     /// This manager's Raft id.
     pub self_id: u64,
+    /// The leader's Raft id, 0 when none is known.
+    pub leader_id: u64,
     /// The voters of the applied configuration.
     pub voters: Vec<u64>,
+    /// Its learners: joining managers still catching up.
+    pub learners: Vec<u64>,
     /// When each peer was last heard from (a leader hears every voter at
     /// least once a heartbeat; a follower mostly hears the leader).
     pub heard: HashMap<u64, std::time::Instant>,

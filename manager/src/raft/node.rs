@@ -25,7 +25,7 @@ use shoal_proto::Proposal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::service::{Inbound, Transport, VoterChange};
+use super::service::{Inbound, MemberChange, Transport};
 use super::storage::{APPLIED_KEY, MAX_ENTRY_BYTES, SledStorage};
 use super::unwritten::Unwritten;
 use super::{GroupView, RaftError, RaftStatus};
@@ -34,6 +34,8 @@ use crate::store::{Applied, Leadership, ProposeRequest, Store, StoreError};
 /// Proposals or peer messages taken from a channel before handling a Ready:
 /// large enough to batch many appends into one fsync, small enough to tick.
 const MAX_DRAIN: usize = 1024;
+/// A learner this close to the commit index is caught up enough to vote.
+const PROMOTE_LAG: u64 = 64;
 
 type Reply = oneshot::Sender<Result<Applied, StoreError>>;
 type ConfReply = oneshot::Sender<Result<(), StoreError>>;
@@ -100,6 +102,7 @@ impl Node {
                     // Readers that gave up (timed out) leave their waiter behind.
                     self.reads.retain(|_, reply| !reply.is_closed());
                     self.share_group();
+                    self.promote_caught_up_learners();
                     if let Err(err) = self.checkpoint_if_due().and_then(|()| self.flush_if_dirty()) {
                         self.fail(err);
                         break;
@@ -144,7 +147,7 @@ impl Node {
             }
             Inbound::Unreachable(peer) => self.raw.report_unreachable(peer),
             Inbound::Snapshot { to, status } => self.raw.report_snapshot(to, status),
-            Inbound::ChangeVoter { change, reply } => self.propose_voter_change(change, reply),
+            Inbound::ChangeMember { change, reply } => self.propose_member_change(change, reply),
             Inbound::TransferLeader { to } => {
                 if self.raw.raft.state == StateRole::Leader && to != self.raw.raft.id {
                     tracing::info!(raft.to = to, "handing leadership over");
@@ -175,6 +178,43 @@ impl Node {
         self.reads.insert(ctx, reply);
     }
 
+    /// Leader only: make a learner whose log is within [`PROMOTE_LAG`]
+    /// entries of the commit index a voter, one change at a time. A manager
+    /// thus votes only once it can, and a slow joiner never counts towards
+    /// (or against) a quorum while it catches up.
+    fn promote_caught_up_learners(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader || raft.pending_conf_index > raft.raft_log.applied {
+            return;
+        }
+        let committed = raft.raft_log.committed;
+        let ready = self
+            .raw
+            .store()
+            .conf_state()
+            .learners
+            .iter()
+            .copied()
+            .find(|id| {
+                raft.prs()
+                    .get(*id)
+                    .is_some_and(|pr| pr.matched + PROMOTE_LAG >= committed)
+            });
+        let Some(id) = ready else {
+            return;
+        };
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::AddNode);
+        cc.node_id = id;
+        match self.raw.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => tracing::info!(
+                raft.id = id,
+                "the joining manager caught up; making it a voter"
+            ),
+            Err(err) => tracing::warn!(raft.id = id, error = %err, "could not promote a learner"),
+        }
+    }
+
     /// This manager is no longer in the Raft group: say so once.
     fn mark_removed(&mut self) {
         self.removed.send_if_modified(|removed| {
@@ -193,8 +233,10 @@ impl Node {
         let cs = self.raw.store().conf_state();
         let view = GroupView {
             voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
             heard: self.heard.clone(),
             self_id: self.raw.raft.id,
+            leader_id: self.raw.raft.leader_id,
         };
         *self.group.lock().expect("group lock") = view;
     }
@@ -225,7 +267,7 @@ impl Node {
 
     /// Propose a conf change adding or removing a voter; its context carries
     /// a fresh waiter id so the reply is matched when the entry is applied.
-    fn propose_voter_change(&mut self, change: VoterChange, reply: ConfReply) {
+    fn propose_member_change(&mut self, change: MemberChange, reply: ConfReply) {
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader {
             let _ = reply.send(Err(StoreError::NotLeader));
@@ -241,11 +283,13 @@ impl Node {
         let waiter = self.next_conf_waiter;
         let mut cc = ConfChange::default();
         let id = match change {
-            VoterChange::Add(id) => {
-                cc.set_change_type(ConfChangeType::AddNode);
+            // A new manager starts as a learner; the leader promotes it
+            // once it has caught up (`promote_caught_up_learners`).
+            MemberChange::AddLearner(id) => {
+                cc.set_change_type(ConfChangeType::AddLearnerNode);
                 id
             }
-            VoterChange::Remove(id) => {
+            MemberChange::Remove(id) => {
                 cc.set_change_type(ConfChangeType::RemoveNode);
                 id
             }
@@ -519,6 +563,13 @@ impl Node {
             applied: raft.raft_log.applied,
             leader_id: raft.leader_id,
         };
+        let newly_leading = leadership.is_leader && !self.leadership.borrow().is_leader;
+        if newly_leading {
+            // A follower mostly hears the old leader: start the new leader's
+            // view of who is reachable afresh (each voter answers within a
+            // heartbeat).
+            self.heard.clear();
+        }
         self.leadership.send_if_modified(|current| {
             let changed = *current != leadership;
             if changed {

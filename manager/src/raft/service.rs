@@ -54,9 +54,10 @@ pub(crate) enum Inbound {
         to: u64,
         status: SnapshotStatus,
     },
-    /// Leader only: add or remove a voter; answered once the change is applied.
-    ChangeVoter {
-        change: VoterChange,
+    /// Leader only: add a learner or remove a member; answered once the
+    /// change is applied.
+    ChangeMember {
+        change: MemberChange,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Leader only: hand leadership to voter `to` (raft-rs's transfer).
@@ -74,10 +75,10 @@ pub(crate) enum Inbound {
     },
 }
 
-/// A change of the voter set.
+/// A change of the group's membership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VoterChange {
-    Add(u64),
+pub enum MemberChange {
+    AddLearner(u64),
     Remove(u64),
 }
 
@@ -121,23 +122,24 @@ impl PeerInbox {
         self.push(Inbound::Snapshot { to: peer, status })
     }
 
-    /// Leader only: propose adding `id` as a voter and wait until the change
-    /// is applied here. Fails at once if another change is still pending.
-    pub async fn add_voter(&self, id: u64) -> Result<(), StoreError> {
-        self.change_voter(VoterChange::Add(id)).await
+    /// Leader only: propose adding `id` as a learner (the leader makes it a
+    /// voter once it has caught up) and wait until the change is applied
+    /// here. Fails at once if another change is still pending.
+    pub async fn add_learner(&self, id: u64) -> Result<(), StoreError> {
+        self.change_member(MemberChange::AddLearner(id)).await
     }
 
-    /// Leader only: propose removing voter `id` and wait until the change is
+    /// Leader only: propose removing `id` (voter or learner) and wait until the change is
     /// applied here.
-    pub async fn remove_voter(&self, id: u64) -> Result<(), StoreError> {
-        self.change_voter(VoterChange::Remove(id)).await
+    pub async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
+        self.change_member(MemberChange::Remove(id)).await
     }
 
-    async fn change_voter(&self, change: VoterChange) -> Result<(), StoreError> {
+    async fn change_member(&self, change: MemberChange) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         // Unlike peer traffic this is worth waiting for room.
         self.tx
-            .send(Inbound::ChangeVoter { change, reply })
+            .send(Inbound::ChangeMember { change, reply })
             .await
             .map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
