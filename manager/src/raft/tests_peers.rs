@@ -260,7 +260,10 @@ async fn a_joined_manager_starts_with_its_raft_id_and_no_configuration() {
         store.read(|s| s.applied_index) == 100
     })
     .await;
-    assert!(rx.try_recv().is_ok(), "it answers the leader");
+    // It acknowledges the snapshot once it is durable (after the state is
+    // visible, so wait for the answer rather than peek).
+    let answer = next_of(&mut rx, MessageType::MsgAppendResponse).await;
+    assert_eq!((answer.from, answer.to), (5, 2), "it answers the leader");
     raft.shutdown().await;
 }
 
