@@ -246,8 +246,8 @@ pub async fn serve_joining(
             Authorize::dispatcher(store.clone()),
         ))
         .add_service(InterceptedService::new(
-            RaftServer::new(RaftService::new(raft.clone()).with_membership(membership))
-                .max_decoding_message_size(MAX_MESSAGE),
+            // gRPC's default size limit: large snapshots arrive in chunks.
+            RaftServer::new(RaftService::new(raft.clone()).with_membership(membership)),
             Authorize::raft(store.clone()),
         ))
         .add_service(CaServer::new(CaService::new(store.clone(), key.clone())))

@@ -21,6 +21,9 @@ use super::membership::Membership;
 use crate::auth::Caller;
 use crate::store::StoreError;
 
+/// Largest message a peer may send in chunks (a snapshot of the whole state).
+const MAX_ASSEMBLED: usize = 2 << 30;
+
 /// Pause before asking again for a read index the node could not serve.
 const READ_RETRY: Duration = Duration::from_millis(50);
 
@@ -252,8 +255,32 @@ impl Raft for RaftService {
         request: Request<Streaming<RaftMessageRequest>>,
     ) -> Result<Response<RaftMessageResponse>, Status> {
         let mut stream = request.into_inner();
+        // The pieces of a chunked message received so far.
+        let mut assembling: Vec<u8> = Vec::new();
         while let Some(req) = stream.message().await? {
-            for bytes in std::iter::once(&req.message).chain(&req.batch) {
+            if !req.chunk.is_empty() || req.last_chunk {
+                if assembling.len() + req.chunk.len() > MAX_ASSEMBLED {
+                    return Err(Status::resource_exhausted(format!(
+                        "a chunked raft message exceeds {MAX_ASSEMBLED} bytes"
+                    )));
+                }
+                assembling.extend_from_slice(&req.chunk);
+                if req.last_chunk {
+                    let whole = std::mem::take(&mut assembling);
+                    match self.inbox.step(&whole) {
+                        Ok(()) => {}
+                        Err(RaftError::Busy) => {
+                            tracing::debug!("raft inbox full; chunked peer message dropped")
+                        }
+                        Err(err) => return Err(to_status(err)),
+                    }
+                }
+                continue;
+            }
+            let messages = std::iter::once(&req.message)
+                .filter(|m| !m.is_empty())
+                .chain(&req.batch);
+            for bytes in messages {
                 match self.inbox.step(bytes) {
                     Ok(()) => {}
                     // Dropping one message under load is fine; keep the stream.
@@ -297,6 +324,7 @@ mod tests {
             .process_raft_message(Request::new(RaftMessageRequest {
                 message: vec![0xff, 0xff, 0xff, 0xff],
                 batch: Vec::new(),
+                ..Default::default()
             }))
             .await
             .unwrap_err();
@@ -318,6 +346,7 @@ mod tests {
             .process_raft_message(Request::new(RaftMessageRequest {
                 message: bytes,
                 batch: Vec::new(),
+                ..Default::default()
             }))
             .await
             .unwrap();

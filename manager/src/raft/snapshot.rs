@@ -1,8 +1,9 @@
 //! Raft snapshot data: the whole applied state as one `StoreSnapshot` message.
 //!
 //! A leader sends it to a follower whose next entry was compacted away; the
-//! follower rebuilds its tables from it. (Sent whole for now; streaming it in
-//! chunks belongs with the multi-manager transport.)
+//! follower rebuilds its tables from it. The transport streams it to the
+//! follower in 1 MiB chunks (`transport::requests`), so its size is bounded
+//! by memory, not by gRPC's message size limit.
 
 use prost::Message as _;
 use shoal_proto::StoreSnapshot;

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::service::Inbound;
+use super::transport::{self, CHUNK_BYTES};
 use super::*;
 
 fn manager_creds(root: &RootCa, node: &str) -> SharedCredentials {
@@ -170,4 +171,81 @@ async fn a_peer_that_comes_up_later_is_reached() {
         }
     }
     shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_snapshot_larger_than_grpcs_message_limit_arrives_in_chunks_between_appends() {
+    let root = RootCa::generate("c1").unwrap();
+    let shutdown = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    // The peer's service keeps gRPC's default 4 MiB limit on a message.
+    let mut peer_inbox = serve(listener, &manager_creds(&root, "n2"), &shutdown);
+    let (transport, mut reports) = transport(manager_creds(&root, "n1"), &[(2, addr)], &shutdown);
+
+    let data: Vec<u8> = (0..10 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let mut snapshot = append(2, 7);
+    snapshot.set_msg_type(MessageType::MsgSnapshot);
+    snapshot.mut_snapshot().set_data(data.clone().into());
+    transport.send(vec![append(2, 5), append(2, 6), snapshot, append(2, 8)]);
+    for want in [5, 6] {
+        match next(&mut peer_inbox).await {
+            Inbound::Message(msg) => assert_eq!(msg.index, want),
+            _ => panic!("expected an append"),
+        }
+    }
+    match next(&mut peer_inbox).await {
+        Inbound::Message(msg) => {
+            assert_eq!(msg.get_msg_type(), MessageType::MsgSnapshot);
+            assert_eq!(
+                msg.get_snapshot().get_data(),
+                &data[..],
+                "reassembled intact"
+            );
+        }
+        _ => panic!("expected the snapshot"),
+    }
+    match next(&mut peer_inbox).await {
+        Inbound::Message(msg) => assert_eq!(msg.index, 8, "order is kept"),
+        _ => panic!("expected an append"),
+    }
+    match next(&mut reports).await {
+        Inbound::Snapshot { to, status } => {
+            assert_eq!(to, 2);
+            assert_eq!(status, SnapshotStatus::Finish);
+        }
+        _ => panic!("expected the snapshot report"),
+    }
+    shutdown.cancel();
+}
+
+#[test]
+fn small_messages_share_requests_and_a_large_one_is_split() {
+    let small = vec![1u8; 1000];
+    let large = vec![2u8; CHUNK_BYTES * 2 + 5];
+    let out = transport::requests(vec![
+        small.clone(),
+        small.clone(),
+        large.clone(),
+        small.clone(),
+    ]);
+    // [small, small] | chunk | chunk | last chunk | [small]
+    assert_eq!(
+        out.len(),
+        5,
+        "{:?}",
+        out.iter()
+            .map(|r| (r.message.len(), r.batch.len(), r.chunk.len(), r.last_chunk))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!((out[0].message.len(), out[0].batch.len()), (1000, 1));
+    assert!(!out[1].last_chunk && !out[2].last_chunk && out[3].last_chunk);
+    let joined: Vec<u8> = out[1..4].iter().flat_map(|r| r.chunk.clone()).collect();
+    assert_eq!(joined, large);
+    assert!(
+        out[1..4]
+            .iter()
+            .all(|r| r.message.is_empty() && r.batch.is_empty())
+    );
+    assert_eq!(out[4].message, small);
 }

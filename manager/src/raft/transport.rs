@@ -42,8 +42,10 @@ const HEALTHY_STREAM: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Snapshots of a large state exceed gRPC's 4 MiB default.
-const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+/// Largest message sent whole; larger ones (snapshots) go in chunks this size.
+pub(super) const CHUNK_BYTES: usize = 1 << 20;
+/// Bytes of small messages sharing one request.
+const BATCH_BYTES: usize = 2 << 20;
 
 /// The gRPC transport of a manager. Clone freely.
 #[derive(Clone)]
@@ -179,7 +181,7 @@ impl Inner {
         let channel = client::connect(endpoint, ClientTls::Node(creds.clone()))
             .await
             .map_err(|e| root_cause(&e))?;
-        Ok(RaftClient::new(channel).max_encoding_message_size(MAX_MESSAGE))
+        Ok(RaftClient::new(channel))
     }
 }
 
@@ -285,28 +287,67 @@ async fn stream_to(
                 }
             }
         }
-        if encoded.is_empty() {
-            continue;
-        }
-        let message = encoded.remove(0);
-        let request = RaftMessageRequest {
-            message,
-            batch: encoded,
-        };
-        tokio::select! {
-            sent = tx.send(request) => if sent.is_err() {
-                for msg in &batch { inner.dropped(id, msg); }
-                return Ended::Broken("the stream closed".into());
-            },
-            result = &mut call => {
-                for msg in &batch { inner.dropped(id, msg); }
-                return broken(result);
+        for request in requests(encoded) {
+            tokio::select! {
+                sent = tx.send(request) => if sent.is_err() {
+                    for msg in &batch { inner.dropped(id, msg); }
+                    return Ended::Broken("the stream closed".into());
+                },
+                result = &mut call => {
+                    for msg in &batch { inner.dropped(id, msg); }
+                    return broken(result);
+                }
             }
         }
         for _ in 0..snapshots {
             inner.report_snapshot(id, true);
         }
     }
+}
+
+/// The stream items for a batch of encoded messages, in order: several
+/// small messages share a request up to [`BATCH_BYTES`]; one larger than
+/// [`CHUNK_BYTES`] (a snapshot) goes alone, in chunks, so no request nears
+/// gRPC's message size limit whatever the size of the state.
+pub(super) fn requests(encoded: Vec<Vec<u8>>) -> Vec<RaftMessageRequest> {
+    let mut out = Vec::new();
+    let mut current: Vec<Vec<u8>> = Vec::new();
+    let mut current_bytes = 0;
+    let flush = |current: &mut Vec<Vec<u8>>, out: &mut Vec<RaftMessageRequest>| {
+        if current.is_empty() {
+            return;
+        }
+        let mut messages = std::mem::take(current).into_iter();
+        let message = messages.next().unwrap_or_default();
+        out.push(RaftMessageRequest {
+            message,
+            batch: messages.collect(),
+            ..Default::default()
+        });
+    };
+    for bytes in encoded {
+        if bytes.len() > CHUNK_BYTES {
+            flush(&mut current, &mut out);
+            current_bytes = 0;
+            let pieces = bytes.len().div_ceil(CHUNK_BYTES);
+            for (i, piece) in bytes.chunks(CHUNK_BYTES).enumerate() {
+                out.push(RaftMessageRequest {
+                    chunk: piece.to_vec(),
+                    last_chunk: i + 1 == pieces,
+                    ..Default::default()
+                });
+            }
+            continue;
+        }
+        if current_bytes + bytes.len() > BATCH_BYTES {
+            flush(&mut current, &mut out);
+            current_bytes = 0;
+        }
+        current_bytes += bytes.len();
+        current.push(bytes);
+    }
+    flush(&mut current, &mut out);
+    out
 }
 
 /// The innermost cause (a refused connection, a bad certificate) where the
