@@ -8,11 +8,14 @@
 //! - [`agents`]: hollow agents with the fake runtime (the scenarios' and the
 //!   benchmark's nodes).
 //! - [`wait`]: [`wait::eventually`], the only way a scenario waits.
+//! - [`group`]: scenarios with several managers (the fault suite's helpers).
+//! - [`linearizability`]: the checker the fault suite runs its histories through.
 //! - [`bench`]: the benchmark harness behind the `shoal-bench` binary.
 
 pub mod agents;
 pub mod bench;
 pub mod docker;
+pub mod group;
 pub mod linearizability;
 pub mod process;
 pub mod wait;

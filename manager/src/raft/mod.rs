@@ -11,7 +11,9 @@
 //!
 //! - [`storage`]: raft-rs `Storage` over sled (log, metadata, state trees).
 //! - [`snapshot`]: the applied state as a `StoreSnapshot`.
-//! - [`node`]: the actor and its Ready loop.
+//! - [`node`]: the actor and its Ready loop; [`node_group`]: its reads
+//!   (ReadIndex) and membership changes.
+//! - [`faults`]: partitions injected by the fault tests.
 //! - [`service`]: transport seam and the gRPC service.
 //! - [`transport`]: the gRPC transport between managers.
 //! - [`membership`]: the managers table, Raft ids, and joining.
@@ -19,6 +21,7 @@
 pub mod faults;
 pub mod membership;
 mod node;
+mod node_group;
 mod service;
 mod snapshot;
 mod storage;

@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType};
 use raft::{RawNode, StateRole};
 use shoal_proto::Proposal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::service::{Inbound, MemberChange, Transport};
+use super::service::{Inbound, Transport};
 use super::storage::{APPLIED_KEY, MAX_ENTRY_BYTES, SledStorage};
 use super::unwritten::Unwritten;
 use super::{GroupView, RaftError, RaftStatus};
@@ -35,11 +35,11 @@ use crate::store::{Applied, Leadership, ProposeRequest, Store, StoreError};
 /// large enough to batch many appends into one fsync, small enough to tick.
 const MAX_DRAIN: usize = 1024;
 /// A learner this close to the commit index is caught up enough to vote.
-const PROMOTE_LAG: u64 = 64;
+pub(crate) const PROMOTE_LAG: u64 = 64;
 
 type Reply = oneshot::Sender<Result<Applied, StoreError>>;
-type ConfReply = oneshot::Sender<Result<(), StoreError>>;
-type ReadReply = oneshot::Sender<Result<(), StoreError>>;
+pub(crate) type ConfReply = oneshot::Sender<Result<(), StoreError>>;
+pub(crate) type ReadReply = oneshot::Sender<Result<(), StoreError>>;
 
 pub(crate) struct Node {
     pub(crate) raw: RawNode<SledStorage>,
@@ -162,152 +162,6 @@ impl Node {
                 self.mark_removed();
             }
             Inbound::ReadIndex { reply } => self.read_index(reply),
-        }
-    }
-
-    /// Ask the leader (or, leading, a quorum) for the index a read must see.
-    fn read_index(&mut self, reply: ReadReply) {
-        if self.raw.raft.leader_id == raft::INVALID_ID {
-            let _ = reply.send(Err(StoreError::NoQuorum));
-            return;
-        }
-        self.next_read += 1;
-        let mut ctx = self.read_prefix.to_vec();
-        ctx.extend_from_slice(&self.next_read.to_be_bytes());
-        self.raw.read_index(ctx.clone());
-        self.reads.insert(ctx, reply);
-    }
-
-    /// Leader only: make a learner whose log is within [`PROMOTE_LAG`]
-    /// entries of the commit index a voter, one change at a time. A manager
-    /// thus votes only once it can, and a slow joiner never counts towards
-    /// (or against) a quorum while it catches up.
-    fn promote_caught_up_learners(&mut self) {
-        let raft = &self.raw.raft;
-        if raft.state != StateRole::Leader || raft.pending_conf_index > raft.raft_log.applied {
-            return;
-        }
-        let committed = raft.raft_log.committed;
-        let ready = self
-            .raw
-            .store()
-            .conf_state()
-            .learners
-            .iter()
-            .copied()
-            .find(|id| {
-                raft.prs()
-                    .get(*id)
-                    .is_some_and(|pr| pr.matched + PROMOTE_LAG >= committed)
-            });
-        let Some(id) = ready else {
-            return;
-        };
-        let mut cc = ConfChange::default();
-        cc.set_change_type(ConfChangeType::AddNode);
-        cc.node_id = id;
-        match self.raw.propose_conf_change(Vec::new(), cc) {
-            Ok(()) => tracing::info!(
-                raft.id = id,
-                "the joining manager caught up; making it a voter"
-            ),
-            Err(err) => tracing::warn!(raft.id = id, error = %err, "could not promote a learner"),
-        }
-    }
-
-    /// This manager is no longer in the Raft group: say so once.
-    fn mark_removed(&mut self) {
-        self.removed.send_if_modified(|removed| {
-            let first = !*removed;
-            if first {
-                tracing::warn!("this manager has been removed from the raft group");
-            }
-            *removed = true;
-            first
-        });
-    }
-
-    /// Copy the voters and when each peer was last heard from where the
-    /// control service reads them (`node ls`'s manager status).
-    fn share_group(&mut self) {
-        let cs = self.raw.store().conf_state();
-        let view = GroupView {
-            voters: cs.voters.clone(),
-            learners: cs.learners.clone(),
-            heard: self.heard.clone(),
-            self_id: self.raw.raft.id,
-            leader_id: self.raw.raft.leader_id,
-        };
-        *self.group.lock().expect("group lock") = view;
-    }
-
-    /// Match confirmed read indexes to their waiters.
-    fn confirm_reads(&mut self, states: Vec<raft::ReadState>) {
-        for state in states {
-            if let Some(reply) = self.reads.remove(&state.request_ctx) {
-                self.confirmed_reads.push((state.index, reply));
-            }
-        }
-    }
-
-    /// Answer the reads whose index this node has applied.
-    fn answer_reads(&mut self) {
-        if self.confirmed_reads.is_empty() {
-            return;
-        }
-        let applied = self.raw.raft.raft_log.applied;
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.confirmed_reads)
-            .into_iter()
-            .partition(|(index, _)| *index <= applied);
-        self.confirmed_reads = waiting;
-        for (_, reply) in ready {
-            let _ = reply.send(Ok(()));
-        }
-    }
-
-    /// Propose a conf change adding or removing a voter; its context carries
-    /// a fresh waiter id so the reply is matched when the entry is applied.
-    fn propose_member_change(&mut self, change: MemberChange, reply: ConfReply) {
-        let raft = &self.raw.raft;
-        if raft.state != StateRole::Leader {
-            let _ = reply.send(Err(StoreError::NotLeader));
-            return;
-        }
-        if raft.pending_conf_index > raft.raft_log.applied {
-            let _ = reply.send(Err(StoreError::Invalid(
-                "another membership change is in progress; retry shortly".into(),
-            )));
-            return;
-        }
-        self.next_conf_waiter += 1;
-        let waiter = self.next_conf_waiter;
-        let mut cc = ConfChange::default();
-        let id = match change {
-            // A new manager starts as a learner; the leader promotes it
-            // once it has caught up (`promote_caught_up_learners`).
-            MemberChange::AddLearner(id) => {
-                cc.set_change_type(ConfChangeType::AddLearnerNode);
-                id
-            }
-            MemberChange::Remove(id) => {
-                cc.set_change_type(ConfChangeType::RemoveNode);
-                id
-            }
-        };
-        cc.node_id = id;
-        match self
-            .raw
-            .propose_conf_change(waiter.to_be_bytes().to_vec(), cc)
-        {
-            Ok(()) => {
-                tracing::info!(raft.id = id, ?change, "proposed a voter change");
-                self.conf_waiters.insert(waiter, reply);
-            }
-            Err(err) => {
-                let _ = reply.send(Err(StoreError::Invalid(format!(
-                    "raft refused the membership change: {err}"
-                ))));
-            }
         }
     }
 

@@ -310,11 +310,10 @@ async fn a_follower_read_waits_for_the_leaders_read_index_and_fails_fast_without
     append.commit = 102;
     append.set_entries(
         (101..=102)
-            .map(|index| {
-                let mut entry = raft::eraftpb::Entry::default();
-                entry.index = index;
-                entry.term = 5;
-                entry
+            .map(|index| raft::eraftpb::Entry {
+                index,
+                term: 5,
+                ..Default::default()
             })
             .collect(),
     );

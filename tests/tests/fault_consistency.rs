@@ -1,227 +1,29 @@
-//! Issue 6's fault suite on real processes: three `shoal manager` processes
-//! on loopback ports, crashed with SIGKILL and paused with SIGSTOP.
+//! Issue 6's fault suite, consistency: real `shoal manager` processes on
+//! loopback ports (`shoal_tests::group`), crashed with SIGKILL, paused with
+//! SIGSTOP, or partitioned (their Raft traffic cut both ways,
+//! `shoal_manager::raft::faults`).
 //!
-//! - Membership: `node ls` shows each manager's status as the leader sees
-//!   it; `node demote` and `node rm` take managers out of the Raft group,
-//!   refusing what would break quorum; a removed manager stops, and is
-//!   refused if started again.
-//! - Reads: an old leader paused through an election serves no stale read
-//!   when it wakes up; one partitioned away (its Raft traffic cut both ways,
-//!   `shoal_manager::raft::faults`) refuses reads while the majority elects
+//! - An old leader paused through an election serves no stale read when it
+//!   wakes up; one partitioned away refuses reads while the majority elects
 //!   and writes, then catches up when healed; a manager cut off from the
 //!   majority answers "no quorum" instead of hanging.
-//! - Durability: SIGKILL every manager in the middle of writes; after the
-//!   restart every acknowledged write is on every manager.
-//! - Recovery and growth: `--force-new-cluster` on the survivor of a lost
-//!   quorum keeps the state and the agents; 3 managers grow to 5 and shrink
-//!   back while writing, the joiners catching up by snapshot.
-//! - Linearizability: six clients read and write four registers (a label
-//!   of four services) on random managers while managers are killed and
-//!   paused; the checker (`shoal_tests::linearizability`) finds no anomaly,
-//!   and the managers end with identical stores.
+//! - SIGKILL every manager in the middle of writes: after the restart every
+//!   acknowledged write is on every manager.
+//! - Six clients read and write four registers (a label of four services)
+//!   on random managers while managers are killed and paused; the checker
+//!   (`shoal_tests::linearizability`) finds no anomaly, and the managers end
+//!   with identical stores.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use shoal_proto::control_client::ControlClient;
 use shoal_proto::{
-    ContainerSpec, CreateServiceRequest, GetClusterRequest, GetClusterResponse,
-    ListServicesRequest, ServiceSpec, TaskSpec,
+    ContainerSpec, CreateServiceRequest, ListServicesRequest, ServiceSpec, TaskSpec,
 };
-use shoal_tests::agents::HollowAgent;
+use shoal_tests::group::*;
 use shoal_tests::linearizability::{self, History, Op, OpResult};
-use shoal_tests::process::{ManagerProcess, manager_token, shoal_bin};
+use shoal_tests::process::ManagerProcess;
 use shoal_tests::wait::eventually;
-use tonic::transport::Channel;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-/// Three managers: the first leads, the others joined with the manager token.
-async fn three_managers() -> [ManagerProcess; 3] {
-    let first = ManagerProcess::start(&[]).await.unwrap();
-    let token = manager_token(&mut first.control().await.unwrap())
-        .await
-        .unwrap();
-    let second = ManagerProcess::join(&first, &token).await.unwrap();
-    let third = ManagerProcess::join(&first, &token).await.unwrap();
-    [first, second, third]
-}
-
-/// Run the CLI on `m`'s unix socket; (success, stdout, stderr).
-async fn cli(m: &ManagerProcess, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(shoal_bin())
-        .arg("--host")
-        .arg(m.socket_host())
-        .args(args)
-        .output()
-        .await
-        .expect("run the shoal CLI");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-async fn ok(m: &ManagerProcess, args: &[&str]) -> String {
-    let (success, stdout, stderr) = cli(m, args).await;
-    assert!(
-        success,
-        "shoal {args:?} failed: {stderr}\nmanager log:\n{}",
-        m.log()
-    );
-    stdout
-}
-
-async fn cluster_info(m: &ManagerProcess) -> Result<GetClusterResponse, String> {
-    let mut c: ControlClient<Channel> = m.socket_control().await.map_err(|e| e.to_string())?;
-    c.get_cluster(GetClusterRequest {})
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|e| e.to_string())
-}
-
-/// The node id of manager `m`, from the managers table.
-async fn node_id(m: &ManagerProcess) -> String {
-    let info = cluster_info(m).await.unwrap();
-    let addr = m.addr.to_string();
-    info.cluster
-        .unwrap()
-        .managers
-        .iter()
-        .find(|member| member.addr == addr)
-        .map(|member| member.node_id.clone())
-        .expect("the manager is in the managers table")
-}
-
-/// `node ls --format json` on `m`: (node id, role, manager status) per row.
-async fn managers_listed(m: &ManagerProcess) -> Result<BTreeSet<(String, String)>, String> {
-    let (success, stdout, stderr) = cli(m, &["node", "ls", "--format", "json"]).await;
-    if !success {
-        return Err(stderr);
-    }
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).map_err(|e| e.to_string())?;
-    Ok(rows
-        .iter()
-        .filter(|r| r["role"] == "manager")
-        .map(|r| {
-            (
-                r["id"].as_str().unwrap_or_default().to_string(),
-                r["manager_status"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect())
-}
-
-/// Wait until `node ls` on `m` shows exactly `want` (id, status) for managers.
-async fn wait_listed(m: &ManagerProcess, want: &[(&str, &str)]) {
-    let want: BTreeSet<(String, String)> = want
-        .iter()
-        .map(|(id, status)| (id.to_string(), status.to_string()))
-        .collect();
-    eventually("node ls to show the managers", WAIT, || async {
-        let seen = managers_listed(m).await?;
-        if seen == want {
-            Ok(())
-        } else {
-            Err(format!("{seen:?}, want {want:?}"))
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\nmanager log:\n{}", m.log()));
-}
-
-/// Wait for `m` to exit on its own; its log must say it was removed.
-async fn wait_removed_exit(m: &mut ManagerProcess) {
-    let status = eventually("the removed manager to stop", WAIT, || {
-        let exited = m.exited();
-        async move { exited.ok_or_else(|| "still running".to_string()) }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\nmanager log:\n{}", m.log()));
-    assert!(!status.success(), "a removed manager exits with an error");
-    assert!(m.log().contains("removed from the cluster"), "{}", m.log());
-}
-
-#[tokio::test]
-async fn managers_are_demoted_and_removed_without_breaking_quorum() {
-    let [first, mut second, mut third] = three_managers().await;
-    let (id1, id2, id3) = (
-        node_id(&first).await,
-        node_id(&second).await,
-        node_id(&third).await,
-    );
-    wait_listed(
-        &first,
-        &[(&id1, "leader"), (&id2, "reachable"), (&id3, "reachable")],
-    )
-    .await;
-    // Node reads go to the leader, so a follower shows the same.
-    wait_listed(
-        &second,
-        &[(&id1, "leader"), (&id2, "reachable"), (&id3, "reachable")],
-    )
-    .await;
-
-    // A live manager is demoted, not removed.
-    let (success, _, stderr) = cli(&first, &["node", "rm", &id3]).await;
-    assert!(!success && stderr.contains("demote it first"), "{stderr}");
-
-    // Manager 3 goes down: it shows unreachable. Demoting 2 now would leave
-    // one reachable manager of two: refused. Removing 3, which is down, is fine.
-    third.kill();
-    wait_listed(
-        &first,
-        &[(&id1, "leader"), (&id2, "reachable"), (&id3, "unreachable")],
-    )
-    .await;
-    let (success, _, stderr) = cli(&first, &["node", "demote", &id2]).await;
-    assert!(
-        !success && stderr.contains("a quorum needs"),
-        "demoting 2 with 3 down: {stderr}"
-    );
-    ok(&first, &["node", "rm", &id3]).await;
-    wait_listed(&first, &[(&id1, "leader"), (&id2, "reachable")]).await;
-
-    // Started again, the removed manager is refused and stops.
-    third.launch().unwrap();
-    wait_removed_exit(&mut third).await;
-    let info = cluster_info(&first).await.unwrap();
-    let cluster = info.cluster.unwrap();
-    assert!(cluster.removed_raft_ids.contains(&3), "{cluster:?}");
-
-    // Demoting the leader hands leadership to 2 first; 1 then leaves and stops.
-    let mut first = first;
-    ok(&second, &["node", "demote", &id1]).await;
-    wait_removed_exit(&mut first).await;
-    wait_listed(&second, &[(&id2, "leader")]).await;
-    ok(
-        &second,
-        &["service", "create", "-d", "--name", "after", "img:v1"],
-    )
-    .await;
-    // The last manager cannot leave.
-    let (success, _, stderr) = cli(&second, &["node", "demote", &id2]).await;
-    assert!(!success && stderr.contains("last manager"), "{stderr}");
-    second.terminate().unwrap();
-}
-
-/// Every service name `m` lists, or why it could not answer.
-async fn service_names(m: &ManagerProcess) -> Result<BTreeSet<String>, tonic::Status> {
-    let mut c = m
-        .socket_control()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let services = c
-        .list_services(ListServicesRequest::default())
-        .await?
-        .into_inner()
-        .services;
-    Ok(services
-        .iter()
-        .filter_map(|s| Some(s.service.as_ref()?.spec.as_ref()?.name.clone()))
-        .collect())
-}
 
 #[tokio::test]
 async fn a_woken_old_leader_serves_no_stale_read_and_a_minority_says_no_quorum() {
@@ -293,33 +95,6 @@ async fn a_woken_old_leader_serves_no_stale_read_and_a_minority_says_no_quorum()
         asked.elapsed(),
         err.message()
     );
-}
-
-/// Create services `prefix-0`, `prefix-1`, ... through `control` until it
-/// fails; returns the names acknowledged.
-async fn write_until_failure(mut control: ControlClient<Channel>, prefix: String) -> Vec<String> {
-    let mut acked = Vec::new();
-    for i in 0.. {
-        let name = format!("{prefix}-{i}");
-        let spec = ServiceSpec {
-            name: name.clone(),
-            replicas: 0,
-            task: Some(TaskSpec {
-                container: Some(ContainerSpec {
-                    image: "img:v1".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let request = CreateServiceRequest { spec: Some(spec) };
-        match tokio::time::timeout(Duration::from_secs(5), control.create_service(request)).await {
-            Ok(Ok(_)) => acked.push(name),
-            _ => break,
-        }
-    }
-    acked
 }
 
 #[tokio::test]
@@ -504,6 +279,7 @@ async fn client(
 }
 
 const KEYS: u64 = 4;
+
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[tokio::test]
@@ -642,213 +418,6 @@ async fn concurrent_reads_and_writes_under_kills_and_pauses_are_linearizable() {
     .await
     .unwrap();
     println!("final store on all three managers: {stores:?}");
-}
-
-/// Agent nodes `m` lists as ready, by hostname.
-async fn ready_agents(m: &ManagerProcess) -> Result<BTreeSet<String>, String> {
-    let (success, stdout, stderr) = cli(m, &["node", "ls", "--format", "json"]).await;
-    if !success {
-        return Err(stderr);
-    }
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).map_err(|e| e.to_string())?;
-    Ok(rows
-        .iter()
-        .filter(|r| r["role"] == "worker" && r["status"] == "ready")
-        .filter_map(|r| r["hostname"].as_str().map(str::to_string))
-        .collect())
-}
-
-#[tokio::test]
-async fn force_new_cluster_recovers_from_a_lost_quorum_with_the_state_and_the_agents() {
-    let [mut first, mut second, mut third] = three_managers().await;
-    let target = first.join_target().await.unwrap();
-    let _agent = HollowAgent::start(&target, "w1", &[]);
-    eventually("the agent to be ready", WAIT, || async {
-        let ready = ready_agents(&first).await?;
-        if ready.contains("w1") {
-            Ok(())
-        } else {
-            Err(format!("{ready:?}"))
-        }
-    })
-    .await
-    .unwrap();
-    ok(
-        &first,
-        &["service", "create", "-d", "--name", "kept", "img:v1"],
-    )
-    .await;
-    let (id1, id2) = (node_id(&first).await, node_id(&second).await);
-
-    // Two of three managers are lost for good: no write goes through.
-    second.kill();
-    third.kill();
-    let (success, _, stderr) = cli(
-        &first,
-        &["service", "create", "-d", "--name", "lost", "img:v1"],
-    )
-    .await;
-    assert!(!success, "a write without quorum: {stderr}");
-
-    // Restarted with --force-new-cluster, the survivor leads alone, with
-    // the services and the agent it had.
-    first.kill();
-    first.add_args(&["--force-new-cluster"]);
-    first.restart().await.unwrap();
-    wait_listed(&first, &[(&id1, "leader")]).await;
-    let names = service_names(&first).await.unwrap();
-    assert!(names.contains("kept"), "{names:?}");
-    ok(
-        &first,
-        &["service", "create", "-d", "--name", "after", "img:v1"],
-    )
-    .await;
-    eventually("the agent to be ready again", WAIT, || async {
-        let ready = ready_agents(&first).await?;
-        if ready.contains("w1") {
-            Ok(())
-        } else {
-            Err(format!("{ready:?}"))
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        first.log().contains("forced a new cluster"),
-        "{}",
-        first.log()
-    );
-
-    // An old manager that comes back is refused and stops.
-    second.launch().unwrap();
-    wait_removed_exit(&mut second).await;
-    let cluster = cluster_info(&first).await.unwrap().cluster.unwrap();
-    assert!(cluster.removed_nodes.contains_key(&id2), "{cluster:?}");
-}
-
-#[tokio::test]
-async fn three_managers_grow_to_five_and_back_while_writing_and_joiners_catch_up_by_snapshot() {
-    let first = ManagerProcess::start(&["--snapshot-interval", "100"])
-        .await
-        .unwrap();
-    let token = manager_token(&mut first.control().await.unwrap())
-        .await
-        .unwrap();
-    let second = ManagerProcess::join(&first, &token).await.unwrap();
-    let third = ManagerProcess::join(&first, &token).await.unwrap();
-
-    let writer = tokio::spawn(write_until_failure(
-        first.socket_control().await.unwrap(),
-        "w".into(),
-    ));
-    // Enough writes that the leader has compacted its log a few times.
-    eventually("a few hundred writes", WAIT * 2, || async {
-        let n = service_names(&first)
-            .await
-            .map_err(|e| e.to_string())?
-            .len();
-        if n >= 400 {
-            Ok(())
-        } else {
-            Err(format!("{n} services"))
-        }
-    })
-    .await
-    .unwrap();
-
-    let mut fourth = ManagerProcess::join(&first, &token).await.unwrap();
-    let mut fifth = ManagerProcess::join(&second, &token).await.unwrap();
-    for joiner in [&fourth, &fifth] {
-        assert!(
-            joiner
-                .log()
-                .contains("installed raft snapshot from the leader"),
-            "{}",
-            joiner.log()
-        );
-    }
-    let ids: Vec<String> = {
-        let mut ids = Vec::new();
-        for m in [&first, &second, &third, &fourth, &fifth] {
-            ids.push(node_id(m).await);
-        }
-        ids
-    };
-    wait_listed(
-        &first,
-        &[
-            (&ids[0], "leader"),
-            (&ids[1], "reachable"),
-            (&ids[2], "reachable"),
-            (&ids[3], "reachable"),
-            (&ids[4], "reachable"),
-        ],
-    )
-    .await;
-
-    // Back to three, still writing.
-    ok(&first, &["node", "demote", &ids[3], &ids[4]]).await;
-    wait_removed_exit(&mut fourth).await;
-    wait_removed_exit(&mut fifth).await;
-    wait_listed(
-        &first,
-        &[
-            (&ids[0], "leader"),
-            (&ids[1], "reachable"),
-            (&ids[2], "reachable"),
-        ],
-    )
-    .await;
-    let before = service_names(&first).await.unwrap().len();
-    eventually("writes to go on with three managers", WAIT, || async {
-        let n = service_names(&first)
-            .await
-            .map_err(|e| e.to_string())?
-            .len();
-        if n > before + 20 {
-            Ok(())
-        } else {
-            Err(format!("{n} services"))
-        }
-    })
-    .await
-    .unwrap();
-
-    // Stop writing (the leader goes away), then compare.
-    let mut first = first;
-    first.kill();
-    let acked: BTreeSet<String> = writer.await.unwrap().into_iter().collect();
-    first.launch().unwrap();
-    for m in [&first, &second, &third] {
-        eventually("every acknowledged write", WAIT, || async {
-            let names = service_names(m).await.map_err(|e| e.to_string())?;
-            let missing = acked.difference(&names).count();
-            if missing == 0 {
-                Ok(())
-            } else {
-                Err(format!("{missing} missing"))
-            }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\nmanager log:\n{}", m.log()));
-    }
-    println!(
-        "{} writes acknowledged across 3 -> 5 -> 3 managers, all on the three",
-        acked.len()
-    );
-}
-
-/// The Raft id of manager `m`, from the managers table.
-async fn raft_id(m: &ManagerProcess) -> u64 {
-    let info = cluster_info(m).await.unwrap();
-    let addr = m.addr.to_string();
-    info.cluster
-        .unwrap()
-        .managers
-        .iter()
-        .find(|member| member.addr == addr)
-        .map(|member| member.raft_id)
-        .expect("the manager is in the managers table")
 }
 
 #[tokio::test]
