@@ -330,10 +330,26 @@ fn copy_files(from: &Path, to: &Path) -> anyhow::Result<()> {
 
 impl Drop for BenchManager {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill();
+        keep_log(&self.dir.path().join("manager.log"), self.addr);
+    }
+}
+
+/// With `SHOAL_BENCH_KEEP_LOGS=DIR`, copy a manager's log to
+/// `DIR/manager-PORT.log` before its temp dir goes (to read what happened in
+/// a run after the fact, e.g. an election under load).
+fn keep_log(log: &Path, addr: SocketAddr) {
+    let Some(dir) = std::env::var_os("SHOAL_BENCH_KEEP_LOGS") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let kept = dir.join(format!("manager-{}.log", addr.port()));
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::copy(log, &kept)) {
+        Ok(_) => note(format!("manager log kept in {}", kept.display())),
+        Err(e) => note(format!(
+            "could not keep the manager log in {}: {e}",
+            dir.display()
+        )),
     }
 }
 
