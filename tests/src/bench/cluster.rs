@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use shoal_proto::GetClusterRequest;
 use shoal_proto::control_client::ControlClient;
+use shoal_proto::{GetClusterRequest, ListNodesRequest, Reachability};
 use tonic::transport::Channel;
 
 use super::daemons::BenchManager;
@@ -73,8 +73,9 @@ impl BenchCluster {
 
     /// Wait until every running manager names the same running leader in the
     /// same term, counts every manager as a member, and has applied at least
-    /// what the leader had applied when they first agreed: the whole group
-    /// is up and caught up.
+    /// what the leader had applied when they first agreed, and the leader
+    /// counts every manager as a reachable voter (a joining manager is a
+    /// learner until it has caught up): the whole group is up and caught up.
     pub async fn wait_settled(&self, timeout: Duration) -> anyhow::Result<Settled> {
         let catch_up_to = std::sync::Mutex::new(None::<u64>);
         let what = "every manager to follow one leader and catch up";
@@ -108,14 +109,26 @@ impl BenchCluster {
                 .lock()
                 .expect("lock")
                 .get_or_insert(leader_applied);
-            if views.iter().all(|(_, v)| v.applied >= target) {
-                Ok(Settled {
-                    leader,
-                    term: first.term,
-                })
-            } else {
-                Err(format!("catching up to index {target}; views: {views:?}"))
+            if !views.iter().all(|(_, v)| v.applied >= target) {
+                return Err(format!("catching up to index {target}; views: {views:?}"));
             }
+            let mut control = self.managers[leader]
+                .control()
+                .await
+                .map_err(|e| e.to_string())?;
+            let healthy = healthy_voters(&mut control)
+                .await
+                .map_err(|e| e.to_string())?;
+            if healthy < self.managers.len() {
+                return Err(format!(
+                    "{healthy} of {} managers are reachable voters for the leader",
+                    self.managers.len()
+                ));
+            }
+            Ok(Settled {
+                leader,
+                term: first.term,
+            })
         })
         .await;
         settled.map_err(|e| {
@@ -123,6 +136,21 @@ impl BenchCluster {
             e.context(tails.join("\n"))
         })
     }
+}
+
+/// Managers that the manager behind `control` (the leader) lists as reachable
+/// voters.
+async fn healthy_voters(control: &mut ControlClient<Channel>) -> Result<usize, tonic::Status> {
+    let nodes = control
+        .list_nodes(ListNodesRequest {})
+        .await?
+        .into_inner()
+        .nodes;
+    Ok(nodes
+        .iter()
+        .filter_map(|n| n.manager_status.as_ref())
+        .filter(|m| m.voter && m.reachability() == Reachability::Reachable)
+        .count())
 }
 
 /// What the manager behind `control` says of the group.

@@ -273,8 +273,10 @@ impl BenchManager {
                 .map_err(|e| e.to_string())?
                 .into_inner()
                 .nodes;
+            // Managers are listed as nodes too: count the agents only.
             let ready = nodes
                 .iter()
+                .filter(|n| n.manager_status.is_none())
                 .filter(|n| {
                     // Agents only: `node ls` lists the managers too.
                     n.manager_status.is_none()
@@ -290,7 +292,7 @@ impl BenchManager {
                 tokio::time::sleep(Duration::from_millis(450)).await;
                 Err(format!(
                     "{ready} of {count} READY ({} registered)",
-                    nodes.len()
+                    nodes.iter().filter(|n| n.manager_status.is_none()).count()
                 ))
             }
         })
