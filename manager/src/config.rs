@@ -96,6 +96,11 @@ pub struct RaftConfig {
     /// Raft id of this manager (1 for the first manager of a cluster).
     pub id: u64,
     pub tick_interval: Duration,
+    /// raft-rs draws each election timeout in [election_ticks, 2 ×
+    /// election_ticks) ticks. 6 ticks of 100 ms (0.6–1.2 s) repair a
+    /// leader's loss in ~0.7 s (p99 ~1.1 s) and, measured under the 3-manager
+    /// scheduling benchmark on 2 busy cores, caused no spurious election
+    /// (docs/BENCHMARKS.md, failover); 10 ticks gave p99 ~1.9 s.
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
     /// Take a snapshot and compact the log every this many applied entries.
@@ -119,7 +124,7 @@ impl Default for RaftConfig {
         RaftConfig {
             id: 1,
             tick_interval: Duration::from_millis(100),
-            election_ticks: 10,
+            election_ticks: 6,
             heartbeat_ticks: 1,
             snapshot_interval: 10_000,
             force_new_cluster: false,
