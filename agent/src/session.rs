@@ -38,6 +38,8 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(5);
 /// Pause before following a follower's pointer to the leader (two managers
 /// with stale views must not bounce an agent between them in a tight loop).
 const REDIRECT_DELAY: Duration = Duration::from_millis(100);
+/// Longest pause between attempts when several managers are known.
+const CYCLE_CAP: Duration = Duration::from_secs(1);
 
 /// Why one session attempt ended.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +144,13 @@ pub(crate) async fn run_sessions<R: Runtime>(
             backoff.reset();
         }
         next += 1;
-        let delay = backoff.next_delay();
+        let mut delay = backoff.next_delay();
+        if managers.len() > 1 {
+            // Several managers: a failed attempt is most likely a dead one or
+            // a follower during a failover; try the next soon, well within
+            // the window a new leader gives its nodes to reconnect.
+            delay = delay.min(CYCLE_CAP);
+        }
         if opened {
             warn!(manager = %addr, node.id = %node_id, error = %end,
                 "session with the manager ended; reconnecting in {delay:?}");

@@ -44,6 +44,9 @@ impl Default for CaConfig {
     }
 }
 
+/// What a new leader adds to the grace period for agents to find it.
+pub const FAILOVER_ALLOWANCE: Duration = Duration::from_secs(3);
+
 /// How agents keep their sessions alive.
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
@@ -57,6 +60,15 @@ pub struct DispatcherConfig {
 impl DispatcherConfig {
     pub fn grace_period(&self) -> Duration {
         self.heartbeat_period * self.grace_multiplier
+    }
+
+    /// How long a new leader waits for the nodes the store believes READY
+    /// to open a session before it marks them DOWN: the grace period plus
+    /// [`FAILOVER_ALLOWANCE`], the time their agents need to notice the old
+    /// leader is gone and find this one among the managers (each failed
+    /// attempt costs them a backoff delay).
+    pub fn reconnect_window(&self) -> Duration {
+        self.grace_period() + FAILOVER_ALLOWANCE
     }
 }
 

@@ -106,13 +106,17 @@ impl Dispatcher {
             if let Some(previous) = running.take() {
                 previous.token.cancel();
             }
-            // Nodes the store believes READY get one grace period to find this
-            // leader before they are marked DOWN: no mass rescheduling after a
-            // manager restart or failover.
+            // Nodes the store believes READY get a grace period and the time
+            // to find this leader before they are marked DOWN: no mass
+            // rescheduling after a manager restart or failover.
             let ready = inner.store.read(monitor::ready_nodes);
             let mut sessions = lock(&inner.sessions);
             sessions.clear();
-            sessions.await_nodes(ready, std::time::Instant::now());
+            sessions.await_nodes(
+                ready,
+                std::time::Instant::now(),
+                inner.config.reconnect_window(),
+            );
             *running = Some(Running {
                 epoch,
                 token: token.clone(),

@@ -55,7 +55,9 @@ pub(super) struct Sessions {
     by_node: HashMap<String, String>,
     /// Nodes the store says READY that have not connected to this leader yet,
     /// with the time the wait started.
-    awaiting: HashMap<String, Instant>,
+    /// Nodes expected to connect: when they started to be awaited, and
+    /// until when they may.
+    awaiting: HashMap<String, (Instant, Instant)>,
 }
 
 impl Sessions {
@@ -122,17 +124,22 @@ impl Sessions {
         self.by_node.contains_key(node_id)
     }
 
-    /// Give each of `nodes` until `now + grace` to connect.
-    pub fn await_nodes(&mut self, nodes: impl IntoIterator<Item = String>, now: Instant) {
+    /// Give each of `nodes` until `now + window` to connect.
+    pub fn await_nodes(
+        &mut self,
+        nodes: impl IntoIterator<Item = String>,
+        now: Instant,
+        window: Duration,
+    ) {
         for node in nodes {
             if !self.by_node.contains_key(&node) {
-                self.awaiting.insert(node, now);
+                self.awaiting.insert(node, (now, now + window));
             }
         }
     }
 
     /// Remove (and end) every session silent for longer than `grace`, and
-    /// every awaited node that did not connect within it.
+    /// every awaited node that did not connect within its window.
     pub fn expire(&mut self, now: Instant, grace: Duration) -> Vec<Expired> {
         let mut expired = Vec::new();
         let stale: Vec<String> = self
@@ -150,11 +157,11 @@ impl Sessions {
             });
             self.close(&session_id);
         }
-        self.awaiting.retain(|node, since| {
-            let silent_for = now.saturating_duration_since(*since);
-            if silent_for <= grace {
+        self.awaiting.retain(|node, (since, until)| {
+            if now <= *until {
                 return true;
             }
+            let silent_for = now.saturating_duration_since(*since);
             expired.push(Expired {
                 node_id: node.clone(),
                 session_id: None,
@@ -357,11 +364,15 @@ mod unit {
     }
 
     #[test]
-    fn awaited_nodes_get_one_grace_period_to_connect() {
+    fn awaited_nodes_get_their_window_to_connect() {
         let mut s = Sessions::default();
         let t0 = Instant::now();
         s.open("connected", "s1", CancellationToken::new(), t0);
-        s.await_nodes(["connected".to_string(), "late".into(), "gone".into()], t0);
+        s.await_nodes(
+            ["connected".to_string(), "late".into(), "gone".into()],
+            t0,
+            GRACE,
+        );
         s.open(
             "late",
             "s2",
@@ -379,5 +390,17 @@ mod unit {
             s.expire(t0 + Duration::from_millis(360), GRACE).is_empty(),
             "reported once"
         );
+    }
+
+    #[test]
+    fn a_new_leader_awaits_nodes_longer_than_a_grace_period() {
+        let mut s = Sessions::default();
+        let t0 = Instant::now();
+        s.await_nodes(["slow".to_string()], t0, GRACE * 3);
+        assert!(s.expire(t0 + GRACE * 2, GRACE).is_empty(), "still awaited");
+        let expired = s.expire(t0 + GRACE * 3 + Duration::from_millis(1), GRACE);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].node_id, "slow");
+        assert!(expired[0].silent_for > GRACE * 3);
     }
 }
