@@ -131,10 +131,47 @@ impl<S: NamedService> NamedService for ForwardWrites<S> {
     const NAME: &'static str = S::NAME;
 }
 
-/// Whether `path` (`/shoal.v1.Control/Method`) must be served by the leader.
+/// Reads that only the leader serves; it too confirms its read index first
+/// (a deposed leader must not answer them from a stale state).
+const LEADER_READS: &[&str] = &["ListNodes", "GetNode"];
+
+/// The method of `path` (`/shoal.v1.Control/Method`).
+fn method(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or_default()
+}
+
+/// Whether `path` must be served by the leader.
 fn leader_only(path: &str) -> bool {
-    let method = path.rsplit('/').next().unwrap_or_default();
-    !LOCAL_METHODS.contains(&method)
+    !LOCAL_METHODS.contains(&method(path))
+}
+
+impl<S> ForwardWrites<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    /// Serve a read once the read barrier confirms this manager's state is
+    /// current (or at once, without a Raft node).
+    fn read_after_barrier(
+        &mut self,
+        request: http::Request<Body>,
+    ) -> BoxFuture<'static, Result<http::Response<Body>, Infallible>> {
+        let Some((inbox, timeout)) = self.forwarder.reads.clone() else {
+            return Box::pin(self.inner.call(request));
+        };
+        // The clone takes the place of the service that was polled ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            match inbox.read_barrier(timeout).await {
+                Ok(()) => inner.call(request).await,
+                Err(e) => Ok(store_status(e).into_http()),
+            }
+        })
+    }
 }
 
 impl<S> Service<http::Request<Body>> for ForwardWrites<S>
@@ -157,19 +194,9 @@ where
         // A new leader still applying its no-op serves writes itself.
         let leadership = *self.forwarder.store.leadership().borrow();
         let leads = leadership.is_leader || leadership.leader_id == self.forwarder.own_id;
-        if !leader_only(request.uri().path()) {
-            let Some((inbox, timeout)) = self.forwarder.reads.clone() else {
-                return Box::pin(self.inner.call(request));
-            };
-            // The clone takes the place of the service that was polled ready.
-            let clone = self.inner.clone();
-            let mut inner = std::mem::replace(&mut self.inner, clone);
-            return Box::pin(async move {
-                match inbox.read_barrier(timeout).await {
-                    Ok(()) => inner.call(request).await,
-                    Err(e) => Ok(store_status(e).into_http()),
-                }
-            });
+        let path = request.uri().path();
+        if !leader_only(path) || (leads && LEADER_READS.contains(&method(path))) {
+            return self.read_after_barrier(request);
         }
         if leads {
             return Box::pin(self.inner.call(request));

@@ -219,17 +219,7 @@ pub async fn remove(
         // Its certificate stays valid until it expires: remember the node
         // until then, so that every manager refuses it at once.
         if let Some(mut cluster) = store.read(|s| s.cluster().cloned()) {
-            let now = shoal_proto::now_ms() / 1000;
-            let lifetime = cluster
-                .root_ca
-                .as_ref()
-                .map(|ca| ca.node_cert_lifetime_secs)
-                .filter(|l| *l > 0)
-                .unwrap_or(shoal_proto::tls::pki::DEFAULT_CERT_LIFETIME.as_secs() as i64);
-            cluster.removed_nodes.retain(|_, until| *until > now);
-            cluster
-                .removed_nodes
-                .insert(node.id.clone(), now + lifetime);
+            membership::remember_removed(&mut cluster, &node.id);
             actions.push(Action::Update(Object::Cluster(cluster)));
         }
         match store.propose(actions).await {

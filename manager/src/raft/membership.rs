@@ -126,7 +126,6 @@ pub async fn register(
 /// table, remembering their Raft ids and node ids as removed, so that none
 /// of them is let back in with its old identity. Leader only.
 pub async fn forget_others(store: &Store, own_id: u64) -> Result<(), StoreError> {
-    let lifetime = cert_lifetime(store);
     update_cluster(store, |cluster| {
         let others: Vec<RaftMember> = cluster
             .managers
@@ -137,16 +136,9 @@ pub async fn forget_others(store: &Store, own_id: u64) -> Result<(), StoreError>
         if others.is_empty() {
             return None;
         }
-        let now = shoal_proto::now_ms() / 1000;
         for m in &others {
-            cluster
-                .removed_nodes
-                .insert(m.node_id.clone(), now + lifetime);
-            if !cluster.removed_raft_ids.contains(&m.raft_id) {
-                cluster.removed_raft_ids.push(m.raft_id);
-            }
+            forget_member(cluster, m);
         }
-        cluster.managers.retain(|m| m.raft_id == own_id);
         Some(own_id)
     })
     .await
@@ -326,17 +318,8 @@ impl Membership {
                 .await
                 .map_err(store_status)?;
         }
-        let lifetime = cert_lifetime(&self.store);
         update_cluster(&self.store, |cluster| {
-            let now = shoal_proto::now_ms() / 1000;
-            cluster.managers.retain(|m| m.raft_id != member.raft_id);
-            cluster.removed_nodes.retain(|_, until| *until > now);
-            cluster
-                .removed_nodes
-                .insert(member.node_id.clone(), now + lifetime);
-            if !cluster.removed_raft_ids.contains(&member.raft_id) {
-                cluster.removed_raft_ids.push(member.raft_id);
-            }
+            forget_member(cluster, member);
             Some(member.raft_id)
         })
         .await
@@ -417,16 +400,31 @@ fn check_removal(
     Ok(())
 }
 
-/// How long a node certificate lives: a removed node is remembered that long.
-fn cert_lifetime(store: &Store) -> i64 {
-    store
-        .read(|s| {
-            s.cluster()
-                .and_then(|c| c.root_ca.as_ref())
-                .map(|ca| ca.node_cert_lifetime_secs)
-        })
+/// Remember `node_id` as removed until any certificate issued to it has
+/// expired (every manager refuses it until then), forgetting the entries
+/// whose time is up.
+pub fn remember_removed(cluster: &mut shoal_proto::Cluster, node_id: &str) {
+    let now = shoal_proto::now_ms() / 1000;
+    let lifetime = cluster
+        .root_ca
+        .as_ref()
+        .map(|ca| ca.node_cert_lifetime_secs)
         .filter(|l| *l > 0)
-        .unwrap_or(shoal_proto::tls::pki::DEFAULT_CERT_LIFETIME.as_secs() as i64)
+        .unwrap_or(shoal_proto::tls::pki::DEFAULT_CERT_LIFETIME.as_secs() as i64);
+    cluster.removed_nodes.retain(|_, until| *until > now);
+    cluster
+        .removed_nodes
+        .insert(node_id.to_string(), now + lifetime);
+}
+
+/// Take `member` out of the managers table for good: its node id is
+/// refused and its Raft id never admitted again.
+fn forget_member(cluster: &mut shoal_proto::Cluster, member: &RaftMember) {
+    cluster.managers.retain(|m| m.raft_id != member.raft_id);
+    remember_removed(cluster, &member.node_id);
+    if !cluster.removed_raft_ids.contains(&member.raft_id) {
+        cluster.removed_raft_ids.push(member.raft_id);
+    }
 }
 
 /// gRPC metadata key naming the leader's address when a follower refuses a join.
