@@ -234,6 +234,16 @@ impl Membership {
         }
     }
 
+    /// The Raft id recorded for the manager `node_id`.
+    pub fn raft_id_of(&self, node_id: &str) -> Option<u64> {
+        self.store.read(|s| {
+            members(s)
+                .iter()
+                .find(|m| m.node_id == node_id)
+                .map(|m| m.raft_id)
+        })
+    }
+
     /// Add the manager `node_id`, reached at `addr`: as a learner, which the
     /// leader makes a voter once it has caught up.
     pub async fn join(&self, node_id: &str, addr: &str) -> Result<JoinClusterResponse, Status> {

@@ -230,6 +230,40 @@ impl RaftService {
     }
 }
 
+impl RaftService {
+    /// The Raft id recorded for the caller's certificate in the managers
+    /// table: a manager may only send messages as itself. `None` when it is
+    /// not recorded here (yet), as on a manager that is still joining.
+    fn sender_of(&self, caller: &Caller) -> Option<u64> {
+        let membership = self.membership.as_ref()?;
+        membership.raft_id_of(caller.node_id()?)
+    }
+
+    /// Decode one peer message, check who sent it, and step it. A full inbox
+    /// drops it (Raft tolerates loss); a message sent in another manager's
+    /// name ends the stream.
+    fn deliver(&self, bytes: &[u8], sender: Option<u64>) -> Result<(), Status> {
+        let msg = Message::parse_from_bytes(bytes)
+            .map_err(|e| to_status(RaftError::InvalidMessage(e)))?;
+        if let Some(id) = sender
+            && msg.from != id
+        {
+            return Err(Status::permission_denied(format!(
+                "a raft message from raft id {} on the certificate of raft id {id}",
+                msg.from
+            )));
+        }
+        match self.inbox.step_message(msg) {
+            Ok(()) => Ok(()),
+            Err(RaftError::Busy) => {
+                tracing::debug!("raft inbox full; peer message dropped");
+                Ok(())
+            }
+            Err(err) => Err(to_status(err)),
+        }
+    }
+}
+
 fn to_status(err: RaftError) -> Status {
     match err {
         RaftError::InvalidMessage(_) => Status::invalid_argument(err.to_string()),
@@ -244,9 +278,8 @@ impl Raft for RaftService {
         &self,
         request: Request<RaftMessageRequest>,
     ) -> Result<Response<RaftMessageResponse>, Status> {
-        self.inbox
-            .step(&request.into_inner().message)
-            .map_err(to_status)?;
+        let sender = self.sender_of(&Caller::of(&request));
+        self.deliver(&request.into_inner().message, sender)?;
         Ok(Response::new(RaftMessageResponse {}))
     }
 
@@ -254,6 +287,7 @@ impl Raft for RaftService {
         &self,
         request: Request<Streaming<RaftMessageRequest>>,
     ) -> Result<Response<RaftMessageResponse>, Status> {
+        let sender = self.sender_of(&Caller::of(&request));
         let mut stream = request.into_inner();
         // The pieces of a chunked message received so far.
         let mut assembling: Vec<u8> = Vec::new();
@@ -266,14 +300,7 @@ impl Raft for RaftService {
                 }
                 assembling.extend_from_slice(&req.chunk);
                 if req.last_chunk {
-                    let whole = std::mem::take(&mut assembling);
-                    match self.inbox.step(&whole) {
-                        Ok(()) => {}
-                        Err(RaftError::Busy) => {
-                            tracing::debug!("raft inbox full; chunked peer message dropped")
-                        }
-                        Err(err) => return Err(to_status(err)),
-                    }
+                    self.deliver(&std::mem::take(&mut assembling), sender)?;
                 }
                 continue;
             }
@@ -281,14 +308,7 @@ impl Raft for RaftService {
                 .filter(|m| !m.is_empty())
                 .chain(&req.batch);
             for bytes in messages {
-                match self.inbox.step(bytes) {
-                    Ok(()) => {}
-                    // Dropping one message under load is fine; keep the stream.
-                    Err(RaftError::Busy) => {
-                        tracing::debug!("raft inbox full; peer message dropped")
-                    }
-                    Err(err) => return Err(to_status(err)),
-                }
+                self.deliver(bytes, sender)?;
             }
         }
         Ok(Response::new(RaftMessageResponse {}))
@@ -354,6 +374,70 @@ mod tests {
             Some(Inbound::Message(m)) => assert_eq!((m.from, m.to, m.term), (2, 1, 7)),
             _ => panic!("expected a decoded message"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_manager_may_only_send_raft_messages_as_itself() {
+        use crate::store::{Action, Object};
+        let store = crate::store::Store::in_memory();
+        let cluster = shoal_proto::Cluster {
+            id: "c1".into(),
+            managers: vec![
+                shoal_proto::RaftMember {
+                    raft_id: 1,
+                    node_id: "n1".into(),
+                    addr: "10.0.0.1:4280".into(),
+                },
+                shoal_proto::RaftMember {
+                    raft_id: 2,
+                    node_id: "n2".into(),
+                    addr: "10.0.0.2:4280".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        store
+            .propose(vec![Action::Create(Object::Cluster(cluster))])
+            .await
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let inbox = PeerInbox::new(tx);
+        let membership = Membership::new(store, inbox.clone(), crate::seal::DataKey::generate(), 1);
+        let service = RaftService::new(inbox).with_membership(membership);
+        let from = |node: &str, raft_id: u64| {
+            let msg = Message {
+                from: raft_id,
+                to: 1,
+                ..Default::default()
+            };
+            let mut request = Request::new(RaftMessageRequest {
+                message: msg.write_to_bytes().unwrap(),
+                ..Default::default()
+            });
+            request
+                .extensions_mut()
+                .insert(Caller::Peer(std::sync::Arc::new(
+                    shoal_proto::tls::PeerIdentity {
+                        node_id: node.into(),
+                        role: shoal_proto::tls::Role::Manager,
+                        cluster_id: "c1".into(),
+                        not_after: i64::MAX,
+                        not_before: 0,
+                    },
+                )));
+            request
+        };
+        service.process_raft_message(from("n2", 2)).await.unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Inbound::Message(m)) if m.from == 2));
+        let status = service
+            .process_raft_message(from("n2", 1))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+        assert!(rx.try_recv().is_err(), "nothing reached the node");
+        // A manager not recorded yet (still joining) is taken at its word.
+        service.process_raft_message(from("n9", 9)).await.unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Inbound::Message(m)) if m.from == 9));
     }
 
     #[test]
