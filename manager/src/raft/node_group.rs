@@ -45,7 +45,10 @@ impl Node {
             .find(|id| {
                 raft.prs()
                     .get(*id)
-                    .is_some_and(|pr| pr.matched + PROMOTE_LAG >= committed)
+                    // matched > 0: it has at least installed a snapshot
+                    // (a new learner's progress starts at 0, which a young
+                    // cluster's commit index would otherwise be close to).
+                    .is_some_and(|pr| pr.matched > 0 && pr.matched + PROMOTE_LAG >= committed)
             });
         let Some(id) = ready else {
             return;
@@ -112,7 +115,7 @@ impl Node {
         }
     }
 
-    /// Propose a conf change adding or removing a voter; its context carries
+    /// Propose a conf change adding a learner or removing a member; its context carries
     /// a fresh waiter id so the reply is matched when the entry is applied.
     pub(super) fn propose_member_change(&mut self, change: MemberChange, reply: ConfReply) {
         let raft = &self.raw.raft;
@@ -147,7 +150,7 @@ impl Node {
             .propose_conf_change(waiter.to_be_bytes().to_vec(), cc)
         {
             Ok(()) => {
-                tracing::info!(raft.id = id, ?change, "proposed a voter change");
+                tracing::info!(raft.id = id, ?change, "proposed a membership change");
                 self.conf_waiters.insert(waiter, reply);
             }
             Err(err) => {
