@@ -176,9 +176,22 @@ impl ManagerProcess {
     /// Drop this manager's Raft messages to and from the managers with these
     /// Raft ids (an empty list heals the partition).
     pub fn cut_off_from(&self, raft_ids: &[u64]) -> anyhow::Result<()> {
-        let list: Vec<String> = raft_ids.iter().map(u64::to_string).collect();
+        self.set_raft_faults(raft_ids, Duration::ZERO)
+    }
+
+    /// Hold each batch of Raft messages this manager sends back by `delay`
+    /// (zero: no delay), as a slow link would.
+    pub fn slow_down(&self, delay: Duration) -> anyhow::Result<()> {
+        self.set_raft_faults(&[], delay)
+    }
+
+    fn set_raft_faults(&self, cut_off_from: &[u64], delay: Duration) -> anyhow::Result<()> {
+        let mut words: Vec<String> = cut_off_from.iter().map(u64::to_string).collect();
+        if !delay.is_zero() {
+            words.push(format!("delay={}", delay.as_millis()));
+        }
         let tmp = self.partition_file().with_extension("partition.tmp");
-        std::fs::write(&tmp, list.join(" "))?;
+        std::fs::write(&tmp, words.join(" "))?;
         std::fs::rename(&tmp, self.partition_file())?;
         Ok(())
     }

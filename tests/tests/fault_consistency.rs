@@ -10,7 +10,8 @@
 //! - SIGKILL every manager in the middle of writes: after the restart every
 //!   acknowledged write is on every manager.
 //! - Six clients read and write four registers (a label of four services)
-//!   on random managers while managers are killed and paused; the checker
+//!   on random managers while managers are killed, paused, partitioned away
+//!   or slowed down (each Raft batch held back 50–400 ms); the checker
 //!   (`shoal_tests::linearizability`) finds no anomaly, and the managers end
 //!   with identical stores.
 
@@ -283,7 +284,7 @@ const KEYS: u64 = 4;
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[tokio::test]
-async fn concurrent_reads_and_writes_under_kills_and_pauses_are_linearizable() {
+async fn concurrent_reads_and_writes_under_kills_pauses_partitions_and_delays_are_linearizable() {
     let mut managers = three_managers().await;
     for k in 0..KEYS {
         let key = format!("k{k}");
@@ -300,6 +301,10 @@ async fn concurrent_reads_and_writes_under_kills_and_pauses_are_linearizable() {
         .as_nanos() as u64;
     println!("seed {seed}");
     let mut rng = Rng(seed | 1);
+    let mut raft_ids = Vec::new();
+    for m in &managers {
+        raft_ids.push(raft_id(m).await);
+    }
     let history = History::new();
     let stop = tokio_util::sync::CancellationToken::new();
     let sockets: Vec<_> = managers
@@ -320,29 +325,46 @@ async fn concurrent_reads_and_writes_under_kills_and_pauses_are_linearizable() {
         })
         .collect();
 
-    // The nemesis: one manager at a time is killed or paused, then brought
+    // The nemesis: one manager at a time is killed, paused, partitioned away
+    // or slowed down, then brought
     // back, for a few rounds.
     let mut faults = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..8 {
         let victim = rng.below(3) as usize;
-        let kill = rng.below(2) == 0;
-        let down_for = Duration::from_millis(500 + rng.below(2000));
-        if kill {
-            managers[victim].kill();
-        } else {
-            managers[victim].pause().unwrap();
+        let others: Vec<usize> = (0..managers.len()).filter(|i| *i != victim).collect();
+        let fault = rng.below(4);
+        let lasting = Duration::from_millis(500 + rng.below(2000));
+        let slowness = Duration::from_millis(50 + rng.below(350));
+        match fault {
+            0 => managers[victim].kill(),
+            1 => managers[victim].pause().unwrap(),
+            2 => {
+                let cut: Vec<u64> = others.iter().map(|i| raft_ids[*i]).collect();
+                managers[victim].cut_off_from(&cut).unwrap();
+                for i in &others {
+                    managers[*i].cut_off_from(&[raft_ids[victim]]).unwrap();
+                }
+            }
+            _ => managers[victim].slow_down(slowness).unwrap(),
         }
-        tokio::time::sleep(down_for).await;
-        if kill {
-            managers[victim].launch().unwrap();
-        } else {
-            managers[victim].resume().unwrap();
+        // The fault lasts this long (a schedule, not a wait for a condition).
+        tokio::time::sleep(lasting).await;
+        match fault {
+            0 => managers[victim].launch().unwrap(),
+            1 => managers[victim].resume().unwrap(),
+            _ => {
+                for m in managers.iter() {
+                    m.cut_off_from(&[]).unwrap();
+                }
+            }
         }
-        faults.push(format!(
-            "{} manager {} for {down_for:?}",
-            if kill { "killed" } else { "paused" },
-            victim + 1
-        ));
+        let what = match fault {
+            0 => "killed".to_string(),
+            1 => "paused".to_string(),
+            2 => "partitioned away".to_string(),
+            _ => format!("slowed by {slowness:?}"),
+        };
+        faults.push(format!("{what} manager {} for {lasting:?}", victim + 1));
         // Let the cluster settle a little between faults.
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1000))).await;
     }

@@ -287,6 +287,10 @@ async fn stream_to(
                 }
             }
         }
+        let delay = super::faults::delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         for request in requests(encoded) {
             tokio::select! {
                 sent = tx.send(request) => if sent.is_err() {
