@@ -63,17 +63,21 @@ pub async fn cluster_info(m: &ManagerProcess) -> Result<GetClusterResponse, Stri
         .map_err(|e| e.to_string())
 }
 
-/// The node id of manager `m`, from the managers table.
-pub async fn node_id(m: &ManagerProcess) -> String {
+/// Manager `m`'s entry in the managers table.
+pub async fn member(m: &ManagerProcess) -> shoal_proto::RaftMember {
     let info = cluster_info(m).await.unwrap();
     let addr = m.addr.to_string();
     info.cluster
         .unwrap()
         .managers
-        .iter()
+        .into_iter()
         .find(|member| member.addr == addr)
-        .map(|member| member.node_id.clone())
         .expect("the manager is in the managers table")
+}
+
+/// The node id of manager `m`, from the managers table.
+pub async fn node_id(m: &ManagerProcess) -> String {
+    member(m).await.node_id
 }
 
 /// `node ls --format json` on `m`: (node id, role, manager status) per row.
@@ -151,19 +155,9 @@ pub async fn write_until_failure(
     let mut acked = Vec::new();
     for i in 0.. {
         let name = format!("{prefix}-{i}");
-        let spec = ServiceSpec {
-            name: name.clone(),
-            replicas: 0,
-            task: Some(TaskSpec {
-                container: Some(ContainerSpec {
-                    image: "img:v1".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
+        let request = CreateServiceRequest {
+            spec: Some(tiny_service(name.clone())),
         };
-        let request = CreateServiceRequest { spec: Some(spec) };
         match tokio::time::timeout(Duration::from_secs(5), control.create_service(request)).await {
             Ok(Ok(_)) => acked.push(name),
             _ => break,
@@ -188,13 +182,36 @@ pub async fn ready_agents(m: &ManagerProcess) -> Result<BTreeSet<String>, String
 
 /// The Raft id of manager `m`, from the managers table.
 pub async fn raft_id(m: &ManagerProcess) -> u64 {
-    let info = cluster_info(m).await.unwrap();
-    let addr = m.addr.to_string();
-    info.cluster
-        .unwrap()
-        .managers
-        .iter()
-        .find(|member| member.addr == addr)
-        .map(|member| member.raft_id)
-        .expect("the manager is in the managers table")
+    member(m).await.raft_id
+}
+
+/// A service with no replicas: one small object to write, nothing for the
+/// orchestrator or the scheduler to do.
+pub fn tiny_service(name: String) -> ServiceSpec {
+    ServiceSpec {
+        name,
+        replicas: 0,
+        task: Some(TaskSpec {
+            container: Some(ContainerSpec {
+                image: "img:v1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Wait until `m` lists the agent `hostname` as ready.
+pub async fn wait_agent_ready(m: &ManagerProcess, hostname: &str) {
+    eventually(&format!("agent {hostname} to be ready"), WAIT, || async {
+        let ready = ready_agents(m).await?;
+        if ready.contains(hostname) {
+            Ok(())
+        } else {
+            Err(format!("{ready:?}"))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nmanager log:\n{}", m.log()));
 }

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use shoal_proto::{ContainerSpec, CreateServiceRequest, ServiceSpec, TaskSpec};
+use shoal_proto::CreateServiceRequest;
 use shoal_tests::group::*;
 use shoal_tests::wait::eventually;
 
@@ -17,21 +17,6 @@ const TRIALS: usize = 20;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between two write attempts (the resolution of the measurement).
 const RETRY: Duration = Duration::from_millis(10);
-
-fn tiny_service(name: String) -> ServiceSpec {
-    ServiceSpec {
-        name,
-        replicas: 0,
-        task: Some(TaskSpec {
-            container: Some(ContainerSpec {
-                image: "img:v1".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn the_leader_killed_twenty_times_is_replaced_and_writes_resume() {

@@ -85,16 +85,7 @@ async fn force_new_cluster_recovers_from_a_lost_quorum_with_the_state_and_the_ag
     let [mut first, mut second, mut third] = three_managers().await;
     let target = first.join_target().await.unwrap();
     let _agent = HollowAgent::start(&target, "w1", &[]);
-    eventually("the agent to be ready", WAIT, || async {
-        let ready = ready_agents(&first).await?;
-        if ready.contains("w1") {
-            Ok(())
-        } else {
-            Err(format!("{ready:?}"))
-        }
-    })
-    .await
-    .unwrap();
+    wait_agent_ready(&first, "w1").await;
     ok(
         &first,
         &["service", "create", "-d", "--name", "kept", "img:v1"],
@@ -125,16 +116,7 @@ async fn force_new_cluster_recovers_from_a_lost_quorum_with_the_state_and_the_ag
         &["service", "create", "-d", "--name", "after", "img:v1"],
     )
     .await;
-    eventually("the agent to be ready again", WAIT, || async {
-        let ready = ready_agents(&first).await?;
-        if ready.contains("w1") {
-            Ok(())
-        } else {
-            Err(format!("{ready:?}"))
-        }
-    })
-    .await
-    .unwrap();
+    wait_agent_ready(&first, "w1").await;
     assert!(
         first.log().contains("forced a new cluster"),
         "{}",

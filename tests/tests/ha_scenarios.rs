@@ -7,11 +7,13 @@
 //! joined manager. A worker token cannot make a manager. An agent that knows
 //! only a follower is sent to the leader.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use shoal_proto::control_client::ControlClient;
-use shoal_proto::{GetClusterRequest, GetClusterResponse, ListNodesRequest, ListServicesRequest};
+use shoal_proto::{GetClusterRequest, GetClusterResponse, ListNodesRequest};
 use shoal_tests::agents::HollowAgent;
+use shoal_tests::group::service_names;
 use shoal_tests::process::{
     JoinTarget, ManagerProcess, free_addr, manager_token, shoal_bin, worker_token,
 };
@@ -52,24 +54,8 @@ async fn sees_service(m: &ManagerProcess, name: &str) {
         &format!("manager {} to list service {name}", m.addr),
         WAIT,
         || async {
-            let mut c = m.socket_control().await.map_err(|e| e.to_string())?;
-            let services = c
-                .list_services(ListServicesRequest::default())
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner()
-                .services;
-            let names: Vec<_> = services
-                .iter()
-                .filter_map(|s| {
-                    s.service
-                        .as_ref()?
-                        .spec
-                        .as_ref()
-                        .map(|spec| spec.name.clone())
-                })
-                .collect();
-            if names.iter().any(|n| n == name) {
+            let names = service_names(m).await.map_err(|e| e.to_string())?;
+            if names.contains(name) {
                 Ok(())
             } else {
                 Err(format!("services: {names:?}"))
@@ -82,23 +68,13 @@ async fn sees_service(m: &ManagerProcess, name: &str) {
 
 /// Wait until `m`'s own store holds exactly the services `names`.
 async fn has_services(m: &ManagerProcess, names: &[&str]) {
+    let want: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
     eventually(
         &format!("manager {} to hold services {names:?}", m.addr),
         WAIT,
         || async {
-            let mut c = m.socket_control().await.map_err(|e| e.to_string())?;
-            let services = c
-                .list_services(ListServicesRequest::default())
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner()
-                .services;
-            let mut found: Vec<_> = services
-                .iter()
-                .filter_map(|s| Some(s.service.as_ref()?.spec.as_ref()?.name.clone()))
-                .collect();
-            found.sort();
-            if found == names {
+            let found = service_names(m).await.map_err(|e| e.to_string())?;
+            if found == want {
                 Ok(())
             } else {
                 Err(format!("services: {found:?}"))

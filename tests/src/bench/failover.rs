@@ -16,14 +16,15 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use shoal_manager::config::RaftConfig;
+use shoal_proto::CreateServiceRequest;
 use shoal_proto::control_client::ControlClient;
-use shoal_proto::{ContainerSpec, CreateServiceRequest, ServiceSpec, TaskSpec};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use super::cluster::BenchCluster;
 use super::figures::{RaftEvent, RaftEventKind, figure, ms, note, percentile, raft_events};
+use crate::group::tiny_service;
 
 /// Flags of the `failover` scenario.
 #[derive(Debug, Clone)]
@@ -398,22 +399,5 @@ impl Writer {
             }
         }
         Failures(failures)
-    }
-}
-
-/// A replicated service with no replicas: one small object written, nothing
-/// for the orchestrator or the scheduler to do.
-fn tiny_service(name: String) -> ServiceSpec {
-    ServiceSpec {
-        name,
-        replicas: 0,
-        task: Some(TaskSpec {
-            container: Some(ContainerSpec {
-                image: "bench/noop:latest".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
     }
 }
