@@ -18,9 +18,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use shoal_proto::{
-    ContainerSpec, CreateServiceRequest, ListServicesRequest, ServiceSpec, TaskSpec,
-};
+use shoal_proto::{CreateServiceRequest, ListServicesRequest, ServiceSpec};
 use shoal_tests::group::*;
 use shoal_tests::linearizability::{self, History, Op, OpResult};
 use shoal_tests::process::ManagerProcess;
@@ -185,19 +183,10 @@ impl Rng {
 
 fn register_spec(key: &str, value: Option<u64>) -> ServiceSpec {
     ServiceSpec {
-        name: key.to_string(),
         labels: value
             .map(|v| [("gen".to_string(), v.to_string())].into())
             .unwrap_or_default(),
-        replicas: 0,
-        task: Some(TaskSpec {
-            container: Some(ContainerSpec {
-                image: "img:v1".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
+        ..tiny_service(key.to_string())
     }
 }
 

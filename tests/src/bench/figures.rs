@@ -136,34 +136,11 @@ fn leading_number(s: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// `2026-01-02T03:04:05.123456Z` as a `SystemTime` (UTC, any number of
-/// fraction digits).
+/// `2026-01-02T03:04:05.123456Z` as a `SystemTime` (the shared RFC 3339
+/// parser; any number of fraction digits).
 pub fn parse_utc(stamp: &str) -> Option<SystemTime> {
-    let stamp = stamp.strip_suffix('Z')?;
-    let (date, time) = stamp.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
-    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
-    let (h, m, sec) = (t.next()??, t.next()??, t.next()??);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
-        return None;
-    }
-    let nanos: u32 = format!("{fraction:0<9}").get(..9)?.parse().ok()?;
-    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
-    let secs = days * 86_400 + h * 3600 + m * 60 + sec;
-    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let ns = u64::try_from(shoal_proto::rfc3339::parse_ns(stamp)?).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(ns))
 }
 
 fn strip_ansi(line: &str) -> String {
