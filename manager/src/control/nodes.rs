@@ -118,6 +118,30 @@ pub fn find(
     }
 }
 
+/// What a node reference names for a write: an agent's Node object, or
+/// (with no such agent) a manager.
+enum Target<'a> {
+    Agent(Node),
+    Manager(&'a Managers, RaftMember),
+}
+
+fn target<'a>(
+    store: &Store,
+    managers: Option<&'a Managers>,
+    reference: &str,
+) -> Result<Target<'a>, Status> {
+    match (store.read(|s| s.find_node(reference).cloned()), managers) {
+        (Ok(node), _) => Ok(Target::Agent(node)),
+        (Err(LookupError::NotFound { .. }), Some(managers)) => {
+            let member = store
+                .read(|s| find_manager(s, reference))
+                .map_err(lookup_status)?;
+            Ok(Target::Manager(managers, member))
+        }
+        (Err(e), _) => Err(lookup_status(e)),
+    }
+}
+
 /// `node update` of a manager: only its role may change, to worker (demote).
 async fn update_manager(
     managers: &Managers,
@@ -149,15 +173,11 @@ pub async fn update(
 ) -> Result<Node, Status> {
     let spec = req.spec.unwrap_or_default();
     validate::node_spec(&spec).map_err(spec_status)?;
-    let found = store.read(|s| s.find_node(&req.node).cloned());
-    let mut node = match (found, managers) {
-        (Err(LookupError::NotFound { .. }), Some(managers)) => {
-            let member = store
-                .read(|s| find_manager(s, &req.node))
-                .map_err(lookup_status)?;
+    let mut node = match target(store, managers, &req.node)? {
+        Target::Agent(node) => node,
+        Target::Manager(managers, member) => {
             return update_manager(managers, &member, &spec).await;
         }
-        (found, _) => found.map_err(lookup_status)?,
     };
     let version = node.meta.as_ref().map(|m| m.version).unwrap_or_default();
     if req.version != 0 && req.version != version {
@@ -191,12 +211,9 @@ pub async fn remove(
     managers: Option<&Managers>,
     req: RemoveNodeRequest,
 ) -> Result<(), Status> {
-    let found = store.read(|s| s.find_node(&req.node).cloned());
-    let mut node = match (found, managers) {
-        (Err(LookupError::NotFound { .. }), Some(managers)) => {
-            let member = store
-                .read(|s| find_manager(s, &req.node))
-                .map_err(lookup_status)?;
+    let mut node = match target(store, managers, &req.node)? {
+        Target::Agent(node) => node,
+        Target::Manager(managers, member) => {
             let group = (managers.group)();
             let removal = Removal::Remove { force: req.force };
             return managers
@@ -204,7 +221,6 @@ pub async fn remove(
                 .remove(&member, &group, managers.within, removal)
                 .await;
         }
-        (found, _) => found.map_err(lookup_status)?,
     };
     let state = node.status.as_ref().map(|s| s.state()).unwrap_or_default();
     if state == NodeState::Ready && !req.force {
