@@ -80,14 +80,19 @@ pub async fn node_id(m: &ManagerProcess) -> String {
     member(m).await.node_id
 }
 
-/// `node ls --format json` on `m`: (node id, role, manager status) per row.
-pub async fn managers_listed(m: &ManagerProcess) -> Result<BTreeSet<(String, String)>, String> {
+/// The rows of `node ls --format json` on `m`.
+async fn node_rows(m: &ManagerProcess) -> Result<Vec<serde_json::Value>, String> {
     let (success, stdout, stderr) = cli(m, &["node", "ls", "--format", "json"]).await;
     if !success {
         return Err(stderr);
     }
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).map_err(|e| e.to_string())?;
-    Ok(rows
+    serde_json::from_str(&stdout).map_err(|e| e.to_string())
+}
+
+/// `node ls --format json` on `m`: (node id, manager status) per manager.
+pub async fn managers_listed(m: &ManagerProcess) -> Result<BTreeSet<(String, String)>, String> {
+    Ok(node_rows(m)
+        .await?
         .iter()
         .filter(|r| r["role"] == "manager")
         .map(|r| {
@@ -168,12 +173,8 @@ pub async fn write_until_failure(
 
 /// Agent nodes `m` lists as ready, by hostname.
 pub async fn ready_agents(m: &ManagerProcess) -> Result<BTreeSet<String>, String> {
-    let (success, stdout, stderr) = cli(m, &["node", "ls", "--format", "json"]).await;
-    if !success {
-        return Err(stderr);
-    }
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).map_err(|e| e.to_string())?;
-    Ok(rows
+    Ok(node_rows(m)
+        .await?
         .iter()
         .filter(|r| r["role"] == "worker" && r["status"] == "ready")
         .filter_map(|r| r["hostname"].as_str().map(str::to_string))
