@@ -8,9 +8,12 @@ use shoal_proto::tls::SharedCredentials;
 use shoal_proto::tls::client::{self, ClientTls};
 use tonic::transport::{Channel, Endpoint};
 
-/// Give up on a manager that does not accept the connection within this time and
-/// try the next one.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Give up on a manager that does not complete the TLS handshake within this
+/// time and try the next one (one that does not even accept TCP is given up
+/// after 2 s). Under a join burst a manager answers handshakes late; a shorter
+/// limit made agents abandon handshakes the manager had half done and start
+/// them again, a retry storm.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// HTTP/2 pings find a dead connection even while no RPC is in flight.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);

@@ -52,7 +52,7 @@ enum SessionEnd {
     Describe(crate::runtime::RuntimeError),
     #[error("cannot list the node's containers for adoption: {0}")]
     Adopt(crate::runtime::RuntimeError),
-    #[error("heartbeat timed out after {0:?}")]
+    #[error("no heartbeat answered for {0:?}")]
     HeartbeatTimeout(Duration),
     #[error("the manager closed the {0} stream")]
     Closed(&'static str),
@@ -213,6 +213,7 @@ impl Session<'_> {
         self.learn_managers(&first.managers);
         let session_id = first.session_id.clone();
         let period = period(first.heartbeat_period_ms, DEFAULT_HEARTBEAT);
+        let grace = grace(first.heartbeat_grace_ms, period);
         info!(manager = %self.addr, node.id = %self.node_id, session = %session_id,
             heartbeat = ?period, "session opened");
 
@@ -223,7 +224,7 @@ impl Session<'_> {
             .await?
             .into_inner();
         let node_id = self.node_id.clone();
-        let heartbeat = heartbeat_loop(client.clone(), session_id.clone(), period);
+        let heartbeat = heartbeat_loop(client.clone(), session_id.clone(), period, grace);
         let reports = send_loop(reporter, client.clone(), session_id.clone());
         let logs = logs::serve(client.clone(), runtime, &node_id, &session_id);
         let consume = async {
@@ -295,24 +296,49 @@ async fn describe<R: Runtime>(
     })
 }
 
-/// Heartbeats on the manager's period until one fails.
+/// Heartbeats on the manager's period until the manager refuses one, the
+/// connection breaks, or none is answered for `grace`.
+///
+/// A slow answer is not a lost session: the manager marks the node DOWN only
+/// after `grace` without a heartbeat, so the agent waits that long before it
+/// gives up. Ending the session at the first slow heartbeat (as it did) turned a
+/// busy manager into a reconnect storm: every new session costs a TLS
+/// handshake, a store write and a full assignment set, and the handshakes
+/// then timed out too, so nodes really went silent for the grace period.
 async fn heartbeat_loop(
     mut client: DispatcherClient<Channel>,
     session_id: String,
     mut period: Duration,
+    grace: Duration,
 ) -> SessionEnd {
+    // Sent times of answered heartbeats: the manager heard the node no earlier.
+    let mut answered = Instant::now();
     loop {
         tokio::time::sleep(period).await;
-        // A heartbeat that takes longer than the period is as good as lost.
-        let timeout = period.max(Duration::from_secs(1));
+        let sent = Instant::now();
+        let deadline = (answered + grace).max(sent + period.min(grace));
         let request = HeartbeatRequest {
             session_id: session_id.clone(),
         };
-        match tokio::time::timeout(timeout, client.heartbeat(request)).await {
-            Ok(Ok(response)) => period = self::period(response.into_inner().period_ms, period),
+        let call = client.heartbeat(request);
+        match tokio::time::timeout_at(deadline.into(), call).await {
+            Ok(Ok(response)) => {
+                answered = sent;
+                period = self::period(response.into_inner().period_ms, period);
+            }
             Ok(Err(status)) => return SessionEnd::Rpc(status),
-            Err(_) => return SessionEnd::HeartbeatTimeout(timeout),
+            Err(_) => return SessionEnd::HeartbeatTimeout(deadline - answered),
         }
+    }
+}
+
+/// How long the manager waits for heartbeats, or 3 periods (its default) when
+/// an older manager does not say.
+fn grace(ms: i64, period: Duration) -> Duration {
+    if ms > 0 {
+        Duration::from_millis(ms as u64)
+    } else {
+        period * 3
     }
 }
 

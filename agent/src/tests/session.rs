@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use shoal_proto::dispatcher_server::{Dispatcher, DispatcherServer};
 use shoal_proto::tls::{Credentials, Role, RootCa, SharedCredentials, pki};
@@ -30,6 +31,10 @@ struct TestDispatcher {
     tasks: Vec<Task>,
     sessions: Mutex<Vec<SessionRequest>>,
     heartbeats: Mutex<usize>,
+    /// How long each heartbeat takes to be answered.
+    heartbeat_delay: Mutex<Duration>,
+    /// The grace the sessions announce (0: none, as an older manager).
+    grace_ms: i64,
     updates: Mutex<Vec<TaskStatusUpdate>>,
     // Held to keep the streams open; dropping them ends the session.
     open_sessions: Mutex<Vec<Sender<SessionMessage>>>,
@@ -83,6 +88,7 @@ impl Dispatcher for TestDispatcher {
             session_id: self.current_session(),
             node_id: NODE_ID.into(),
             heartbeat_period_ms: 50,
+            heartbeat_grace_ms: self.grace_ms,
             managers: vec![],
         };
         tx.send(Ok(first)).await.unwrap();
@@ -94,6 +100,8 @@ impl Dispatcher for TestDispatcher {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        let delay = *self.heartbeat_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
         if request.into_inner().session_id != self.current_session() {
             return Err(Status::not_found("unknown session"));
         }
@@ -243,6 +251,60 @@ async fn an_agent_registers_runs_its_task_and_survives_a_lost_session() {
     .await;
     assert_eq!(fake.created_count(), 1);
 
+    shutdown.cancel();
+    agent.await.unwrap().unwrap();
+    server_stop.cancel();
+}
+
+#[tokio::test]
+async fn a_slow_heartbeat_keeps_the_session_until_the_grace_runs_out() {
+    // Period 50 ms, grace 4 s: answers 1.2 s late are slow, not lost (the old
+    // agent gave a session up after max(period, 1 s)).
+    let dispatcher = Arc::new(TestDispatcher {
+        grace_ms: 4_000,
+        ..Default::default()
+    });
+    *dispatcher.heartbeat_delay.lock().unwrap() = Duration::from_millis(1_200);
+    let server_stop = CancellationToken::new();
+    let addr = serve(dispatcher.clone(), server_stop.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(crate::run(
+        config(&addr, dir.path()),
+        Arc::new(FakeRuntime::default()),
+        shutdown.clone(),
+    ));
+    let slowly = |what: &'static str, check: Box<dyn Fn() -> bool + Send>| async move {
+        // Each step takes seconds by design: a longer limit than `eventually`'s.
+        let waited = tokio::time::timeout(Duration::from_secs(20), async {
+            while !check() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        waited
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    };
+    let d = dispatcher.clone();
+    slowly(
+        "two slow heartbeats answered",
+        Box::new(move || *d.heartbeats.lock().unwrap() >= 2),
+    )
+    .await;
+    assert_eq!(
+        dispatcher.sessions.lock().unwrap().len(),
+        1,
+        "slow heartbeats within the grace must not end the session"
+    );
+
+    // No answer at all: once the grace is over the agent opens a new session.
+    *dispatcher.heartbeat_delay.lock().unwrap() = Duration::from_secs(60);
+    let d = dispatcher.clone();
+    slowly(
+        "a second session",
+        Box::new(move || d.sessions.lock().unwrap().len() >= 2),
+    )
+    .await;
     shutdown.cancel();
     agent.await.unwrap().unwrap();
     server_stop.cancel();

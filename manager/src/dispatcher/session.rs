@@ -238,6 +238,7 @@ pub(super) async fn open(
         session_id: session_id.clone(),
         node_id: node_id.clone(),
         heartbeat_period_ms: inner.config.heartbeat_period.as_millis() as i64,
+        heartbeat_grace_ms: inner.config.grace_period().as_millis() as i64,
         managers: inner.store.read(|s| {
             crate::raft::membership::members(s)
                 .into_iter()

@@ -76,6 +76,13 @@ pub fn ca_fetch_config() -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
+/// A host that does not complete the TCP handshake within this time is down
+/// or cut off. The TLS handshake that follows has the rest of the endpoint's
+/// connect timeout: a busy manager accepts TCP at once (the kernel does) but
+/// may take a while to answer the handshake, and abandoning it then only
+/// repeats the work.
+const TCP_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A channel to `endpoint` (an `http://HOST:PORT` endpoint; the scheme is
 /// ignored, the connection is always TLS). Connects now.
 pub async fn connect(
@@ -113,7 +120,17 @@ fn connector(
             let port = uri.port_u16().ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, "address has no port")
             })?;
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            let tcp = tokio::time::timeout(
+                TCP_CONNECT_TIMEOUT,
+                TcpStream::connect((host.as_str(), port)),
+            )
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("TCP connect timed out after {TCP_CONNECT_TIMEOUT:?}"),
+                )
+            })??;
             tcp.set_nodelay(true)?;
             let name = ServerName::try_from(SERVER_NAME).expect("a valid DNS name");
             let stream = TlsConnector::from(config).connect(name, tcp).await?;

@@ -9,6 +9,10 @@ async fn a_session_registers_a_ready_node() {
     assert!(!first.node_id.is_empty(), "a node id is assigned");
     assert!(!first.session_id.is_empty());
     assert_eq!(first.heartbeat_period_ms, 100);
+    assert_eq!(
+        first.heartbeat_grace_ms, 300,
+        "the agent learns how long a heartbeat may take"
+    );
     assert!(first.managers.is_empty());
     let node = h.node(&first.node_id);
     assert_eq!(node_state(&node), NodeState::Ready);
