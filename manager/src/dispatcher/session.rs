@@ -34,6 +34,9 @@ pub(super) fn unknown(session_id: &str) -> Status {
 struct Entry {
     node_id: String,
     last_heartbeat: Instant,
+    /// Opened, but the node is still being written READY: not expired, since
+    /// the agent cannot heartbeat before it has the session's first message.
+    opening: bool,
     /// Cancelled when the session ends; its streams watch it.
     token: CancellationToken,
 }
@@ -62,7 +65,7 @@ pub(super) struct Sessions {
 
 impl Sessions {
     /// Register a session for `node_id`, ending the node's previous one (whose
-    /// id is returned).
+    /// id is returned). It does not expire until [`Sessions::established`].
     pub fn open(
         &mut self,
         node_id: &str,
@@ -82,10 +85,24 @@ impl Sessions {
             Entry {
                 node_id: node_id.to_string(),
                 last_heartbeat: now,
+                opening: true,
                 token,
             },
         );
         previous
+    }
+
+    /// The node of `session_id` is registered and the agent gets the session:
+    /// its grace period starts now. False when the session was replaced.
+    pub fn established(&mut self, session_id: &str, now: Instant) -> bool {
+        match self.by_id.get_mut(session_id) {
+            Some(entry) => {
+                entry.opening = false;
+                entry.last_heartbeat = now;
+                true
+            }
+            None => false,
+        }
     }
 
     /// End `session_id` if it is still live.
@@ -145,7 +162,7 @@ impl Sessions {
         let stale: Vec<String> = self
             .by_id
             .iter()
-            .filter(|(_, e)| now.saturating_duration_since(e.last_heartbeat) > grace)
+            .filter(|(_, e)| !e.opening && now.saturating_duration_since(e.last_heartbeat) > grace)
             .map(|(id, _)| id.clone())
             .collect();
         for session_id in stale {
@@ -230,6 +247,14 @@ pub(super) async fn open(
         lock(&inner.sessions).close(&session_id);
         tracing::warn!(node.id = %node_id, error = %err, "could not register node");
         return Err(store_status(err));
+    }
+    // Under a join burst the write above can take longer than the grace
+    // period; the agent's first heartbeat is due a period after it gets the
+    // first message, so that is when the session's clock starts.
+    if !lock(&inner.sessions).established(&session_id, Instant::now()) {
+        return Err(Status::aborted(
+            "a newer session of this node replaced this one while it opened",
+        ));
     }
     tracing::info!(node.id = %node_id, session.id = %session_id, "session opened");
 
@@ -345,6 +370,8 @@ mod unit {
         let token = CancellationToken::new();
         s.open("quiet", "s1", token.clone(), t0);
         s.open("chatty", "s2", CancellationToken::new(), t0);
+        s.established("s1", t0);
+        s.established("s2", t0);
         assert!(s.heartbeat("s2", t0 + Duration::from_millis(250)));
         assert!(
             s.expire(t0 + GRACE, GRACE).is_empty(),
@@ -362,6 +389,24 @@ mod unit {
         assert!(token.is_cancelled());
         assert!(!s.has_node("quiet"));
         assert!(s.has_node("chatty"));
+    }
+
+    #[test]
+    fn a_session_is_not_expired_while_its_node_is_registered() {
+        let mut s = Sessions::default();
+        let t0 = Instant::now();
+        s.open("n1", "s1", CancellationToken::new(), t0);
+        assert!(
+            s.expire(t0 + GRACE * 10, GRACE).is_empty(),
+            "the node's READY write is still in flight"
+        );
+        // Registered at last: the grace period counts from here.
+        assert!(s.established("s1", t0 + GRACE * 10));
+        assert!(s.expire(t0 + GRACE * 11, GRACE).is_empty());
+        let expired = s.expire(t0 + GRACE * 11 + Duration::from_millis(1), GRACE);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].silent_for, GRACE + Duration::from_millis(1));
+        assert!(!s.established("s1", t0 + GRACE * 12), "gone once expired");
     }
 
     #[test]
