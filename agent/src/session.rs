@@ -217,17 +217,20 @@ impl Session<'_> {
         info!(manager = %self.addr, node.id = %self.node_id, session = %session_id,
             heartbeat = ?period, "session opened");
 
-        let mut assignments = client
-            .assignments(AssignmentsRequest {
-                session_id: session_id.clone(),
-            })
-            .await?
-            .into_inner();
         let node_id = self.node_id.clone();
+        // Heartbeats start at once, beside the assignments stream's opening:
+        // the manager's grace period runs from the session's first message.
         let heartbeat = heartbeat_loop(client.clone(), session_id.clone(), period, grace);
         let reports = send_loop(reporter, client.clone(), session_id.clone());
         let logs = logs::serve(client.clone(), runtime, &node_id, &session_id);
+        let mut assignments_client = client.clone();
         let consume = async {
+            let mut assignments = assignments_client
+                .assignments(AssignmentsRequest {
+                    session_id: session_id.clone(),
+                })
+                .await?
+                .into_inner();
             while let Some(msg) = assignments.message().await? {
                 worker
                     .apply(&node_id, msg)
@@ -313,8 +316,9 @@ async fn heartbeat_loop(
 ) -> SessionEnd {
     // Sent times of answered heartbeats: the manager heard the node no earlier.
     let mut answered = Instant::now();
+    // The first goes out at once: it tells the manager that the session
+    // reached the agent, however long that took.
     loop {
-        tokio::time::sleep(period).await;
         let sent = Instant::now();
         let deadline = (answered + grace).max(sent + period.min(grace));
         let request = HeartbeatRequest {
@@ -329,6 +333,7 @@ async fn heartbeat_loop(
             Ok(Err(status)) => return SessionEnd::Rpc(status),
             Err(_) => return SessionEnd::HeartbeatTimeout(deadline - answered),
         }
+        tokio::time::sleep(period).await;
     }
 }
 

@@ -173,7 +173,7 @@ impl BenchManager {
             .arg("--listen-addr")
             .arg(self.addr.to_string())
             .args(&self.args)
-            .env("SHOAL_LOG", &self.log_filter)
+            .env("SHOAL_LOG", log_filter(&self.log_filter))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -319,6 +319,15 @@ impl BenchManager {
 }
 
 /// Copy the files (not subdirectories) of `from` into a new directory `to`.
+/// The managers' log filter: the scenario's, with `SHOAL_BENCH_LOG` appended
+/// when set (say `shoal_manager::dispatcher=info` to see every session).
+fn log_filter(scenario: &str) -> String {
+    match std::env::var("SHOAL_BENCH_LOG") {
+        Ok(extra) if !extra.is_empty() => format!("{scenario},{extra}"),
+        _ => scenario.to_string(),
+    }
+}
+
 fn copy_files(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from).with_context(|| format!("read {}", from.display()))? {
