@@ -24,6 +24,49 @@ pub fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
 
+/// How many nodes the manager marked DOWN for missed heartbeats, by its log.
+pub fn nodes_marked_down(log: &str) -> usize {
+    log.matches("node down: heartbeat failure").count()
+}
+
+/// The worst lateness of this process's own tokio timers since the last
+/// [`LagProbe::take`]: how long a hollow agent's heartbeat could have waited
+/// in the harness itself, before the manager had any part in it.
+pub struct LagProbe {
+    worst_us: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LagProbe {
+    /// Wakes every 50 ms and records how late each wake-up was.
+    pub fn start() -> LagProbe {
+        use std::sync::atomic::Ordering;
+        let worst_us = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let worst = worst_us.clone();
+        let task = tokio::spawn(async move {
+            const TICK: Duration = Duration::from_millis(50);
+            loop {
+                let before = std::time::Instant::now();
+                tokio::time::sleep(TICK).await;
+                let late = before.elapsed().saturating_sub(TICK);
+                worst.fetch_max(late.as_micros() as u64, Ordering::Relaxed);
+            }
+        });
+        LagProbe { worst_us, task }
+    }
+
+    /// The worst lateness seen since the last call, in milliseconds.
+    pub fn take(&self) -> u64 {
+        self.worst_us.swap(0, std::sync::atomic::Ordering::Relaxed) / 1000
+    }
+}
+
+impl Drop for LagProbe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The `p`-th percentile (0..=100) of `values` by the nearest-rank method;
 /// `None` when there are no values.
 pub fn percentile(values: &[u128], p: f64) -> Option<u128> {
@@ -182,6 +225,15 @@ mod tests {
         assert_eq!(percentile(&v, 0.0), Some(1));
         assert_eq!(percentile(&[42], 95.0), Some(42));
         assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn counts_the_nodes_marked_down() {
+        let log = "\x1b[33m WARN\x1b[0m shoal_manager::dispatcher::monitor: node down: heartbeat failure node.id=a silent_ms=6010\n\
+                   INFO shoal_manager::dispatcher::monitor: session expired node.id=a\n\
+                   WARN shoal_manager::dispatcher::monitor: node down: heartbeat failure node.id=b silent_ms=6200\n";
+        assert_eq!(nodes_marked_down(log), 2);
+        assert_eq!(nodes_marked_down(""), 0);
     }
 
     #[test]

@@ -16,7 +16,9 @@ use shoal_proto::{ContainerSpec, CreateServiceRequest, ServiceSpec, TaskSpec};
 
 use super::cluster::{BenchCluster, Settled};
 use super::daemons::BenchManager;
-use super::figures::{RaftEventKind, figure, ms, note, raft_events, scheduler_passes};
+use super::figures::{
+    LagProbe, RaftEventKind, figure, ms, nodes_marked_down, note, raft_events, scheduler_passes,
+};
 use super::tasks::follow;
 use crate::agents::HollowAgent;
 
@@ -74,9 +76,15 @@ pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
     figure("managers", args.managers);
     let settled_at = SystemTime::now();
     let started = Instant::now();
+    let lag = LagProbe::start();
     let agents = start_hollow_nodes(manager, args.nodes).await?;
     figure("nodes", args.nodes);
     figure("nodes_ready_ms", ms(started.elapsed()));
+    // Nodes marked DOWN while healthy: their tasks are placed twice. The
+    // harness's own lag tells how much of that its 2 shared cores caused.
+    let down_joining = nodes_marked_down(&manager.log());
+    figure("nodes_marked_down_joining", down_joining);
+    figure("harness_timer_lag_max_ms_joining", lag.take());
 
     let followers: Vec<&BenchManager> = cluster
         .managers
@@ -93,6 +101,11 @@ pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
     if let Err(err) = &result {
         note(format!("schedule failed: {err:#}\n{}", manager.log_tail()));
     }
+    figure(
+        "nodes_marked_down_scheduling",
+        nodes_marked_down(&manager.log()) - down_joining,
+    );
+    figure("harness_timer_lag_max_ms_scheduling", lag.take());
     figure("manager_peak_rss_mib", fmt_mib(manager.peak_rss_mib()));
     if !followers.is_empty() {
         let cpu: Vec<String> = followers
