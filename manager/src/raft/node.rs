@@ -8,7 +8,7 @@
 //!
 //! Each proposal's caller waits on a registry keyed by proposal id, never on
 //! log order; all waiters fail when leadership is lost. Applied changes reach
-//! the state tree in checkpoints ([`Unwritten`]): every second or so, one sled
+//! the state tree in checkpoints ([`Unwritten`]): every few seconds, one sled
 //! batch with the latest value of each changed object, written after the
 //! commit index so a crash never leaves the state ahead of the commit. Replies
 //! need no checkpoint: the entries themselves are durable in the log and a

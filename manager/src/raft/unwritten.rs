@@ -16,11 +16,17 @@ use crate::scheduler::fasthash::FastSet;
 use crate::store::{ChangeBatch, ChangeKind, ObjectExt, encode};
 
 /// Unwritten changes that force a checkpoint: bounds the memory they hold
-/// (each keeps its object and the value it replaced).
-const MAX_CHANGES: usize = 32_768;
+/// (each keeps its object and the value it replaced, shared with the change
+/// stream's other readers).
+const MAX_CHANGES: usize = 131_072;
 /// Age of the oldest unwritten entry that forces a checkpoint: bounds how
-/// much a restart replays.
-pub(crate) const MAX_AGE: Duration = Duration::from_secs(1);
+/// much a restart replays. A task is written 3-4 times within a few seconds
+/// of its creation (created, assigned, its agent's reports), so a window of
+/// 5 s writes most tasks once where 1 s wrote them two or three times: at
+/// 1,000 nodes x 100k tasks, 1.16x the placements per second and 0.88x the
+/// manager's CPU (docs/BENCHMARKS.md). The cost: a restart replays up to
+/// 5 s of entries instead of 1 s (not timed yet).
+pub(crate) const MAX_AGE: Duration = Duration::from_secs(5);
 
 /// One write of a checkpoint: a key and its new value (None: removed).
 pub(crate) type Write = (Vec<u8>, Option<Vec<u8>>);
