@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::restart::RestartTracker;
 use super::task::{desired, is_terminal, never_assigned, service_name};
-use super::update::stale_slots;
+use super::update::has_stale_slots;
 use super::updater::{self, StartTimes, UpdateDone, UpdateOutcome, lock};
 use super::{Ctx, Op, reconcile_service};
 use crate::config::OrchestratorConfig;
@@ -348,7 +348,7 @@ impl Driver {
             .update_status
             .as_ref()
             .is_some_and(|u| u.state() == UpdateState::Updating);
-        if !unfinished && stale_slots(service, tasks, nodes).is_empty() {
+        if !unfinished && !has_stale_slots(service, tasks, nodes) {
             return;
         }
         tracing::debug!(service.id = %service.id, service.name = %service_name(service),

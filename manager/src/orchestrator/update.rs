@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use shoal_proto::constraint::Constraint;
 use shoal_proto::{Node, Service, Task, TaskState, UpdateFailureAction, UpdateOrder};
 
 use super::global::{Eligibility, constraints, eligibility};
@@ -95,20 +96,41 @@ pub fn stale_slots(
     let mut stale: Vec<StaleSlot> = slots
         .into_values()
         .filter(|s| !s.old.is_empty())
-        .filter(|s| match (&global, &s.key) {
-            (None, _) => true,
-            (Some(None), _) => false,
-            (Some(Some(c)), SlotKey::Node(id)) => nodes
-                .get(id)
-                .is_some_and(|n| eligibility(n, c) == Eligibility::Run),
-            (Some(Some(_)), SlotKey::Replica(_)) => false,
-        })
+        .filter(|s| may_update(&global, &s.key, nodes))
         .collect();
     stale.sort_by_key(|s| {
         let running = s.old.iter().any(|t| observed(t) == TaskState::Running);
         (running, s.key.clone())
     });
     stale
+}
+
+/// Whether [`stale_slots`] would find any, without building them: the
+/// orchestrator asks after every change to a service's tasks, and building
+/// the slots cloned every live task of the service each time.
+pub fn has_stale_slots(service: &Service, tasks: &[Task], nodes: &HashMap<String, Node>) -> bool {
+    let global = is_global(service).then(|| constraints(service));
+    tasks
+        .iter()
+        .filter(|t| is_live(t) && t.spec_version != service.spec_version)
+        .any(|t| may_update(&global, &slot_key(t), nodes))
+}
+
+/// Whether a slot with old tasks is the updater's to replace. `global` is
+/// None for a replicated service, else the global service's constraints.
+fn may_update(
+    global: &Option<Option<Vec<Constraint>>>,
+    key: &SlotKey,
+    nodes: &HashMap<String, Node>,
+) -> bool {
+    match (global, key) {
+        (None, _) => true,
+        (Some(None), _) => false,
+        (Some(Some(c)), SlotKey::Node(id)) => nodes
+            .get(id)
+            .is_some_and(|n| eligibility(n, c) == Eligibility::Run),
+        (Some(Some(_)), SlotKey::Replica(_)) => false,
+    }
 }
 
 /// A replaced task under watch: it must not fail within the monitor window
@@ -194,7 +216,13 @@ mod tests {
         let gone = task(&svc, 4, "a", TaskState::Shutdown, TaskState::Shutdown, 4);
         svc.spec_version = 2;
         let cur2 = task(&svc, 2, "a", TaskState::Running, TaskState::Starting, 5);
-        let stale = stale_slots(&svc, &[old1, old2, old3, gone, cur2], &ns);
+        let all = [old1, old2, old3, gone.clone(), cur2.clone()];
+        assert!(has_stale_slots(&svc, &all, &ns));
+        assert!(
+            !has_stale_slots(&svc, &[gone, cur2], &ns),
+            "a dead old task and a current one leave nothing to update"
+        );
+        let stale = stale_slots(&svc, &all, &ns);
         let keys: Vec<SlotKey> = stale.iter().map(|s| s.key.clone()).collect();
         assert_eq!(
             keys,
@@ -226,6 +254,11 @@ mod tests {
         let stale = stale_slots(&svc, &tasks, &ns);
         assert_eq!(stale.len(), 1);
         assert_eq!(stale[0].key, SlotKey::Node("a".into()));
+        assert!(has_stale_slots(&svc, &tasks, &ns));
+        assert!(
+            !has_stale_slots(&svc, &tasks[1..], &ns),
+            "only the paused node's task is old: not the updater's"
+        );
     }
 
     #[test]
