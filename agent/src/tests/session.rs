@@ -187,6 +187,21 @@ fn config(addr: &str, data_dir: &std::path::Path) -> AgentConfig {
     }
 }
 
+/// Start an agent for the manager at `addr` on `runtime`, with its data in
+/// `dir`; it runs until the returned token is cancelled.
+fn start_agent(
+    addr: &str,
+    dir: &std::path::Path,
+    runtime: Arc<FakeRuntime>,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), crate::error::AgentError>>,
+) {
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(crate::run(config(addr, dir), runtime, shutdown.clone()));
+    (shutdown, agent)
+}
+
 fn assigned_task(id: &str) -> Task {
     let mut t = task(id, "nginx", TaskState::Running);
     t.node_id = NODE_ID.into();
@@ -207,12 +222,7 @@ async fn an_agent_registers_runs_its_task_and_survives_a_lost_session() {
         2_000_000_000,
         1 << 30,
     ));
-    let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(crate::run(
-        config(&addr, dir.path()),
-        fake.clone(),
-        shutdown.clone(),
-    ));
+    let (shutdown, agent) = start_agent(&addr, dir.path(), fake.clone());
 
     eventually("t1 reported running", || async {
         (dispatcher.latest_state("t1") == Some(TaskState::Running)).then_some(())
@@ -268,12 +278,7 @@ async fn a_slow_heartbeat_keeps_the_session_until_the_grace_runs_out() {
     let server_stop = CancellationToken::new();
     let addr = serve(dispatcher.clone(), server_stop.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(crate::run(
-        config(&addr, dir.path()),
-        Arc::new(FakeRuntime::default()),
-        shutdown.clone(),
-    ));
+    let (shutdown, agent) = start_agent(&addr, dir.path(), Arc::new(FakeRuntime::default()));
     let slowly = |what: &'static str, check: Box<dyn Fn() -> bool + Send>| async move {
         // Each step takes seconds by design: a longer limit than `eventually`'s.
         let waited = tokio::time::timeout(Duration::from_secs(20), async {
@@ -320,12 +325,7 @@ async fn tasks_keep_running_when_the_agent_stops() {
     let addr = serve(dispatcher.clone(), server_stop.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let fake = Arc::new(FakeRuntime::default());
-    let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(crate::run(
-        config(&addr, dir.path()),
-        fake.clone(),
-        shutdown.clone(),
-    ));
+    let (shutdown, agent) = start_agent(&addr, dir.path(), fake.clone());
     eventually("t1 reported running", || async {
         (dispatcher.latest_state("t1") == Some(TaskState::Running)).then_some(())
     })
@@ -335,12 +335,7 @@ async fn tasks_keep_running_when_the_agent_stops() {
     assert_eq!(fake.running(), vec!["t1".to_string()]);
 
     // A new agent on the same node adopts the container instead of creating one.
-    let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(crate::run(
-        config(&addr, dir.path()),
-        fake.clone(),
-        shutdown.clone(),
-    ));
+    let (shutdown, agent) = start_agent(&addr, dir.path(), fake.clone());
     eventually("a second session", || async {
         (dispatcher.sessions.lock().unwrap().len() >= 2).then_some(())
     })
@@ -365,12 +360,7 @@ async fn an_unreachable_manager_is_retried_until_shutdown() {
         listener.local_addr().unwrap().to_string()
     };
     let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(crate::run(
-        config(&addr, dir.path()),
-        Arc::new(FakeRuntime::default()),
-        shutdown.clone(),
-    ));
+    let (shutdown, agent) = start_agent(&addr, dir.path(), Arc::new(FakeRuntime::default()));
     tokio::task::yield_now().await;
     assert!(!agent.is_finished());
     shutdown.cancel();

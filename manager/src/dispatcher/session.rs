@@ -249,8 +249,8 @@ pub(super) async fn open(
         return Err(store_status(err));
     }
     // Under a join burst the write above can take longer than the grace
-    // period; the agent's first heartbeat is due a period after it gets the
-    // first message, so that is when the session's clock starts.
+    // period, and the agent cannot heartbeat before it has the first message:
+    // the session's clock starts when that message goes out.
     if !lock(&inner.sessions).established(&session_id, Instant::now()) {
         return Err(Status::aborted(
             "a newer session of this node replaced this one while it opened",
