@@ -41,12 +41,21 @@ pub fn task(id: &str, image: &str, desired: TaskState) -> Task {
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after 5 s.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    eventually_within(Duration::from_secs(5), what, check).await
+}
+
+/// [`eventually`] with another limit, for steps that take seconds by design.
+pub async fn eventually_within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(value) = check().await {
             return value;

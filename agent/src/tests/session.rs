@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::{eventually, task};
+use super::{eventually, eventually_within, task};
 use crate::config::AgentConfig;
 use crate::fake::FakeRuntime;
 
@@ -279,22 +279,11 @@ async fn a_slow_heartbeat_keeps_the_session_until_the_grace_runs_out() {
     let addr = serve(dispatcher.clone(), server_stop.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let (shutdown, agent) = start_agent(&addr, dir.path(), Arc::new(FakeRuntime::default()));
-    let slowly = |what: &'static str, check: Box<dyn Fn() -> bool + Send>| async move {
-        // Each step takes seconds by design: a longer limit than `eventually`'s.
-        let waited = tokio::time::timeout(Duration::from_secs(20), async {
-            while !check() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        });
-        waited
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-    };
-    let d = dispatcher.clone();
-    slowly(
-        "two slow heartbeats answered",
-        Box::new(move || *d.heartbeats.lock().unwrap() >= 2),
-    )
+    // Each step takes seconds by design: a longer limit than `eventually`'s.
+    let limit = Duration::from_secs(20);
+    eventually_within(limit, "two slow heartbeats answered", || async {
+        (*dispatcher.heartbeats.lock().unwrap() >= 2).then_some(())
+    })
     .await;
     assert_eq!(
         dispatcher.sessions.lock().unwrap().len(),
@@ -304,11 +293,9 @@ async fn a_slow_heartbeat_keeps_the_session_until_the_grace_runs_out() {
 
     // No answer at all: once the grace is over the agent opens a new session.
     *dispatcher.heartbeat_delay.lock().unwrap() = Duration::from_secs(60);
-    let d = dispatcher.clone();
-    slowly(
-        "a second session",
-        Box::new(move || d.sessions.lock().unwrap().len() >= 2),
-    )
+    eventually_within(limit, "a second session", || async {
+        (dispatcher.sessions.lock().unwrap().len() >= 2).then_some(())
+    })
     .await;
     shutdown.cancel();
     agent.await.unwrap().unwrap();
