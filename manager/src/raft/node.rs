@@ -8,11 +8,11 @@
 //!
 //! Each proposal's caller waits on a registry keyed by proposal id, never on
 //! log order; all waiters fail when leadership is lost. Applied changes reach
-//! the state tree in checkpoints ([`Unwritten`]): every few seconds, one sled
-//! batch with the latest value of each changed object, written after the
-//! commit index so a crash never leaves the state ahead of the commit. Replies
-//! need no checkpoint: the entries themselves are durable in the log and a
-//! restart re-applies those after the last checkpoint.
+//! the state tree in checkpoints ([`Unwritten`] says when): the whole state in
+//! one sled batch of a few large values, written after the commit index so a
+//! crash never leaves the state ahead of the commit. Replies need no
+//! checkpoint: the entries themselves are durable in the log and a restart
+//! re-applies those after the last checkpoint.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -26,9 +26,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::service::{Inbound, Transport};
-use super::storage::{APPLIED_KEY, MAX_ENTRY_BYTES, SledStorage};
+use super::storage::{MAX_ENTRY_BYTES, STATE_PIECE_BYTES, SledStorage};
 use super::unwritten::Unwritten;
-use super::{GroupView, RaftError, RaftStatus};
+use super::{GroupView, RaftError, RaftStatus, snapshot};
 use crate::store::{Applied, Leadership, ProposeRequest, Store, StoreError};
 
 /// Proposals or peer messages taken from a channel before handling a Ready:
@@ -253,20 +253,20 @@ impl Node {
                 // conf change is not one: raft-rs uses it to leave a joint config.)
                 EntryType::EntryNormal if entry.data.is_empty() => {
                     self.store.set_applied_index(index);
-                    self.unwritten.applied(index, None, now);
+                    self.unwritten.applied(index, 0, now);
                 }
                 EntryType::EntryNormal => self.apply_proposal(&entry, now),
                 EntryType::EntryConfChange => {
                     let result = ConfChange::parse_from_bytes(&entry.data)
                         .map(|cc| self.raw.apply_conf_change(&cc));
                     self.apply_conf_change(index, &entry.context, result)?;
-                    self.unwritten.applied(index, None, now);
+                    self.unwritten.applied(index, 0, now);
                 }
                 EntryType::EntryConfChangeV2 => {
                     let result = ConfChangeV2::parse_from_bytes(&entry.data)
                         .map(|cc| self.raw.apply_conf_change(&cc));
                     self.apply_conf_change(index, &entry.context, result)?;
-                    self.unwritten.applied(index, None, now);
+                    self.unwritten.applied(index, 0, now);
                 }
             }
         }
@@ -323,39 +323,47 @@ impl Node {
                 // Every manager skips the same bad entry, so they stay in step.
                 tracing::error!(index, error = %err, "committed raft entry is not a proposal; skipped");
                 self.store.set_applied_index(index);
-                self.unwritten.applied(index, None, now);
+                self.unwritten.applied(index, 0, now);
                 return;
             }
         };
         let id = proposal.id;
         let applied = self.store.apply_committed(proposal, index);
-        self.unwritten.applied(index, Some(&applied.batch), now);
+        self.unwritten
+            .applied(index, applied.batch.changes.len(), now);
         if let Some(reply) = self.waiters.remove(&id) {
             let _ = reply.send(applied.into_result());
         }
     }
 
     fn checkpoint_if_due(&mut self) -> Result<(), RaftError> {
-        let due =
-            self.unwritten
-                .is_due(Instant::now(), self.written_applied, self.snapshot_interval);
+        let objects = self.store.read(|s| s.object_count());
+        let due = self.unwritten.is_due(
+            Instant::now(),
+            self.written_applied,
+            self.snapshot_interval,
+            objects,
+        );
         if due { self.checkpoint() } else { Ok(()) }
     }
 
-    /// Write the unwritten changes and the applied index in one batch.
+    /// Write the whole applied state and its index in one batch.
     fn checkpoint(&mut self) -> Result<(), RaftError> {
-        let Some((applied, writes)) = self.unwritten.take() else {
+        if self.unwritten.take().is_none() {
             return Ok(());
-        };
-        let mut batch = sled::Batch::default();
-        for (key, value) in writes {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
         }
-        batch.insert(APPLIED_KEY, &applied.to_be_bytes());
-        self.raw.mut_store().disk().state.apply_batch(batch)?;
+        let started = Instant::now();
+        let (applied, pieces) = self
+            .store
+            .read(|s| (s.applied_index, snapshot::encode(s, STATE_PIECE_BYTES)));
+        self.raw.mut_store().disk().write_state(applied, &pieces)?;
+        tracing::debug!(
+            applied,
+            pieces = pieces.len(),
+            bytes = pieces.iter().map(Vec::len).sum::<usize>(),
+            ms = started.elapsed().as_millis() as u64,
+            "state checkpoint written"
+        );
         self.written_applied = applied;
         self.dirty = true;
         Ok(())

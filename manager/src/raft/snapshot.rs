@@ -1,49 +1,94 @@
-//! Raft snapshot data: the whole applied state as one `StoreSnapshot` message.
+//! The applied state as `StoreSnapshot` bytes: the data of a Raft snapshot,
+//! and of the checkpoints the actor writes to the state tree.
 //!
-//! A leader sends it to a follower whose next entry was compacted away; the
-//! follower rebuilds its tables from it. The transport streams it to the
-//! follower in 1 MiB chunks (`transport::requests`), so its size is bounded
-//! by memory, not by gRPC's message size limit.
+//! A leader sends the snapshot to a follower whose next entry was compacted
+//! away; the follower rebuilds its tables from it. The transport streams it in
+//! 1 MiB chunks (`transport::requests`), so its size is bounded by memory, not
+//! by gRPC's message size limit.
+//!
+//! Objects are encoded straight from the tables, each as one repeated field of
+//! `StoreSnapshot`, so nothing is cloned, and the bytes can be cut between two
+//! objects into pieces that are each a `StoreSnapshot` of their own (and whose
+//! concatenation is the whole one): the state tree holds the pieces as values
+//! small enough for sled to keep inline.
 
-use prost::Message as _;
+use prost::Message;
 use shoal_proto::StoreSnapshot;
 
 use super::RaftError;
 use crate::store::{MemState, Object};
 
-/// Copy every object of `state` into a snapshot message.
-pub(crate) fn capture(state: &MemState) -> StoreSnapshot {
-    let mut snap = StoreSnapshot::default();
-    for object in state.objects() {
-        match object {
-            Object::Node(n) => snap.nodes.push(n),
-            Object::Service(s) => snap.services.push(s),
-            Object::Task(t) => snap.tasks.push(t),
-            Object::Cluster(c) => snap.clusters.push(c),
-            Object::Secret(s) => snap.secrets.push(s),
-            Object::Config(c) => snap.configs.push(c),
+/// `StoreSnapshot` field numbers (shoal.proto).
+const NODES: u32 = 1;
+const SERVICES: u32 = 2;
+const TASKS: u32 = 3;
+const CLUSTERS: u32 = 4;
+const SECRETS: u32 = 5;
+const CONFIGS: u32 = 6;
+
+/// Pieces of `StoreSnapshot` bytes, cut between objects once a piece holds
+/// `piece_bytes` or more would follow (a piece holds at least one object, so
+/// it may pass `piece_bytes` by at most one object).
+struct Pieces {
+    limit: usize,
+    done: Vec<Vec<u8>>,
+    open: Vec<u8>,
+}
+
+impl Pieces {
+    fn push(&mut self, tag: u32, object: &impl Message) {
+        let len = object.encoded_len();
+        let framed =
+            prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(len as u64) + len;
+        if !self.open.is_empty() && self.open.len() + framed > self.limit {
+            self.done.push(std::mem::take(&mut self.open));
         }
+        if self.open.is_empty() {
+            self.open.reserve(framed.max(self.limit.min(1 << 20)));
+        }
+        prost::encoding::message::encode(tag, object, &mut self.open);
     }
-    snap
 }
 
-pub(crate) fn encode(snap: &StoreSnapshot) -> Vec<u8> {
-    snap.encode_to_vec()
+/// The whole state, in pieces of about `piece_bytes` (`usize::MAX`: one).
+pub(crate) fn encode(state: &MemState, piece_bytes: usize) -> Vec<Vec<u8>> {
+    let mut pieces = Pieces {
+        limit: piece_bytes,
+        done: Vec::new(),
+        open: Vec::new(),
+    };
+    state.nodes().for_each(|o| pieces.push(NODES, o));
+    state.services().for_each(|o| pieces.push(SERVICES, o));
+    state.tasks().for_each(|o| pieces.push(TASKS, o));
+    state.clusters().for_each(|o| pieces.push(CLUSTERS, o));
+    state.secrets().for_each(|o| pieces.push(SECRETS, o));
+    state.configs().for_each(|o| pieces.push(CONFIGS, o));
+    if !pieces.open.is_empty() {
+        pieces.done.push(pieces.open);
+    }
+    pieces.done
 }
 
-/// The tables a snapshot taken at Raft `index` describes.
-pub(crate) fn restore(data: &[u8], index: u64) -> Result<MemState, RaftError> {
-    let snap = StoreSnapshot::decode(data)
-        .map_err(|e| RaftError::Corrupt(format!("snapshot at index {index}: {e}")))?;
+/// The tables that `pieces` (from [`encode`], or one whole snapshot) describe,
+/// applied up to Raft `index`.
+pub(crate) fn restore<'a>(
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+    index: u64,
+) -> Result<MemState, RaftError> {
     let mut state = MemState::default();
-    let objects = (snap.nodes.into_iter().map(Object::Node))
-        .chain(snap.services.into_iter().map(Object::Service))
-        .chain(snap.tasks.into_iter().map(Object::Task))
-        .chain(snap.clusters.into_iter().map(Object::Cluster))
-        .chain(snap.secrets.into_iter().map(Object::Secret))
-        .chain(snap.configs.into_iter().map(Object::Config));
-    for object in objects {
-        state.put(object);
+    for (n, piece) in pieces.into_iter().enumerate() {
+        let snap = StoreSnapshot::decode(piece).map_err(|e| {
+            RaftError::Corrupt(format!("snapshot at index {index}, piece {n}: {e}"))
+        })?;
+        let objects = (snap.nodes.into_iter().map(Object::Node))
+            .chain(snap.services.into_iter().map(Object::Service))
+            .chain(snap.tasks.into_iter().map(Object::Task))
+            .chain(snap.clusters.into_iter().map(Object::Cluster))
+            .chain(snap.secrets.into_iter().map(Object::Secret))
+            .chain(snap.configs.into_iter().map(Object::Config));
+        for object in objects {
+            state.put(object);
+        }
     }
     state.applied_index = index;
     Ok(state)
@@ -74,8 +119,9 @@ mod tests {
                 ..Default::default()
             }));
         }
-        let bytes = encode(&capture(&state));
-        let restored = restore(&bytes, 42).unwrap();
+        let whole = encode(&state, usize::MAX);
+        assert_eq!(whole.len(), 1);
+        let restored = restore([&whole[0][..]], 42).unwrap();
         assert_eq!(restored.applied_index, 42);
         assert_eq!(restored.find_service("web").unwrap().id, "s1");
         assert_eq!(restored.tasks_of_service("s1").count(), 3);
@@ -103,7 +149,7 @@ mod tests {
             }),
             ..Default::default()
         }));
-        let restored = restore(&encode(&capture(&state)), 3).unwrap();
+        let restored = restore([&encode(&state, usize::MAX)[0][..]], 3).unwrap();
         assert_eq!(
             restored.find_secret("db").unwrap().data_sealed,
             vec![1, 2, 3]
@@ -112,8 +158,73 @@ mod tests {
     }
 
     #[test]
+    fn pieces_are_cut_between_objects_and_restore_the_whole_state() {
+        let mut state = MemState::default();
+        for i in 0..500 {
+            state.put(Object::Task(Task {
+                id: format!("t{i:03}"),
+                service_id: "s1".into(),
+                node_id: format!("n{}", i % 7),
+                ..Default::default()
+            }));
+        }
+        let whole = encode(&state, usize::MAX).remove(0);
+        let pieces = encode(&state, 1024);
+        assert!(pieces.len() > 5, "{} pieces", pieces.len());
+        assert_eq!(pieces.concat().len(), whole.len(), "nothing lost or added");
+        for piece in &pieces {
+            assert!(piece.len() <= 1024, "a piece of {} bytes", piece.len());
+            StoreSnapshot::decode(&piece[..]).expect("each piece decodes alone");
+        }
+        let restored = restore(pieces.iter().map(|p| &p[..]), 9).unwrap();
+        assert_eq!(restored.task_count(), 500);
+        assert_eq!(restored.tasks_on_node("n3").count(), 71);
+        assert_eq!(
+            restore([&whole[..]], 9).unwrap().tasks().count(),
+            restored.tasks().count()
+        );
+    }
+
+    #[test]
+    fn an_object_larger_than_a_piece_gets_a_piece_of_its_own() {
+        let mut state = MemState::default();
+        for (id, size) in [("a", 10), ("b", 5000), ("c", 10)] {
+            state.put(Object::Config(shoal_proto::Config {
+                id: id.into(),
+                spec: Some(shoal_proto::ConfigSpec {
+                    name: id.into(),
+                    data: vec![7; size],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }));
+        }
+        let pieces = encode(&state, 1000);
+        let large: Vec<_> = pieces.iter().filter(|p| p.len() > 1000).collect();
+        assert_eq!(large.len(), 1, "{pieces:?}");
+        let alone = StoreSnapshot::decode(&large[0][..]).unwrap();
+        assert_eq!(
+            alone.configs.len(),
+            1,
+            "the large config is alone in its piece"
+        );
+        let restored = restore(pieces.iter().map(|p| &p[..]), 1).unwrap();
+        assert_eq!(
+            restored
+                .find_config("b")
+                .unwrap()
+                .spec
+                .as_ref()
+                .unwrap()
+                .data
+                .len(),
+            5000
+        );
+    }
+
+    #[test]
     fn garbage_is_reported_as_corrupt() {
-        let err = restore(&[0xff, 0xff, 0xff], 7).unwrap_err();
+        let err = restore([&[0xff, 0xff, 0xff][..]], 7).unwrap_err();
         assert!(err.to_string().contains("snapshot at index 7"), "{err}");
     }
 }

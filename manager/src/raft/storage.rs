@@ -2,8 +2,12 @@
 //!
 //! - `raft_log`: entries keyed by their big-endian index (so key order is log order);
 //! - `raft_meta`: hard state, conf state and the metadata of the last snapshot;
-//! - `state`: every applied object under [`ObjectExt::storage_key`], plus the
-//!   applied index, written by the actor in checkpoints (`super::unwritten`).
+//! - `state`: checkpoints of the applied state, written by the actor
+//!   (`super::unwritten`): the whole state as `StoreSnapshot` pieces of about
+//!   1 MiB under `piece/<n>`, and the index it was applied up to, replaced in
+//!   one batch. The log holds every entry after it, so a checkpoint need not
+//!   follow each commit, and writing a few large values costs sled far less
+//!   than one insert per changed object did.
 //!
 //! raft-rs reads through `&self`; every write comes from the actor through
 //! `RawNode::mut_store`, so no lock is needed. Recent entries are cached because
@@ -21,6 +25,12 @@ use sled::transaction::TransactionError;
 use super::RaftError;
 use super::snapshot;
 use crate::store::{MemState, Store, decode};
+
+/// Target size of one piece of a state checkpoint: a quarter of the largest
+/// value sled keeps inline, so a piece that passes it by one object (at most
+/// [`MAX_ENTRY_BYTES`]) still stays inline.
+pub(crate) const STATE_PIECE_BYTES: usize = SEGMENT_SIZE / 16;
+const PIECE_PREFIX: &[u8] = b"piece/";
 
 /// sled writes values above a quarter of a segment to blob files that 0.34.7
 /// does not fsync on `flush()`; 8 MiB segments keep values up to 2 MiB inline.
@@ -73,21 +83,54 @@ impl Disk {
         })
     }
 
-    /// The applied state persisted in the state tree.
+    /// The applied state persisted in the state tree. A tree written before
+    /// checkpoints were pieces holds one object per key: those are read too,
+    /// and the next checkpoint removes them.
     pub(crate) fn load_state(&self) -> Result<MemState, RaftError> {
-        let mut state = MemState::default();
+        let mut applied = 0;
+        let mut pieces = Vec::new();
+        let mut objects = Vec::new();
         for item in self.state.iter() {
             let (key, value) = item?;
             if &key[..] == APPLIED_KEY {
-                state.applied_index = decode_index(&value)?;
-                continue;
+                applied = decode_index(&value)?;
+            } else if key.starts_with(PIECE_PREFIX) {
+                pieces.push(value);
+            } else {
+                objects.push(decode(&value).map_err(|e| {
+                    RaftError::Corrupt(format!("state key {}: {e}", String::from_utf8_lossy(&key)))
+                })?);
             }
-            let object = decode(&value).map_err(|e| {
-                RaftError::Corrupt(format!("state key {}: {e}", String::from_utf8_lossy(&key)))
-            })?;
+        }
+        let mut state = snapshot::restore(pieces.iter().map(|p| &p[..]), applied)?;
+        for object in objects {
             state.put(object);
         }
         Ok(state)
+    }
+
+    /// Replace the checkpoint by `pieces` of the state applied up to `applied`.
+    pub(crate) fn write_state(&self, applied: u64, pieces: &[Vec<u8>]) -> Result<(), RaftError> {
+        self.state.apply_batch(self.state_batch(applied, pieces)?)?;
+        Ok(())
+    }
+
+    /// The batch that makes the state tree hold `pieces` and `applied` only.
+    fn state_batch(&self, applied: u64, pieces: &[Vec<u8>]) -> Result<sled::Batch, RaftError> {
+        let mut batch = sled::Batch::default();
+        for key in self.state.iter().keys() {
+            let key = key?;
+            let overwritten = key == APPLIED_KEY
+                || piece_number(&key).is_some_and(|n| (n as usize) < pieces.len());
+            if !overwritten {
+                batch.remove(key);
+            }
+        }
+        for (n, piece) in pieces.iter().enumerate() {
+            batch.insert(piece_key(n as u32), piece.as_slice());
+        }
+        batch.insert(APPLIED_KEY, &applied.to_be_bytes());
+        Ok(batch)
     }
 
     /// First and last index present in the log tree, for tests.
@@ -102,15 +145,16 @@ impl Disk {
     }
 
     /// Forget the applied state down to `applied` without touching the log,
-    /// as if the last state batches had not reached the disk before a crash.
+    /// as if the last checkpoints had not reached the disk before a crash:
+    /// the checkpoint without the `remove`d objects, applied up to `applied`.
     #[cfg(test)]
-    pub(crate) fn roll_back_state(&self, applied: u64, remove: &[&[u8]]) {
-        for key in remove {
-            self.state.remove(key).unwrap();
+    pub(crate) fn roll_back_state(&self, applied: u64, remove: &[(crate::store::Kind, &str)]) {
+        let mut state = self.load_state().unwrap();
+        for (kind, id) in remove {
+            state.remove(*kind, id).unwrap();
         }
-        self.state
-            .insert(APPLIED_KEY, &applied.to_be_bytes())
-            .unwrap();
+        let pieces = snapshot::encode(&state, STATE_PIECE_BYTES);
+        self.write_state(applied, &pieces).unwrap();
         self.db.flush().unwrap();
     }
 
@@ -376,17 +420,9 @@ impl SledStorage {
                 meta.index, self.snapshot.index
             )));
         }
-        let state = snapshot::restore(&snap.data, meta.index)?;
-
-        let mut state_batch = sled::Batch::default();
-        for key in self.disk.state.iter().keys() {
-            state_batch.remove(key?);
-        }
-        for object in state.objects() {
-            use crate::store::ObjectExt;
-            state_batch.insert(object.storage_key(), crate::store::encode(&object));
-        }
-        state_batch.insert(APPLIED_KEY, &meta.index.to_be_bytes());
+        let state = snapshot::restore([&snap.data[..]], meta.index)?;
+        let pieces = snapshot::encode(&state, STATE_PIECE_BYTES);
+        let state_batch = self.disk.state_batch(meta.index, &pieces)?;
         let mut log_batch = sled::Batch::default();
         for key in self.disk.log.iter().keys() {
             log_batch.remove(key?);
@@ -531,14 +567,16 @@ impl Storage for SledStorage {
 
     /// The applied state as of now, for a follower that lags behind the log.
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let (data, index) = self.store.read(|s| (snapshot::capture(s), s.applied_index));
+        let (pieces, index) = self
+            .store
+            .read(|s| (snapshot::encode(s, usize::MAX), s.applied_index));
         if index < request_index {
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
         let mut snap = Snapshot::default();
-        snap.set_data(snapshot::encode(&data).into());
+        snap.set_data(pieces.into_iter().next().unwrap_or_default().into());
         let meta = snap.mut_metadata();
         meta.index = index;
         meta.term = self.term(index)?;
@@ -562,6 +600,15 @@ fn read_meta<M: protobuf::Message>(tree: &sled::Tree, key: &[u8]) -> Result<Opti
     M::parse_from_bytes(&bytes)
         .map(Some)
         .map_err(|e| RaftError::Corrupt(format!("raft_meta {}: {e}", String::from_utf8_lossy(key))))
+}
+
+fn piece_key(n: u32) -> Vec<u8> {
+    [PIECE_PREFIX, &n.to_be_bytes()[..]].concat()
+}
+
+fn piece_number(key: &[u8]) -> Option<u32> {
+    let n = key.strip_prefix(PIECE_PREFIX)?;
+    Some(u32::from_be_bytes(n.try_into().ok()?))
 }
 
 fn decode_index(bytes: &[u8]) -> Result<u64, RaftError> {

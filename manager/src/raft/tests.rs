@@ -8,7 +8,7 @@ use shoal_proto::{Meta, Service, ServiceSpec, Task, TaskStatus};
 
 use super::storage::Disk;
 use super::*;
-use crate::store::{Action, Object, ObjectExt, StoreError};
+use crate::store::{Action, Kind, Object, ObjectExt, StoreError};
 
 fn config(dir: &std::path::Path) -> ManagerConfig {
     let mut config = ManagerConfig::new(dir);
@@ -169,7 +169,10 @@ async fn entries_whose_state_was_lost_are_replayed_from_the_log() {
 
     // As if the state batches after the service's creation never reached the disk.
     let disk = Disk::open(&dir.path().join("store")).unwrap();
-    disk.roll_back_state(created.index, &[b"t/t0", b"t/t1", b"t/t2"]);
+    disk.roll_back_state(
+        created.index,
+        &[(Kind::Task, "t0"), (Kind::Task, "t1"), (Kind::Task, "t2")],
+    );
     drop(disk);
 
     let (store, raft) = start(&config(dir.path())).await.unwrap();
@@ -419,4 +422,54 @@ async fn raft_throughput() {
         total as f64 / elapsed.as_secs_f64()
     );
     raft.shutdown().await;
+}
+
+#[test]
+fn the_state_tree_holds_one_checkpoint_and_reads_the_one_object_per_key_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Disk::open(&dir.path().join("store")).unwrap();
+    // The layout before checkpoints were pieces: one object per key.
+    let old = task("t-old", "s1");
+    disk.state
+        .insert(old.storage_key(), crate::store::encode(&old))
+        .unwrap();
+    disk.state
+        .insert(storage::APPLIED_KEY, &4u64.to_be_bytes())
+        .unwrap();
+    let state = disk.load_state().unwrap();
+    assert_eq!(state.applied_index, 4);
+    assert!(
+        state.task("t-old").is_some(),
+        "an object of the old layout is read"
+    );
+
+    let mut state = state;
+    for i in 0..300 {
+        state.put(task(&format!("t{i:03}"), "s1"));
+    }
+    let pieces = snapshot::encode(&state, 512);
+    assert!(pieces.len() > 3);
+    disk.write_state(9, &pieces).unwrap();
+    let keys = || -> Vec<Vec<u8>> {
+        disk.state
+            .iter()
+            .keys()
+            .map(|k| k.unwrap().to_vec())
+            .collect()
+    };
+    assert_eq!(
+        keys().len(),
+        pieces.len() + 1,
+        "pieces and the applied index only"
+    );
+    let loaded = disk.load_state().unwrap();
+    assert_eq!((loaded.applied_index, loaded.task_count()), (9, 301));
+
+    // A smaller checkpoint leaves no piece of the larger one behind.
+    state.remove(Kind::Task, "t-old");
+    disk.write_state(10, &snapshot::encode(&state, usize::MAX))
+        .unwrap();
+    assert_eq!(keys().len(), 2);
+    let loaded = disk.load_state().unwrap();
+    assert_eq!((loaded.applied_index, loaded.task_count()), (10, 300));
 }

@@ -88,6 +88,18 @@ impl MemState {
     pub fn cluster(&self) -> Option<&Cluster> {
         self.clusters.values().next()
     }
+    pub fn clusters(&self) -> impl Iterator<Item = &Cluster> {
+        self.clusters.values()
+    }
+    /// How many objects the tables hold (of every kind).
+    pub fn object_count(&self) -> usize {
+        self.nodes.len()
+            + self.services.len()
+            + self.tasks.len()
+            + self.clusters.len()
+            + self.secrets.len()
+            + self.configs.len()
+    }
 
     pub fn secret(&self, id: &str) -> Option<&Secret> {
         self.secrets.get(id)
@@ -311,7 +323,7 @@ impl MemState {
         }
     }
 
-    /// Every object, for snapshots.
+    /// A copy of every object.
     pub fn objects(&self) -> impl Iterator<Item = Object> + '_ {
         let nodes = self.nodes.values().cloned().map(Object::Node);
         let services = self.services.values().cloned().map(Object::Service);
