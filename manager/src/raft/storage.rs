@@ -4,7 +4,7 @@
 //! - `raft_meta`: hard state, conf state and the metadata of the last snapshot;
 //! - `state`: checkpoints of the applied state, written by the actor
 //!   (`super::unwritten`): the whole state as `StoreSnapshot` pieces of about
-//!   1 MiB under `piece/<n>`, and the index it was applied up to, replaced in
+//!   512 KiB under `piece/<n>`, and the index it was applied up to, replaced in
 //!   one batch. The log holds every entry after it, so a checkpoint need not
 //!   follow each commit, and writing a few large values costs sled far less
 //!   than one insert per changed object did.
