@@ -18,6 +18,7 @@
 //! - [`transport`]: the gRPC transport between managers.
 //! - [`membership`]: the managers table, Raft ids, and joining.
 
+mod disk;
 pub mod faults;
 pub mod membership;
 mod node;
@@ -43,8 +44,9 @@ pub use transport::GrpcTransport;
 
 use crate::config::ManagerConfig;
 use crate::store::{Leadership, Store};
+use disk::Disk;
 use node::Node;
-use storage::{Disk, SledStorage};
+use storage::SledStorage;
 
 /// Proposals queued before `Store::propose` waits.
 const PROPOSAL_QUEUE: usize = 4096;

@@ -25,8 +25,9 @@ use shoal_proto::Proposal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::disk::{MAX_ENTRY_BYTES, STATE_PIECE_BYTES};
 use super::service::{Inbound, Transport};
-use super::storage::{MAX_ENTRY_BYTES, STATE_PIECE_BYTES, SledStorage};
+use super::storage::SledStorage;
 use super::unwritten::Unwritten;
 use super::{GroupView, RaftError, RaftStatus, snapshot};
 use crate::store::{Applied, Leadership, ProposeRequest, Store, StoreError};

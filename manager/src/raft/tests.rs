@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use shoal_proto::{Meta, Service, ServiceSpec, Task, TaskStatus};
 
-use super::storage::Disk;
+use super::disk::{self, Disk};
 use super::*;
 use crate::store::{Action, Kind, Object, ObjectExt, StoreError};
 
@@ -434,7 +434,7 @@ fn the_state_tree_holds_one_checkpoint_and_reads_the_one_object_per_key_layout()
         .insert(old.storage_key(), crate::store::encode(&old))
         .unwrap();
     disk.state
-        .insert(storage::APPLIED_KEY, &4u64.to_be_bytes())
+        .insert(disk::APPLIED_KEY, &4u64.to_be_bytes())
         .unwrap();
     let state = disk.load_state().unwrap();
     assert_eq!(state.applied_index, 4);

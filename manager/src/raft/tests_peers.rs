@@ -227,7 +227,7 @@ async fn a_new_cluster_logs_after_a_bootstrap_snapshot_so_joiners_start_from_one
     store.propose(vec![Action::Create(service)]).await.unwrap();
     raft.shutdown().await;
 
-    let disk = storage::Disk::open(&dir.path().join("store")).unwrap();
+    let disk = disk::Disk::open(&dir.path().join("store")).unwrap();
     assert_eq!(disk.snapshot_index(), 1);
     let (first, _) = disk.log_bounds();
     assert_eq!(
