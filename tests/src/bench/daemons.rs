@@ -299,11 +299,14 @@ impl BenchManager {
         .await
     }
 
-    /// Run the release CLI against this manager; fails with its stderr.
+    /// Run the release CLI against this manager, with the admin certificate
+    /// TCP needs; fails with its stderr.
     pub async fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = tokio::process::Command::new(release_shoal_bin()?)
             .arg("--host")
             .arg(self.addr.to_string())
+            .arg("--tls-dir")
+            .arg(&self.admin)
             .args(args)
             .output()
             .await
