@@ -114,8 +114,8 @@ fn apply_action(
             }
             check_invariants(state, &object)?;
             let created_at = state
-                .get(k, &id)
-                .and_then(|o| o.meta().map(|m| m.created_at))
+                .meta_of(k, &id)
+                .map(|m| m.created_at)
                 .unwrap_or(timestamp);
             let meta = object.meta_mut();
             meta.version = index;

@@ -7,9 +7,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use shoal_proto::{Cluster, Config, Node, Secret, Service, Task};
+use shoal_proto::{Cluster, Config, Meta, Node, Secret, Service, Task};
 
-use super::object::{Kind, Object, ObjectExt};
+use super::object::{Kind, Object};
 
 /// Every stored object, plus the Raft index of the last applied entry.
 #[derive(Debug, Default, Clone)]
@@ -230,6 +230,12 @@ impl MemState {
 
     /// Current meta.version of an object, if it exists.
     pub fn version_of(&self, kind: Kind, id: &str) -> Option<u64> {
+        self.meta_of(kind, id).map(|m| m.version)
+    }
+
+    /// Current meta of an object, if it exists (the default for an object
+    /// stored without one), without copying the object.
+    pub fn meta_of(&self, kind: Kind, id: &str) -> Option<Meta> {
         let meta = match kind {
             Kind::Node => self.nodes.get(id).map(|o| o.meta.as_ref()),
             Kind::Service => self.services.get(id).map(|o| o.meta.as_ref()),
@@ -238,49 +244,80 @@ impl MemState {
             Kind::Secret => self.secrets.get(id).map(|o| o.meta.as_ref()),
             Kind::Config => self.configs.get(id).map(|o| o.meta.as_ref()),
         }?;
-        Some(meta.map(|m| m.version).unwrap_or_default())
+        Some(meta.cloned().unwrap_or_default())
     }
 
     /// Insert or replace an object, keeping the indexes in step. Returns the old value.
     pub(crate) fn put(&mut self, object: Object) -> Option<Object> {
-        let old = self.remove(object.kind(), object.id());
         match object {
+            Object::Task(t) => self.put_task(t).map(Object::Task),
             Object::Node(n) => {
+                let old = self.remove(Kind::Node, &n.id);
                 self.nodes.insert(n.id.clone(), n);
+                old
             }
             Object::Service(s) => {
+                let old = self.remove(Kind::Service, &s.id);
                 self.service_by_name
                     .insert(service_name(&s).to_string(), s.id.clone());
                 self.services.insert(s.id.clone(), s);
-            }
-            Object::Task(t) => {
-                self.tasks_by_service
-                    .entry(t.service_id.clone())
-                    .or_default()
-                    .insert(t.id.clone());
-                if !t.node_id.is_empty() {
-                    self.tasks_by_node
-                        .entry(t.node_id.clone())
-                        .or_default()
-                        .insert(t.id.clone());
-                }
-                self.tasks.insert(t.id.clone(), t);
+                old
             }
             Object::Cluster(c) => {
+                let old = self.remove(Kind::Cluster, &c.id);
                 self.clusters.insert(c.id.clone(), c);
+                old
             }
             Object::Secret(s) => {
+                let old = self.remove(Kind::Secret, &s.id);
                 let name = s.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
                 self.secret_by_name.insert(name, s.id.clone());
                 self.secrets.insert(s.id.clone(), s);
+                old
             }
             Object::Config(c) => {
+                let old = self.remove(Kind::Config, &c.id);
                 let name = c.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
                 self.config_by_name.insert(name, c.id.clone());
                 self.configs.insert(c.id.clone(), c);
+                old
             }
         }
-        old
+    }
+
+    /// Insert or replace a task. Most updates (status reports) keep the task's
+    /// service and node, and leave their index entries as they are.
+    fn put_task(&mut self, task: Task) -> Option<Task> {
+        let old = self.tasks.get(&task.id);
+        let new_service = old.is_none_or(|o| o.service_id != task.service_id);
+        let new_node = old.is_none_or(|o| o.node_id != task.node_id);
+        let stale = old
+            .filter(|_| new_service || new_node)
+            .map(|o| (o.service_id.clone(), o.node_id.clone()));
+        if let Some((service_id, node_id)) = stale {
+            if new_service {
+                detach(&mut self.tasks_by_service, &service_id, &task.id);
+            }
+            if new_node && !node_id.is_empty() {
+                detach(&mut self.tasks_by_node, &node_id, &task.id);
+            }
+        }
+        if new_service {
+            self.tasks_by_service
+                .entry(task.service_id.clone())
+                .or_default()
+                .insert(task.id.clone());
+        }
+        if new_node && !task.node_id.is_empty() {
+            self.tasks_by_node
+                .entry(task.node_id.clone())
+                .or_default()
+                .insert(task.id.clone());
+        }
+        match self.tasks.get_mut(&task.id) {
+            Some(slot) => Some(std::mem::replace(slot, task)),
+            None => self.tasks.insert(task.id.clone(), task),
+        }
     }
 
     /// Remove an object, keeping the indexes in step. Returns the old value.

@@ -121,6 +121,90 @@ async fn reassigning_a_task_moves_it_between_node_indexes() {
     });
 }
 
+/// Each listed service's and node's index entries are exactly its tasks.
+fn assert_indexes_match(s: &MemState, services: &[&str], nodes: &[&str]) {
+    let ids = |it: &mut dyn Iterator<Item = &Task>| {
+        let mut ids: Vec<String> = it.map(|t| t.id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    for id in services {
+        assert_eq!(
+            ids(&mut s.tasks_of_service(id)),
+            ids(&mut s.tasks().filter(|t| t.service_id == *id)),
+            "tasks of service {id}"
+        );
+    }
+    for id in nodes {
+        assert_eq!(
+            ids(&mut s.tasks_on_node(id)),
+            ids(&mut s.tasks().filter(|t| t.node_id == *id)),
+            "tasks on node {id}"
+        );
+    }
+}
+
+#[test]
+fn task_updates_keep_the_indexes_in_step() {
+    let mut s = MemState::default();
+    let t = |id: &str, service: &str, node: &str, version: u64| {
+        let Object::Task(mut t) = task(id, service, node) else {
+            unreachable!()
+        };
+        t.meta = Some(Meta {
+            version,
+            ..Default::default()
+        });
+        Object::Task(t)
+    };
+    let (services, nodes) = (["s1", "s2"], ["n1", "n2"]);
+    assert!(s.put(t("t1", "s1", "", 1)).is_none());
+    s.put(t("t2", "s1", "n1", 1));
+    assert_indexes_match(&s, &services, &nodes);
+    // A status report: same service, same node.
+    let old = s.put(t("t2", "s1", "n1", 2)).expect("t2 was there");
+    assert_eq!(old.version(), 1);
+    assert_eq!(s.version_of(Kind::Task, "t2"), Some(2));
+    // Assigned, moved to another node, moved to another service.
+    s.put(t("t1", "s1", "n2", 2));
+    assert_indexes_match(&s, &services, &nodes);
+    s.put(t("t2", "s1", "n2", 3));
+    assert_indexes_match(&s, &services, &nodes);
+    s.put(t("t2", "s2", "n2", 4));
+    assert_indexes_match(&s, &services, &nodes);
+    assert_eq!(s.tasks_on_node("n1").count(), 0);
+    assert_eq!(s.tasks_of_service("s2").count(), 1);
+    s.remove(Kind::Task, "t2");
+    assert_indexes_match(&s, &services, &nodes);
+    assert_eq!(s.tasks_on_node("n2").count(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_atomic_proposal_puts_a_moved_task_back_in_its_indexes() {
+    let store = Store::in_memory();
+    store
+        .propose(vec![
+            Action::Create(service("s1", "web")),
+            Action::Create(task("t1", "s1", "n1")),
+        ])
+        .await
+        .unwrap();
+    let mut moved = store.read(|s| s.task("t1").unwrap().clone());
+    moved.node_id = "n2".into();
+    let err = store
+        .propose(vec![
+            Action::Update(Object::Task(moved)),
+            Action::Create(service("s2", "web")),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+    store.read(|s| {
+        assert_eq!(s.task("t1").unwrap().node_id, "n1");
+        assert_indexes_match(s, &["s1"], &["n1", "n2"]);
+    });
+}
+
 #[tokio::test]
 async fn subscribers_see_each_committed_batch_once() {
     let store = Store::in_memory();
