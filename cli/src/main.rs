@@ -27,6 +27,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::args::{Cli, Command};
 
+/// jemalloc instead of glibc's malloc (measured in docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.command.is_daemon());
