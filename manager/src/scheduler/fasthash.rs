@@ -1,4 +1,5 @@
-//! A fast hasher for the scheduler's internal maps.
+//! A fast hasher for the maps keyed by ids: the scheduler's, the dispatcher's
+//! and the store's tables.
 //!
 //! The maps are keyed by ids the manager generates (tasks, nodes, services), so
 //! no outside party chooses the keys and std's DoS-resistant SipHash buys

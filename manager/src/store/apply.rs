@@ -80,7 +80,8 @@ fn apply_action(
     if id.is_empty() {
         return Err(StoreError::Invalid(format!("{k} without an id")));
     }
-    let current = state.version_of(k, &id);
+    let current_meta = state.meta_of(k, &id);
+    let current = current_meta.as_ref().map(|m| m.version);
     match kind {
         ActionKind::Create => {
             if current.is_some() {
@@ -113,10 +114,7 @@ fn apply_action(
                 });
             }
             check_invariants(state, &object)?;
-            let created_at = state
-                .meta_of(k, &id)
-                .map(|m| m.created_at)
-                .unwrap_or(timestamp);
+            let created_at = current_meta.map_or(timestamp, |m| m.created_at);
             let meta = object.meta_mut();
             meta.version = index;
             meta.created_at = created_at;

@@ -10,22 +10,26 @@ use std::collections::{BTreeSet, HashMap};
 use shoal_proto::{Cluster, Config, Meta, Node, Secret, Service, Task};
 
 use super::object::{Kind, Object};
+use crate::scheduler::fasthash::FastMap;
 
-/// Every stored object, plus the Raft index of the last applied entry.
+/// Every stored object, plus the Raft index of the last applied entry. The
+/// id-keyed maps use [`FastMap`]: managers generate every id, so no client
+/// chooses those keys.
 #[derive(Debug, Default, Clone)]
 pub struct MemState {
     pub applied_index: u64,
-    nodes: HashMap<String, Node>,
-    services: HashMap<String, Service>,
-    tasks: HashMap<String, Task>,
-    clusters: HashMap<String, Cluster>,
-    secrets: HashMap<String, Secret>,
-    configs: HashMap<String, Config>,
+    nodes: FastMap<String, Node>,
+    services: FastMap<String, Service>,
+    tasks: FastMap<String, Task>,
+    clusters: FastMap<String, Cluster>,
+    secrets: FastMap<String, Secret>,
+    configs: FastMap<String, Config>,
+    // Users choose names, so these keep std's SipHash.
     secret_by_name: HashMap<String, String>,
     config_by_name: HashMap<String, String>,
     service_by_name: HashMap<String, String>,
-    tasks_by_service: HashMap<String, BTreeSet<String>>,
-    tasks_by_node: HashMap<String, BTreeSet<String>>,
+    tasks_by_service: FastMap<String, BTreeSet<String>>,
+    tasks_by_node: FastMap<String, BTreeSet<String>>,
 }
 
 /// Why a user-supplied reference (id, prefix or name) found nothing usable.
@@ -382,7 +386,7 @@ pub fn service_name(service: &Service) -> &str {
     service.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")
 }
 
-fn detach(index: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+fn detach(index: &mut FastMap<String, BTreeSet<String>>, key: &str, id: &str) {
     if let Some(set) = index.get_mut(key) {
         set.remove(id);
         if set.is_empty() {
