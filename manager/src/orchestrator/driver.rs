@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::restart::RestartTracker;
-use super::task::{desired, is_terminal, never_assigned, service_name};
+use super::task::{NodeFate, desired, fate_on, is_live, is_terminal, never_assigned, service_name};
 use super::update::has_stale_slots;
 use super::updater::{self, StartTimes, UpdateDone, UpdateOutcome, lock};
 use super::{Ctx, Op, reconcile_service};
@@ -77,11 +77,14 @@ struct Dirty {
     all: bool,
     services: HashSet<String>,
     nodes: HashSet<String>,
+    /// Services whose live tasks were only assigned, with the nodes they went
+    /// to: reconciled only if one of those nodes cannot keep them.
+    assigned: HashMap<String, HashSet<String>>,
 }
 
 impl Dirty {
     fn is_empty(&self) -> bool {
-        !self.all && self.services.is_empty() && self.nodes.is_empty()
+        !self.all && self.services.is_empty() && self.nodes.is_empty() && self.assigned.is_empty()
     }
 
     fn note(&mut self, batch: &ChangeBatch) {
@@ -95,7 +98,14 @@ impl Dirty {
                         Some(Object::Task(old)) => Some(old),
                         _ => None,
                     };
-                    if change.kind != ChangeKind::Updated
+                    if change.kind == ChangeKind::Updated
+                        && old.is_some_and(|old| is_assignment(old, t))
+                    {
+                        self.assigned
+                            .entry(t.service_id.clone())
+                            .or_default()
+                            .insert(t.node_id.clone());
+                    } else if change.kind != ChangeKind::Updated
                         || old.is_none_or(|old| affects_reconcile(old, t))
                     {
                         self.services.insert(t.service_id.clone());
@@ -125,6 +135,24 @@ fn affects_reconcile(old: &Task, new: &Task) -> bool {
         || old.service_id != new.service_id
         || is_terminal(old) != is_terminal(new)
         || never_assigned(old) != never_assigned(new)
+}
+
+/// True when the scheduler's assignment of a live task is all that changed.
+/// Onto a node that keeps its tasks, that changes no reconcile decision: the
+/// task fills its slot as before, and a scale-down (which prefers tasks never
+/// assigned) was decided when the spec changed. Onto a node that went down or
+/// was drained before the assignment committed, it does, and the node's own
+/// change came too early to find the task there; so the driver checks the
+/// nodes before it skips the service.
+fn is_assignment(old: &Task, new: &Task) -> bool {
+    old.node_id.is_empty()
+        && !new.node_id.is_empty()
+        && is_live(new)
+        && !is_terminal(new)
+        && old.desired_state == new.desired_state
+        && old.slot == new.slot
+        && old.spec_version == new.spec_version
+        && old.service_id == new.service_id
 }
 
 /// One service to reconcile: its id, its value (`None` once removed), its tasks.
@@ -244,6 +272,11 @@ impl Driver {
         let now = Instant::now();
         let (work, nodes) = self.store.read(|s| {
             let mut ids: HashSet<String> = dirty.services;
+            for (id, nodes) in dirty.assigned {
+                if nodes.iter().any(|n| fate_on(s.node(n)) != NodeFate::Fine) {
+                    ids.insert(id);
+                }
+            }
             if dirty.all {
                 ids.extend(s.services().map(|svc| svc.id.clone()));
                 ids.extend(s.tasks().map(|t| t.service_id.clone()));
@@ -558,7 +591,22 @@ mod unit {
             update(Running, Failed),
             "a task that ended needs a replacement"
         );
-        assert!(update(Pending, Assigned), "a task that was assigned");
+        let mut pending = reported("t", Pending);
+        pending.node_id.clear();
+        let mut dirty = Dirty::default();
+        dirty.note(&ChangeBatch {
+            index: 1,
+            changes: vec![Change {
+                kind: ChangeKind::Updated,
+                object: Object::Task(reported("t", Assigned)),
+                old: Some(Object::Task(pending)),
+            }],
+        });
+        assert!(
+            dirty.services.is_empty() && !dirty.is_empty(),
+            "an assignment is noted with its node, not as a dirty service"
+        );
+        assert_eq!(dirty.assigned["svc"], HashSet::from(["n1".to_string()]));
         let mut moved = reported("t", Running);
         moved.desired_state = Shutdown as i32;
         assert!(dirty_after(

@@ -99,7 +99,12 @@ pub fn node_fate(task: &Task, nodes: &HashMap<String, Node>) -> NodeFate {
     if task.node_id.is_empty() {
         return NodeFate::Fine;
     }
-    match nodes.get(&task.node_id) {
+    fate_on(nodes.get(&task.node_id))
+}
+
+/// The fate of the tasks on `node` (`None`: a node that is gone).
+pub fn fate_on(node: Option<&Node>) -> NodeFate {
+    match node {
         None => NodeFate::Lost,
         Some(node) if node_state(node) == NodeState::Down => NodeFate::Lost,
         Some(node) if availability(node) == NodeAvailability::Drain => NodeFate::Drained,

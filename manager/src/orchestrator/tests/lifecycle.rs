@@ -171,6 +171,48 @@ async fn tasks_of_a_down_node_are_replaced_at_once() {
     h.stop().await;
 }
 
+/// The scheduler placed a task from a view in which its node was up, and the
+/// node went down before the assignment committed: the node's change found no
+/// task on it, so the assignment itself must bring the replacement.
+#[tokio::test]
+async fn a_task_assigned_to_a_node_that_went_down_first_is_replaced() {
+    let h = Harness::start(5);
+    h.put_node("a", NodeState::Ready, NodeAvailability::Active)
+        .await;
+    h.put_node("b", NodeState::Ready, NodeAvailability::Active)
+        .await;
+    let id = h.create_service(replicated(2)).await;
+    let tasks = h
+        .eventually("2 tasks", |s| {
+            let t: Vec<Task> = s.tasks_of_service(&id).cloned().collect();
+            (t.len() == 2).then_some(t)
+        })
+        .await;
+    h.put_node("a", NodeState::Down, NodeAvailability::Active)
+        .await;
+    h.settle().await;
+    let assign = |node: &'static str| {
+        move |t: &mut Task| {
+            t.node_id = node.into();
+            t.status.as_mut().unwrap().state = TaskState::Assigned as i32;
+        }
+    };
+    h.update_task(&tasks[0].id, assign("a")).await;
+    h.update_task(&tasks[1].id, assign("b")).await;
+    let after = h
+        .eventually("the task on the down node replaced", |s| {
+            let t: Vec<Task> = s.tasks_of_service(&id).cloned().collect();
+            (t.len() == 3).then_some(t)
+        })
+        .await;
+    let lost = after.iter().find(|t| t.id == tasks[0].id).unwrap();
+    assert_eq!(desired(lost), TaskState::Shutdown);
+    let kept = after.iter().find(|t| t.id == tasks[1].id).unwrap();
+    assert_eq!(desired(kept), TaskState::Running, "the task on b stays");
+    assert_eq!(live_slots(&after), vec![1, 2]);
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn global_service_follows_the_nodes() {
     let h = Harness::start(5);
