@@ -131,17 +131,9 @@ async fn max_attempts_stops_restarting() {
 #[tokio::test]
 async fn tasks_of_a_down_node_are_replaced_at_once() {
     let h = Harness::start(5);
-    h.put_node("a", NodeState::Ready, NodeAvailability::Active)
-        .await;
-    h.put_node("b", NodeState::Ready, NodeAvailability::Active)
-        .await;
+    h.ready_nodes(&["a", "b"]).await;
     let id = h.create_service(replicated(2)).await;
-    let tasks = h
-        .eventually("2 tasks", |s| {
-            let t: Vec<Task> = s.tasks_of_service(&id).cloned().collect();
-            (t.len() == 2).then_some(t)
-        })
-        .await;
+    let tasks = h.tasks_when(&id, 2).await;
     for t in &tasks {
         h.update_task(&t.id, |t| {
             t.node_id = "a".into();
@@ -151,12 +143,7 @@ async fn tasks_of_a_down_node_are_replaced_at_once() {
     }
     h.put_node("a", NodeState::Down, NodeAvailability::Active)
         .await;
-    let after = h
-        .eventually("both replaced", |s| {
-            let t: Vec<Task> = s.tasks_of_service(&id).cloned().collect();
-            (t.len() == 4).then_some(t)
-        })
-        .await;
+    let after = h.tasks_when(&id, 4).await;
     for old in &tasks {
         let now = after.iter().find(|t| t.id == old.id).unwrap();
         assert_eq!(desired(now), TaskState::Shutdown);
@@ -177,17 +164,9 @@ async fn tasks_of_a_down_node_are_replaced_at_once() {
 #[tokio::test]
 async fn a_task_assigned_to_a_node_that_went_down_first_is_replaced() {
     let h = Harness::start(5);
-    h.put_node("a", NodeState::Ready, NodeAvailability::Active)
-        .await;
-    h.put_node("b", NodeState::Ready, NodeAvailability::Active)
-        .await;
+    h.ready_nodes(&["a", "b"]).await;
     let id = h.create_service(replicated(2)).await;
-    let tasks = h
-        .eventually("2 tasks", |s| {
-            let t: Vec<Task> = s.tasks_of_service(&id).cloned().collect();
-            (t.len() == 2).then_some(t)
-        })
-        .await;
+    let tasks = h.tasks_when(&id, 2).await;
     h.put_node("a", NodeState::Down, NodeAvailability::Active)
         .await;
     h.settle().await;
@@ -199,12 +178,7 @@ async fn a_task_assigned_to_a_node_that_went_down_first_is_replaced() {
     };
     h.update_task(&tasks[0].id, assign("a")).await;
     h.update_task(&tasks[1].id, assign("b")).await;
-    let after = h
-        .eventually("the task on the down node replaced", |s| {
-            let t: Vec<Task> = s.tasks_of_service(&id).cloned().collect();
-            (t.len() == 3).then_some(t)
-        })
-        .await;
+    let after = h.tasks_when(&id, 3).await;
     let lost = after.iter().find(|t| t.id == tasks[0].id).unwrap();
     assert_eq!(desired(lost), TaskState::Shutdown);
     let kept = after.iter().find(|t| t.id == tasks[1].id).unwrap();
@@ -265,12 +239,7 @@ async fn deleted_service_tasks_are_removed_then_deleted() {
     h.put_node("n", NodeState::Ready, NodeAvailability::Active)
         .await;
     let id = h.create_service(replicated(2)).await;
-    let tasks = h
-        .eventually("2 tasks", |s| {
-            let t: Vec<Task> = s.tasks_of_service(&id).cloned().collect();
-            (t.len() == 2).then_some(t)
-        })
-        .await;
+    let tasks = h.tasks_when(&id, 2).await;
     for t in &tasks {
         h.update_task(&t.id, |t| {
             t.node_id = "n".into();

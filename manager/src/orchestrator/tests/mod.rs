@@ -145,6 +145,14 @@ impl Harness {
         .await;
     }
 
+    /// Nodes READY and active.
+    pub(super) async fn ready_nodes(&self, ids: &[&str]) {
+        for id in ids {
+            self.put_node(id, NodeState::Ready, NodeAvailability::Active)
+                .await;
+        }
+    }
+
     pub(super) async fn put_node(
         &self,
         id: &str,
@@ -169,6 +177,15 @@ impl Harness {
             None => Action::Create(Object::Node(node)),
         };
         self.store.propose(vec![action]).await.expect("write node");
+    }
+
+    /// Wait until the service has `count` tasks (live or not); returns them.
+    pub(super) async fn tasks_when(&self, service_id: &str, count: usize) -> Vec<Task> {
+        self.eventually(&format!("{count} tasks of {service_id}"), |s| {
+            let t: Vec<Task> = s.tasks_of_service(service_id).cloned().collect();
+            (t.len() == count).then_some(t)
+        })
+        .await
     }
 
     pub(super) fn tasks(&self, service_id: &str) -> Vec<Task> {
