@@ -19,13 +19,14 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::dirty::Dirty;
 use super::restart::RestartTracker;
-use super::task::{NodeFate, desired, fate_on, is_live, is_terminal, never_assigned, service_name};
+use super::task::{desired, service_name};
 use super::update::has_stale_slots;
 use super::updater::{self, StartTimes, UpdateDone, UpdateOutcome, lock};
 use super::{Ctx, Op, reconcile_service};
 use crate::config::OrchestratorConfig;
-use crate::store::{Action, Applied, ChangeBatch, ChangeKind, Object, Store, StoreError};
+use crate::store::{Action, Applied, Object, Store, StoreError};
 
 /// Actions per proposal: one commit round trip creates a thousand tasks.
 const WRITE_BATCH: usize = 1000;
@@ -69,90 +70,6 @@ struct RunningUpdater {
     spec_version: u64,
     token: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
-}
-
-/// What changed since the last pass.
-#[derive(Default)]
-struct Dirty {
-    all: bool,
-    services: HashSet<String>,
-    nodes: HashSet<String>,
-    /// Services whose live tasks were only assigned, with the nodes they went
-    /// to: reconciled only if one of those nodes cannot keep them.
-    assigned: HashMap<String, HashSet<String>>,
-}
-
-impl Dirty {
-    fn is_empty(&self) -> bool {
-        !self.all && self.services.is_empty() && self.nodes.is_empty() && self.assigned.is_empty()
-    }
-
-    fn note(&mut self, batch: &ChangeBatch) {
-        for change in &batch.changes {
-            match &change.object {
-                Object::Service(s) => {
-                    self.services.insert(s.id.clone());
-                }
-                Object::Task(t) => {
-                    let old = match &change.old {
-                        Some(Object::Task(old)) => Some(old),
-                        _ => None,
-                    };
-                    if change.kind == ChangeKind::Updated
-                        && old.is_some_and(|old| is_assignment(old, t))
-                    {
-                        self.assigned
-                            .entry(t.service_id.clone())
-                            .or_default()
-                            .insert(t.node_id.clone());
-                    } else if change.kind != ChangeKind::Updated
-                        || old.is_none_or(|old| affects_reconcile(old, t))
-                    {
-                        self.services.insert(t.service_id.clone());
-                    }
-                }
-                Object::Node(n) => {
-                    self.nodes.insert(n.id.clone());
-                }
-                // Other kinds (cluster settings, ...) change no reconcile decision.
-                _ => {}
-            }
-        }
-    }
-}
-
-/// True when a task update can change a reconcile decision. An agent's
-/// progress reports (ACCEPTED … RUNNING) cannot: the pure core reads the
-/// observed state only to see whether a task ended ([`is_terminal`]) or was
-/// ever assigned ([`never_assigned`]), and ranks by it only while doing
-/// something else. Skipping those reports spares a pass over every task of
-/// the service per report batch.
-fn affects_reconcile(old: &Task, new: &Task) -> bool {
-    old.desired_state != new.desired_state
-        || old.node_id != new.node_id
-        || old.slot != new.slot
-        || old.spec_version != new.spec_version
-        || old.service_id != new.service_id
-        || is_terminal(old) != is_terminal(new)
-        || never_assigned(old) != never_assigned(new)
-}
-
-/// True when the scheduler's assignment of a live task is all that changed.
-/// Onto a node that keeps its tasks, that changes no reconcile decision: the
-/// task fills its slot as before, and a scale-down (which prefers tasks never
-/// assigned) was decided when the spec changed. Onto a node that went down or
-/// was drained before the assignment committed, it does, and the node's own
-/// change came too early to find the task there; so the driver checks the
-/// nodes before it skips the service.
-fn is_assignment(old: &Task, new: &Task) -> bool {
-    old.node_id.is_empty()
-        && !new.node_id.is_empty()
-        && is_live(new)
-        && !is_terminal(new)
-        && old.desired_state == new.desired_state
-        && old.slot == new.slot
-        && old.spec_version == new.spec_version
-        && old.service_id == new.service_id
 }
 
 /// One service to reconcile: its id, its value (`None` once removed), its tasks.
@@ -271,26 +188,7 @@ impl Driver {
         let dirty = std::mem::take(&mut self.dirty);
         let now = Instant::now();
         let (work, nodes) = self.store.read(|s| {
-            let mut ids: HashSet<String> = dirty.services;
-            for (id, nodes) in dirty.assigned {
-                if nodes.iter().any(|n| fate_on(s.node(n)) != NodeFate::Fine) {
-                    ids.insert(id);
-                }
-            }
-            if dirty.all {
-                ids.extend(s.services().map(|svc| svc.id.clone()));
-                ids.extend(s.tasks().map(|t| t.service_id.clone()));
-            }
-            if !dirty.nodes.is_empty() {
-                for node in &dirty.nodes {
-                    ids.extend(s.tasks_on_node(node).map(|t| t.service_id.clone()));
-                }
-                ids.extend(
-                    s.services()
-                        .filter(|svc| super::task::is_global(svc))
-                        .map(|svc| svc.id.clone()),
-                );
-            }
+            let ids = dirty.services_to_reconcile(s);
             let work: Vec<Work> = ids
                 .into_iter()
                 .map(|id| {
@@ -501,9 +399,7 @@ fn batches(actions: Vec<(String, Action)>) -> Vec<(Vec<String>, Vec<Action>)> {
 
 #[cfg(test)]
 mod unit {
-    use shoal_proto::{ContainerSpec, TaskSpec, TaskStatus};
-
-    use crate::store::Change;
+    use shoal_proto::{ContainerSpec, TaskSpec};
 
     use super::*;
 
@@ -546,79 +442,5 @@ mod unit {
             .collect();
         let sizes: Vec<_> = batches(big).iter().map(|(_, c)| c.len()).collect();
         assert_eq!(sizes, vec![3, 3, 1, 1]);
-    }
-
-    fn reported(id: &str, state: TaskState) -> Task {
-        Task {
-            id: id.into(),
-            service_id: "svc".into(),
-            node_id: "n1".into(),
-            desired_state: TaskState::Running as i32,
-            status: Some(TaskStatus {
-                state: state as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn dirty_after(kind: ChangeKind, new: Task, old: Option<Task>) -> bool {
-        let mut dirty = Dirty::default();
-        dirty.note(&ChangeBatch {
-            index: 1,
-            changes: vec![Change {
-                kind,
-                object: Object::Task(new),
-                old: old.map(Object::Task),
-            }],
-        });
-        dirty.services.contains("svc")
-    }
-
-    #[test]
-    fn progress_reports_do_not_make_a_service_dirty_but_endings_do() {
-        use TaskState::*;
-        let update = |from, to| {
-            dirty_after(
-                ChangeKind::Updated,
-                reported("t", to),
-                Some(reported("t", from)),
-            )
-        };
-        assert!(!update(Assigned, Accepted));
-        assert!(!update(Preparing, Running));
-        assert!(
-            update(Running, Failed),
-            "a task that ended needs a replacement"
-        );
-        let mut pending = reported("t", Pending);
-        pending.node_id.clear();
-        let mut dirty = Dirty::default();
-        dirty.note(&ChangeBatch {
-            index: 1,
-            changes: vec![Change {
-                kind: ChangeKind::Updated,
-                object: Object::Task(reported("t", Assigned)),
-                old: Some(Object::Task(pending)),
-            }],
-        });
-        assert!(
-            dirty.services.is_empty() && !dirty.is_empty(),
-            "an assignment is noted with its node, not as a dirty service"
-        );
-        assert_eq!(dirty.assigned["svc"], HashSet::from(["n1".to_string()]));
-        let mut moved = reported("t", Running);
-        moved.desired_state = Shutdown as i32;
-        assert!(dirty_after(
-            ChangeKind::Updated,
-            moved,
-            Some(reported("t", Running))
-        ));
-        assert!(dirty_after(ChangeKind::Created, reported("t", New), None));
-        assert!(dirty_after(
-            ChangeKind::Deleted,
-            reported("t", Running),
-            None
-        ));
     }
 }

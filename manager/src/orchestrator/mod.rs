@@ -11,12 +11,14 @@
 //! - [`update`]: what a rolling update must replace, and in which batches.
 //!
 //! Around it, the IO: [`driver`] follows the store's change stream, coalesces
-//! changes, reconciles the touched services and writes the ops in batches;
+//! changes ([`dirty`]: which services they touch), reconciles the touched
+//! services and writes the ops in batches;
 //! [`updater`] runs one rolling update per service as its own tokio task.
 //!
 //! Desired states only move forward (READY → RUNNING → SHUTDOWN → REMOVE), and
 //! a slot is occupied by its tasks whose desired state is at most RUNNING.
 
+mod dirty;
 pub mod driver;
 pub mod global;
 pub mod reaper;
