@@ -15,7 +15,7 @@ use crate::store::{ChangeBatch, ChangeKind, MemState, Object};
 pub(super) struct Dirty {
     pub(super) all: bool,
     pub(super) services: HashSet<String>,
-    pub(super) nodes: HashSet<String>,
+    nodes: HashSet<String>,
     /// Services whose live tasks were only assigned, with the nodes they went
     /// to: reconciled only if one of those nodes cannot keep them.
     assigned: HashMap<String, HashSet<String>>,
@@ -115,6 +115,7 @@ fn is_assignment(old: &Task, new: &Task) -> bool {
     old.node_id.is_empty()
         && !new.node_id.is_empty()
         && is_live(new)
+        && !is_terminal(old)
         && !is_terminal(new)
         && old.desired_state == new.desired_state
         && old.slot == new.slot
