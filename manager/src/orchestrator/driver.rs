@@ -307,15 +307,23 @@ impl Driver {
     /// whose writes were refused are reconciled again shortly.
     async fn write(&mut self, ops: Vec<(String, Op)>) {
         let mut actions: Vec<(String, Action)> = Vec::new();
+        // One info line per service and pass; a line per task (a 100k-replica
+        // create would write 100k of them) only at debug.
+        let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for (service_id, op) in ops {
+            match &op {
+                Op::Create(_) => counts.entry(service_id.clone()).or_default().0 += 1,
+                Op::SetDesired { .. } => counts.entry(service_id.clone()).or_default().1 += 1,
+                _ => {}
+            }
             match op {
                 Op::Create(task) => {
-                    tracing::info!(task.id = %task.id, service.id = %service_id, slot = task.slot,
+                    tracing::debug!(task.id = %task.id, service.id = %service_id, slot = task.slot,
                         node.id = %task.node_id, desired = ?desired(&task), "creating task");
                     actions.push((service_id, Action::Create(Object::Task(task))));
                 }
                 Op::SetDesired { mut task, desired } => {
-                    tracing::info!(task.id = %task.id, service.id = %service_id,
+                    tracing::debug!(task.id = %task.id, service.id = %service_id,
                         from = ?super::task::desired(&task), to = ?desired, "changing desired state");
                     task.desired_state = desired as i32;
                     actions.push((service_id, Action::Update(Object::Task(task))));
@@ -329,6 +337,9 @@ impl Driver {
                 }
                 Op::WakeAt(at) => self.wake(at, &service_id),
             }
+        }
+        for (service_id, (created, changed)) in counts {
+            tracing::info!(service.id = %service_id, created, desired_changed = changed, "writing tasks");
         }
         // Proposals are queued in order (a service's ops keep their order in
         // the log) with a few in flight; all commit before the next reconcile
