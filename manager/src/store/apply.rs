@@ -27,8 +27,17 @@ pub struct Outcome {
 
 /// Apply `proposal`, committed at Raft `index`, to `state`.
 pub fn apply(state: &mut MemState, proposal: Proposal, index: u64) -> Outcome {
-    let mut outcome = Outcome::default();
-    let mut undo: Vec<(Kind, String, Option<Object>)> = Vec::new();
+    // Sized up front: a batch of 1,000 tasks grown by doubling copied its
+    // changes about twice over into freshly faulted pages.
+    let mut outcome = Outcome {
+        changes: Vec::with_capacity(proposal.actions.len()),
+        refused: Vec::new(),
+    };
+    let mut undo: Vec<(Kind, String, Option<Object>)> = if proposal.atomic {
+        Vec::with_capacity(proposal.actions.len())
+    } else {
+        Vec::new()
+    };
     for (pos, action) in proposal.actions.into_iter().enumerate() {
         match apply_action(state, action, index, proposal.timestamp) {
             Ok(change) => {
