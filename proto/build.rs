@@ -11,6 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ".shoal.v1.Payload",
         ".shoal.v1.JoinClusterResponse",
     ]);
+    // A store object's variants are boxed: a `Change` carries two objects,
+    // and inline the largest variant (a Service) made each 3 KB, copied on
+    // every move through apply, the change batches and their vectors.
+    for kind in ["node", "service", "task", "cluster", "secret", "config"] {
+        cfg.boxed(format!(".shoal.v1.StoreObject.object.{kind}"));
+    }
     tonic_prost_build::configure().compile_with_config(cfg, &["proto/shoal.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/shoal.proto");
     Ok(())

@@ -182,7 +182,7 @@ mod tests {
         };
         cluster.removed_nodes.insert("gone".into(), i64::MAX);
         store
-            .propose(vec![Action::Create(Object::Cluster(cluster))])
+            .propose(vec![Action::Create(Object::Cluster(cluster.into()))])
             .await
             .unwrap();
         store

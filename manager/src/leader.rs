@@ -106,7 +106,7 @@ async fn ensure_cluster(store: &Store, config: &ManagerConfig) -> Result<(), Sto
         ..Default::default()
     };
     store
-        .propose(vec![Action::Create(Object::Cluster(cluster))])
+        .propose(vec![Action::Create(Object::Cluster(cluster.into()))])
         .await?;
     Ok(())
 }

@@ -137,7 +137,7 @@ pub async fn rotate_join_token(
             NodeRole::Manager => tokens.manager_sealed = sealed,
         }
         match store
-            .propose(vec![Action::Update(Object::Cluster(cluster))])
+            .propose(vec![Action::Update(Object::Cluster(cluster.into()))])
             .await
         {
             Ok(_) => return Ok(token),
@@ -194,7 +194,7 @@ pub async fn bootstrap(
         next_raft_id: 0,
     };
     store
-        .propose(vec![Action::Create(Object::Cluster(cluster))])
+        .propose(vec![Action::Create(Object::Cluster(cluster.into()))])
         .await?;
     let ca = store.read(|s| ClusterCa::open(s, key))?;
     let node_id = shoal_proto::ids::new_id();

@@ -328,8 +328,8 @@ pub(crate) fn redact_cluster(mut cluster: Cluster) -> Cluster {
 /// An object as the APIs may show it.
 pub(crate) fn redacted(object: Object) -> Object {
     match object {
-        Object::Cluster(c) => Object::Cluster(redact_cluster(c)),
-        Object::Secret(s) => Object::Secret(secrets::redact_secret(s)),
+        Object::Cluster(c) => Object::Cluster(Box::new(redact_cluster(*c))),
+        Object::Secret(s) => Object::Secret(Box::new(secrets::redact_secret(*s))),
         other => other,
     }
 }

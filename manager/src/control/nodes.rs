@@ -197,7 +197,7 @@ pub async fn update(
     node.spec = Some(spec);
     let id = node.id.clone();
     store
-        .propose(vec![Action::Update(Object::Node(node))])
+        .propose(vec![Action::Update(Object::Node(node.into()))])
         .await
         .map_err(store_status)?;
     store
@@ -231,12 +231,12 @@ pub async fn remove(
     }
     node.meta.get_or_insert_with(Default::default).version = 0;
     for _ in 0..5 {
-        let mut actions = vec![Action::Delete(Object::Node(node.clone()))];
+        let mut actions = vec![Action::Delete(Object::Node(node.clone().into()))];
         // Its certificate stays valid until it expires: remember the node
         // until then, so that every manager refuses it at once.
         if let Some(mut cluster) = store.read(|s| s.cluster().cloned()) {
             membership::remember_removed(&mut cluster, &node.id);
-            actions.push(Action::Update(Object::Cluster(cluster)));
+            actions.push(Action::Update(Object::Cluster(cluster.into())));
         }
         match store.propose(actions).await {
             Ok(_) => return Ok(()),

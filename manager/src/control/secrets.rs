@@ -54,7 +54,7 @@ pub async fn create_secret(
     drop(data);
     let id = secret.id.clone();
     store
-        .propose(vec![Action::Create(Object::Secret(secret))])
+        .propose(vec![Action::Create(Object::Secret(secret.into()))])
         .await
         .map_err(store_status)?;
     let created = store
@@ -88,7 +88,7 @@ pub async fn remove_secret(store: &Store, reference: &str) -> Result<(), Status>
     gone.meta.get_or_insert_with(Default::default).version = 0;
     let (id, name) = (gone.id.clone(), name_of_secret(&gone).to_string());
     store
-        .propose(vec![Action::Delete(Object::Secret(gone))])
+        .propose(vec![Action::Delete(Object::Secret(gone.into()))])
         .await
         .map_err(store_status)?;
     tracing::info!(secret.id = %id, secret.name = %name, "secret removed");
@@ -111,7 +111,7 @@ pub async fn create_config(store: &Store, spec: ConfigSpec) -> Result<Config, St
     };
     let id = config.id.clone();
     store
-        .propose(vec![Action::Create(Object::Config(config))])
+        .propose(vec![Action::Create(Object::Config(config.into()))])
         .await
         .map_err(store_status)?;
     store
@@ -139,7 +139,7 @@ pub async fn remove_config(store: &Store, reference: &str) -> Result<(), Status>
     let mut gone = config;
     gone.meta.get_or_insert_with(Default::default).version = 0;
     store
-        .propose(vec![Action::Delete(Object::Config(gone))])
+        .propose(vec![Action::Delete(Object::Config(gone.into()))])
         .await
         .map_err(store_status)?;
     Ok(())

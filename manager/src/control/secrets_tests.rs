@@ -89,7 +89,7 @@ async fn a_secret_is_sealed_in_the_store_and_never_sent_back() {
     // The stored object holds the value sealed only.
     let stored = store.read(|s| s.secret(&created.id).cloned()).unwrap();
     assert_eq!(key.open(&stored.data_sealed).unwrap(), VALUE);
-    let bytes = encode(&Object::Secret(stored.clone()));
+    let bytes = encode(&Object::Secret(stored.clone().into()));
     assert!(!contains(&bytes, VALUE));
     assert!(stored.spec.as_ref().unwrap().data.is_empty());
 
@@ -113,7 +113,7 @@ async fn a_secret_is_sealed_in_the_store_and_never_sent_back() {
     assert_eq!(listed.len(), 1);
     assert!(listed[0].data_sealed.is_empty() && listed[0].spec.as_ref().unwrap().data.is_empty());
     // What the Watch API sends.
-    match crate::control::redacted(Object::Secret(stored)) {
+    match crate::control::redacted(Object::Secret(stored.into())) {
         Object::Secret(s) => assert!(s.data_sealed.is_empty()),
         other => panic!("{other:?}"),
     }

@@ -31,7 +31,7 @@ pub async fn create(store: &Store, mut spec: ServiceSpec) -> Result<Service, Sta
     };
     let id = service.id.clone();
     store
-        .propose(vec![Action::Create(Object::Service(service))])
+        .propose(vec![Action::Create(Object::Service(service.into()))])
         .await
         .map_err(store_status)?;
     store
@@ -85,7 +85,7 @@ pub async fn update(
     service.spec = Some(spec);
     let id = service.id.clone();
     store
-        .propose(vec![Action::Update(Object::Service(service))])
+        .propose(vec![Action::Update(Object::Service(service.into()))])
         .await
         .map_err(store_status)?;
     store
@@ -101,7 +101,7 @@ pub async fn remove(store: &Store, reference: &str) -> Result<(), Status> {
     let mut gone = service;
     gone.meta.get_or_insert_with(Default::default).version = 0;
     store
-        .propose(vec![Action::Delete(Object::Service(gone))])
+        .propose(vec![Action::Delete(Object::Service(gone.into()))])
         .await
         .map_err(store_status)?;
     Ok(())

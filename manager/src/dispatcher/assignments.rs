@@ -212,7 +212,7 @@ impl NodeView {
                 || pending.tasks.contains_key(&task.id);
             if news {
                 pending.removed.remove(&task.id);
-                pending.tasks.insert(task.id.clone(), task.clone());
+                pending.tasks.insert(task.id.clone(), Task::clone(task));
             }
         }
     }
@@ -277,8 +277,8 @@ mod unit {
             index,
             changes: vec![Change {
                 kind,
-                object: Object::Task(new),
-                old: old.map(Object::Task),
+                object: Object::Task(new.into()),
+                old: old.map(Box::new).map(Object::Task),
             }],
         }))
     }

@@ -114,7 +114,7 @@ async fn mark_down(inner: &Inner, expired: &[Expired]) -> Result<(), StoreError>
                     message: down_message(e.silent_for),
                     addr,
                 });
-                actions.push(Action::Update(Object::Node(node)));
+                actions.push(Action::Update(Object::Node(node.into())));
                 targets.push(e);
             }
         }

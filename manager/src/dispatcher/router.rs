@@ -264,15 +264,15 @@ mod unit {
     fn updated(new: Task, old: Task) -> Change {
         Change {
             kind: ChangeKind::Updated,
-            object: Object::Task(new),
-            old: Some(Object::Task(old)),
+            object: Object::Task(new.into()),
+            old: Some(Object::Task(old.into())),
         }
     }
 
     fn created(new: Task) -> Change {
         Change {
             kind: ChangeKind::Created,
-            object: Object::Task(new),
+            object: Object::Task(new.into()),
             old: None,
         }
     }
@@ -294,10 +294,10 @@ mod unit {
                 updated(task("a", "n1"), task("a", "")),
                 Change {
                     kind: ChangeKind::Updated,
-                    object: Object::Node(Node {
+                    object: Object::Node(Box::new(Node {
                         id: "n1".into(),
                         ..Default::default()
-                    }),
+                    })),
                     old: None,
                 },
                 updated(task("b", "n2"), task("b", "n2")),
@@ -396,8 +396,8 @@ mod unit {
         let (registration, mut rx) = router.register("n1").expect("running");
         store
             .propose(vec![
-                crate::store::Action::Create(Object::Task(task("a", "n1"))),
-                crate::store::Action::Create(Object::Task(task("b", "n2"))),
+                crate::store::Action::Create(Object::Task(Box::new(task("a", "n1")))),
+                crate::store::Action::Create(Object::Task(Box::new(task("b", "n2")))),
             ])
             .await
             .expect("write");

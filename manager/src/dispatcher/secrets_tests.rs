@@ -124,7 +124,7 @@ fn each_delta_sends_what_became_needed_and_drops_what_no_longer_is() {
 fn attach_opens_secrets_and_skips_the_missing() {
     let key = DataKey::generate();
     let mut state = MemState::default();
-    state.put(Object::Secret(Secret {
+    state.put(Object::Secret(Box::new(Secret {
         id: "x1".into(),
         spec: Some(SecretSpec {
             name: "db".into(),
@@ -132,8 +132,8 @@ fn attach_opens_secrets_and_skips_the_missing() {
         }),
         data_sealed: key.seal(b"hunter2"),
         ..Default::default()
-    }));
-    state.put(Object::Config(Config {
+    })));
+    state.put(Object::Config(Box::new(Config {
         id: "g1".into(),
         spec: Some(ConfigSpec {
             name: "app".into(),
@@ -141,7 +141,7 @@ fn attach_opens_secrets_and_skips_the_missing() {
             ..Default::default()
         }),
         ..Default::default()
-    }));
+    })));
     let delta = Delta {
         add: Needs {
             secrets: ids(&["x1", "gone"]),

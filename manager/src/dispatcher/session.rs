@@ -309,9 +309,9 @@ async fn register_node(
             Some(mut node) => {
                 node.description = Some(description.clone());
                 node.status = Some(status.clone());
-                Action::Update(Object::Node(node))
+                Action::Update(Object::Node(node.into()))
             }
-            None => Action::Create(Object::Node(Node {
+            None => Action::Create(Object::Node(Box::new(Node {
                 id: node_id.to_string(),
                 meta: None,
                 spec: Some(NodeSpec {
@@ -322,7 +322,7 @@ async fn register_node(
                 description: Some(description.clone()),
                 status: Some(status.clone()),
                 manager_status: None,
-            })),
+            }))),
         };
         match store.propose(vec![action]).await {
             Ok(_) => return Ok(()),

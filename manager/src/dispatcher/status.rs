@@ -180,7 +180,7 @@ async fn commit(store: &Store, merged: HashMap<String, TaskStatus>) -> Result<()
         let actions = current.into_iter().map(|(id, status, mut task)| {
             log_transition(&id, task.status.as_ref(), &status);
             task.status = Some(status.clone());
-            (id, status, Action::Update(Object::Task(task)))
+            (id, status, Action::Update(Object::Task(task.into())))
         });
         let mut chunks = Vec::new();
         let mut proposals = Vec::new();
@@ -260,12 +260,12 @@ mod unit {
     async fn screening_refuses_other_nodes_and_drops_backward_moves() {
         let store = Store::in_memory();
         let mk = |id: &str, node: &str, state: TaskState| {
-            Action::Create(Object::Task(Task {
+            Action::Create(Object::Task(Box::new(Task {
                 id: id.into(),
                 node_id: node.into(),
                 status: Some(status(state, "")),
                 ..Default::default()
-            }))
+            })))
         };
         store
             .propose(vec![

@@ -28,7 +28,7 @@ async fn store() -> Store {
         ..Default::default()
     };
     let task = |id: &str, slot: u64, node: &str, state: TaskState| {
-        Object::Task(Task {
+        Object::Task(Box::new(Task {
             id: id.into(),
             service_id: "svc".into(),
             service_name: "web".into(),
@@ -40,11 +40,11 @@ async fn store() -> Store {
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }))
     };
     store
         .propose(vec![
-            Action::Create(Object::Service(service)),
+            Action::Create(Object::Service(service.into())),
             Action::Create(task("t1", 1, "n1", TaskState::Running)),
             Action::Create(task("t2", 2, "n2", TaskState::Running)),
             Action::Create(task("t3", 3, "", TaskState::Pending)),

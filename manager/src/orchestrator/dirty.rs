@@ -150,8 +150,8 @@ mod tests {
             index: 1,
             changes: vec![Change {
                 kind,
-                object: Object::Task(new),
-                old: old.map(Object::Task),
+                object: Object::Task(new.into()),
+                old: old.map(Box::new).map(Object::Task),
             }],
         });
         dirty.services.contains("svc")
@@ -180,8 +180,8 @@ mod tests {
             index: 1,
             changes: vec![Change {
                 kind: ChangeKind::Updated,
-                object: Object::Task(reported("t", Assigned)),
-                old: Some(Object::Task(pending)),
+                object: Object::Task(Box::new(reported("t", Assigned))),
+                old: Some(Object::Task(pending.into())),
             }],
         });
         assert!(

@@ -320,17 +320,17 @@ impl Driver {
                 Op::Create(task) => {
                     tracing::debug!(task.id = %task.id, service.id = %service_id, slot = task.slot,
                         node.id = %task.node_id, desired = ?desired(&task), "creating task");
-                    actions.push((service_id, Action::Create(Object::Task(task))));
+                    actions.push((service_id, Action::Create(Object::Task(task.into()))));
                 }
                 Op::SetDesired { mut task, desired } => {
                     tracing::debug!(task.id = %task.id, service.id = %service_id,
                         from = ?super::task::desired(&task), to = ?desired, "changing desired state");
                     task.desired_state = desired as i32;
-                    actions.push((service_id, Action::Update(Object::Task(task))));
+                    actions.push((service_id, Action::Update(Object::Task(task.into()))));
                 }
                 Op::Delete(task) => {
                     tracing::debug!(task.id = %task.id, service.id = %service_id, "deleting task");
-                    actions.push((service_id, Action::Delete(Object::Task(task))));
+                    actions.push((service_id, Action::Delete(Object::Task(task.into()))));
                 }
                 Op::StartAt { task_id, at } => {
                     lock(&self.start_at).entry(task_id).or_insert(at);
@@ -427,7 +427,10 @@ mod unit {
             }),
             ..Default::default()
         };
-        (service.to_string(), Action::Create(Object::Task(task)))
+        (
+            service.to_string(),
+            Action::Create(Object::Task(task.into())),
+        )
     }
 
     #[test]

@@ -274,7 +274,7 @@ impl Updater {
                 UpdateOrder::StopFirst => {
                     for mut t in old {
                         t.desired_state = TaskState::Shutdown as i32;
-                        actions.push(Action::Update(Object::Task(t)));
+                        actions.push(Action::Update(Object::Task(t.into())));
                     }
                     TaskState::Ready
                 }
@@ -286,7 +286,7 @@ impl Updater {
                 // No restart delay for an update: start once the old task stopped.
                 lock(&self.start_at).insert(id.clone(), Instant::now());
             }
-            actions.push(Action::Create(Object::Task(new)));
+            actions.push(Action::Create(Object::Task(new.into())));
             match self.store.propose(actions).await {
                 Ok(_) => {
                     tracing::info!(service.id = %self.service_id, task.id = %id, slot = %slot.key, "updating slot");
@@ -315,7 +315,7 @@ impl Updater {
                     .map(|t| {
                         let mut t = t.clone();
                         t.desired_state = TaskState::Shutdown as i32;
-                        Action::Update(Object::Task(t))
+                        Action::Update(Object::Task(t.into()))
                     })
                     .collect()
             });
@@ -372,7 +372,7 @@ impl Updater {
             });
             match self
                 .store
-                .propose(vec![Action::Update(Object::Service(service))])
+                .propose(vec![Action::Update(Object::Service(service.into()))])
                 .await
             {
                 Ok(_) => return Ok(()),

@@ -202,7 +202,7 @@ async fn update_cluster(
             return Ok(None);
         };
         match store
-            .propose(vec![Action::Update(Object::Cluster(cluster))])
+            .propose(vec![Action::Update(Object::Cluster(cluster.into()))])
             .await
         {
             Ok(_) => return Ok(Some(result)),
@@ -461,7 +461,7 @@ mod tests {
             ..Default::default()
         };
         store
-            .propose(vec![Action::Create(Object::Cluster(cluster))])
+            .propose(vec![Action::Create(Object::Cluster(cluster.into()))])
             .await
             .unwrap();
         store
@@ -485,7 +485,7 @@ mod tests {
         let mut cluster = store.read(|s| s.cluster().cloned()).unwrap();
         cluster.managers.retain(|m| m.raft_id != 3);
         store
-            .propose(vec![Action::Update(Object::Cluster(cluster))])
+            .propose(vec![Action::Update(Object::Cluster(cluster.into()))])
             .await
             .unwrap();
         let fourth = admit(&store, 1, "n4", "10.0.0.4:4280").await.unwrap();
@@ -553,7 +553,7 @@ mod tests {
         cluster.removed_raft_ids = vec![7];
         cluster.next_raft_id = 0;
         store
-            .propose(vec![Action::Update(Object::Cluster(cluster))])
+            .propose(vec![Action::Update(Object::Cluster(cluster.into()))])
             .await
             .unwrap();
         let joined = admit(&store, 1, "n8", "10.0.0.8:4280").await.unwrap();

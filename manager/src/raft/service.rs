@@ -397,7 +397,7 @@ mod tests {
             ..Default::default()
         };
         store
-            .propose(vec![Action::Create(Object::Cluster(cluster))])
+            .propose(vec![Action::Create(Object::Cluster(cluster.into()))])
             .await
             .unwrap();
         let (tx, mut rx) = mpsc::channel(4);

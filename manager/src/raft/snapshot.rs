@@ -80,12 +80,12 @@ pub(crate) fn restore<'a>(
         let snap = StoreSnapshot::decode(piece).map_err(|e| {
             RaftError::Corrupt(format!("snapshot at index {index}, piece {n}: {e}"))
         })?;
-        let objects = (snap.nodes.into_iter().map(Object::Node))
-            .chain(snap.services.into_iter().map(Object::Service))
-            .chain(snap.tasks.into_iter().map(Object::Task))
-            .chain(snap.clusters.into_iter().map(Object::Cluster))
-            .chain(snap.secrets.into_iter().map(Object::Secret))
-            .chain(snap.configs.into_iter().map(Object::Config));
+        let objects = (snap.nodes.into_iter().map(Box::new).map(Object::Node))
+            .chain(snap.services.into_iter().map(Box::new).map(Object::Service))
+            .chain(snap.tasks.into_iter().map(Box::new).map(Object::Task))
+            .chain(snap.clusters.into_iter().map(Box::new).map(Object::Cluster))
+            .chain(snap.secrets.into_iter().map(Box::new).map(Object::Secret))
+            .chain(snap.configs.into_iter().map(Box::new).map(Object::Config));
         for object in objects {
             state.put(object);
         }
@@ -103,21 +103,21 @@ mod tests {
     #[test]
     fn a_snapshot_restores_every_object_and_index() {
         let mut state = MemState::default();
-        state.put(Object::Service(Service {
+        state.put(Object::Service(Box::new(Service {
             id: "s1".into(),
             spec: Some(ServiceSpec {
                 name: "web".into(),
                 ..Default::default()
             }),
             ..Default::default()
-        }));
+        })));
         for i in 0..3 {
-            state.put(Object::Task(Task {
+            state.put(Object::Task(Box::new(Task {
                 id: format!("t{i}"),
                 service_id: "s1".into(),
                 node_id: "n1".into(),
                 ..Default::default()
-            }));
+            })));
         }
         let whole = encode(&state, usize::MAX);
         assert_eq!(whole.len(), 1);
@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn secrets_and_configs_survive_a_snapshot() {
         let mut state = MemState::default();
-        state.put(Object::Secret(shoal_proto::Secret {
+        state.put(Object::Secret(Box::new(shoal_proto::Secret {
             id: "x1".into(),
             spec: Some(shoal_proto::SecretSpec {
                 name: "db".into(),
@@ -139,8 +139,8 @@ mod tests {
             }),
             data_sealed: vec![1, 2, 3],
             ..Default::default()
-        }));
-        state.put(Object::Config(shoal_proto::Config {
+        })));
+        state.put(Object::Config(Box::new(shoal_proto::Config {
             id: "g1".into(),
             spec: Some(shoal_proto::ConfigSpec {
                 name: "app".into(),
@@ -148,7 +148,7 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        }));
+        })));
         let restored = restore([&encode(&state, usize::MAX)[0][..]], 3).unwrap();
         assert_eq!(
             restored.find_secret("db").unwrap().data_sealed,
@@ -161,12 +161,12 @@ mod tests {
     fn pieces_are_cut_between_objects_and_restore_the_whole_state() {
         let mut state = MemState::default();
         for i in 0..500 {
-            state.put(Object::Task(Task {
+            state.put(Object::Task(Box::new(Task {
                 id: format!("t{i:03}"),
                 service_id: "s1".into(),
                 node_id: format!("n{}", i % 7),
                 ..Default::default()
-            }));
+            })));
         }
         let whole = encode(&state, usize::MAX).remove(0);
         let pieces = encode(&state, 1024);
@@ -189,7 +189,7 @@ mod tests {
     fn an_object_larger_than_a_piece_gets_a_piece_of_its_own() {
         let mut state = MemState::default();
         for (id, size) in [("a", 10), ("b", 5000), ("c", 10)] {
-            state.put(Object::Config(shoal_proto::Config {
+            state.put(Object::Config(Box::new(shoal_proto::Config {
                 id: id.into(),
                 spec: Some(shoal_proto::ConfigSpec {
                     name: id.into(),
@@ -197,7 +197,7 @@ mod tests {
                     ..Default::default()
                 }),
                 ..Default::default()
-            }));
+            })));
         }
         let pieces = encode(&state, 1000);
         let large: Vec<_> = pieces.iter().filter(|p| p.len() > 1000).collect();

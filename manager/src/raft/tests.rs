@@ -17,22 +17,22 @@ fn config(dir: &std::path::Path) -> ManagerConfig {
 }
 
 fn service(id: &str, name: &str) -> Object {
-    Object::Service(Service {
+    Object::Service(Box::new(Service {
         id: id.into(),
         spec: Some(ServiceSpec {
             name: name.into(),
             ..Default::default()
         }),
         ..Default::default()
-    })
+    }))
 }
 
 fn task(id: &str, service: &str) -> Object {
-    Object::Task(Task {
+    Object::Task(Box::new(Task {
         id: id.into(),
         service_id: service.into(),
         ..Default::default()
-    })
+    }))
 }
 
 /// Every object with its version, sorted, plus the applied index.
@@ -111,7 +111,7 @@ async fn restart_keeps_objects_applied_index_and_versions() {
     let mut t0 = store.read(|s| s.task("t0").unwrap().clone());
     t0.node_id = "n1".into();
     store
-        .propose(vec![Action::Update(Object::Task(t0))])
+        .propose(vec![Action::Update(Object::Task(t0.into()))])
         .await
         .unwrap();
     store
@@ -161,7 +161,7 @@ async fn entries_whose_state_was_lost_are_replayed_from_the_log() {
     let mut t0 = store.read(|s| s.task("t0").unwrap().clone());
     t0.node_id = "n1".into();
     store
-        .propose(vec![Action::Update(Object::Task(t0))])
+        .propose(vec![Action::Update(Object::Task(t0.into()))])
         .await
         .unwrap();
     let before = snapshot_of(&store);
@@ -242,7 +242,7 @@ async fn a_conflicting_proposal_fails_alone() {
     for i in 0..10 {
         let store = store.clone();
         let action = if i == 5 {
-            Action::Update(Object::Service(stale.clone()))
+            Action::Update(Object::Service(stale.clone().into()))
         } else {
             Action::Create(task(&format!("t{i}"), "s1"))
         };
@@ -319,7 +319,7 @@ async fn a_value_larger_than_128_kib_survives_restart() {
     let message: String = (0..300 * 1024)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
-    let big = Object::Task(Task {
+    let big = Object::Task(Box::new(Task {
         id: "big".into(),
         service_id: "s1".into(),
         status: Some(TaskStatus {
@@ -327,7 +327,7 @@ async fn a_value_larger_than_128_kib_survives_restart() {
             ..Default::default()
         }),
         ..Default::default()
-    });
+    }));
     store.propose(vec![Action::Create(big)]).await.unwrap();
     raft.shutdown().await;
 
@@ -345,14 +345,14 @@ async fn a_value_larger_than_128_kib_survives_restart() {
 async fn an_oversized_proposal_is_refused_with_its_size() {
     let dir = tempfile::tempdir().unwrap();
     let (store, raft) = start(&config(dir.path())).await.unwrap();
-    let huge = Object::Task(Task {
+    let huge = Object::Task(Box::new(Task {
         id: "huge".into(),
         status: Some(TaskStatus {
             message: "x".repeat(3 << 20),
             ..Default::default()
         }),
         ..Default::default()
-    });
+    }));
     let err = store.propose(vec![Action::Create(huge)]).await.unwrap_err();
     assert!(
         matches!(err, StoreError::Invalid(ref m) if m.contains("split it")),
@@ -398,12 +398,12 @@ async fn raft_throughput() {
             for p in (worker..proposals).step_by(IN_FLIGHT) {
                 let actions = (p * PER_PROPOSAL..((p + 1) * PER_PROPOSAL).min(total))
                     .map(|i| {
-                        Action::Create(Object::Task(Task {
+                        Action::Create(Object::Task(Box::new(Task {
                             id: format!("task-{i:08}"),
                             service_id: format!("svc-{}", i % 50),
                             node_id: format!("node-{}", i % 200),
                             ..Default::default()
-                        }))
+                        })))
                     })
                     .collect();
                 let applied = store.propose_each(actions).await.unwrap();

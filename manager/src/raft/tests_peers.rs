@@ -98,14 +98,14 @@ fn leader_snapshot() -> Vec<u8> {
 async fn a_leaders_snapshot_replaces_the_state_and_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (store, raft) = start(&config(dir.path())).await.unwrap();
-    let service = Object::Service(Service {
+    let service = Object::Service(Box::new(Service {
         id: "s1".into(),
         spec: Some(ServiceSpec {
             name: "web".into(),
             ..Default::default()
         }),
         ..Default::default()
-    });
+    }));
     store.propose(vec![Action::Create(service)]).await.unwrap();
 
     raft.step(&leader_snapshot()).unwrap();
@@ -123,10 +123,10 @@ async fn a_leaders_snapshot_replaces_the_state_and_survives_restart() {
         !l.is_leader && l.leader_id == 2
     })
     .await;
-    let err = store.propose(vec![Action::Delete(Object::Task(Task {
+    let err = store.propose(vec![Action::Delete(Object::Task(Box::new(Task {
         id: "t9-0".into(),
         ..Default::default()
-    }))]);
+    })))]);
     assert_eq!(err.await.unwrap_err(), StoreError::NotLeader);
     raft.shutdown().await;
 
@@ -187,11 +187,11 @@ async fn waiters_fail_when_leadership_is_lost() {
     let pending = tokio::spawn({
         let store = store.clone();
         async move {
-            let task = Object::Task(Task {
+            let task = Object::Task(Box::new(Task {
                 id: "t-new".into(),
                 service_id: "s9".into(),
                 ..Default::default()
-            });
+            }));
             store.propose(vec![Action::Create(task)]).await
         }
     });
@@ -220,10 +220,10 @@ async fn a_new_cluster_logs_after_a_bootstrap_snapshot_so_joiners_start_from_one
     let dir = tempfile::tempdir().unwrap();
     let (store, raft) = start(&config(dir.path())).await.unwrap();
     assert!(store.is_leader());
-    let service = Object::Service(Service {
+    let service = Object::Service(Box::new(Service {
         id: "s1".into(),
         ..Default::default()
-    });
+    }));
     store.propose(vec![Action::Create(service)]).await.unwrap();
     raft.shutdown().await;
 

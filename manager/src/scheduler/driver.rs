@@ -190,7 +190,7 @@ impl Driver {
             .into_iter()
             .map(|t| *t)
             .chain(decisions.messages)
-            .map(|t| Action::Update(Object::Task(t)))
+            .map(|t| Action::Update(Object::Task(t.into())))
             .peekable();
         while updates.peek().is_some() {
             self.queue.push_back(updates.by_ref().take(CHUNK).collect());

@@ -17,12 +17,14 @@ async fn create(store: &Store, objects: Vec<Object>) {
 }
 
 fn nodes(ids: &[&str]) -> Vec<Object> {
-    ids.iter().map(|id| Object::Node(node(id, &[]))).collect()
+    ids.iter()
+        .map(|id| Object::Node(Box::new(node(id, &[]))))
+        .collect()
 }
 
 fn tasks(prefix: &str, n: usize) -> Vec<Object> {
     (0..n)
-        .map(|i| Object::Task(pending(&format!("{prefix}{i:05}"), "svc")))
+        .map(|i| Object::Task(Box::new(pending(&format!("{prefix}{i:05}"), "svc"))))
         .collect()
 }
 
@@ -90,7 +92,7 @@ async fn constrained_task_waits_with_a_reason_then_lands_on_a_matching_node() {
         constraints: vec!["node.labels.zone==east".into()],
         ..Default::default()
     });
-    create(&store, vec![Object::Task(task)]).await;
+    create(&store, vec![Object::Task(task.into())]).await;
     let reason = "no suitable node (1 node does not satisfy constraint node.labels.zone==east)";
     eventually(&store, "an explained pending task", |all| {
         all[0].status.as_ref().unwrap().message == reason
@@ -102,7 +104,7 @@ async fn constrained_task_waits_with_a_reason_then_lands_on_a_matching_node() {
     );
 
     let east: Node = node("east-1", &[("zone", "east")]);
-    create(&store, vec![Object::Node(east)]).await;
+    create(&store, vec![Object::Node(east.into())]).await;
     eventually(&store, "the task assigned to east-1", |all| {
         state_of(&all[0]) == TaskState::Assigned && all[0].node_id == "east-1"
     })

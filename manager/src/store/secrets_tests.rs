@@ -9,7 +9,7 @@ use shoal_proto::{
 use crate::store::{Action, Kind, Object, Store, StoreError};
 
 fn secret(id: &str, name: &str) -> Object {
-    Object::Secret(Secret {
+    Object::Secret(Box::new(Secret {
         id: id.into(),
         spec: Some(SecretSpec {
             name: name.into(),
@@ -17,11 +17,11 @@ fn secret(id: &str, name: &str) -> Object {
         }),
         data_sealed: vec![1, 2, 3],
         ..Default::default()
-    })
+    }))
 }
 
 fn config(id: &str, name: &str) -> Object {
-    Object::Config(Config {
+    Object::Config(Box::new(Config {
         id: id.into(),
         spec: Some(ConfigSpec {
             name: name.into(),
@@ -29,11 +29,11 @@ fn config(id: &str, name: &str) -> Object {
             ..Default::default()
         }),
         ..Default::default()
-    })
+    }))
 }
 
 fn service(id: &str, name: &str, secrets: &[&str], configs: &[&str]) -> Object {
-    Object::Service(Service {
+    Object::Service(Box::new(Service {
         id: id.into(),
         spec: Some(ServiceSpec {
             name: name.into(),
@@ -63,7 +63,7 @@ fn service(id: &str, name: &str, secrets: &[&str], configs: &[&str]) -> Object {
             ..Default::default()
         }),
         ..Default::default()
-    })
+    }))
 }
 
 #[tokio::test]

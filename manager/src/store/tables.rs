@@ -12,18 +12,20 @@ use shoal_proto::{Cluster, Config, Meta, Node, Secret, Service, Task};
 use super::object::{Kind, Object};
 use crate::scheduler::fasthash::FastMap;
 
-/// Every stored object, plus the Raft index of the last applied entry. The
+/// Every stored object, plus the Raft index of the last applied entry. Objects
+/// are boxed, as a [`Object`] carries them: apply moves a pointer into the
+/// table, not the object, and a table grows by rehashing pointers. The
 /// id-keyed maps use [`FastMap`]: managers generate every id, so no client
 /// chooses those keys.
 #[derive(Debug, Default, Clone)]
 pub struct MemState {
     pub applied_index: u64,
-    nodes: FastMap<String, Node>,
-    services: FastMap<String, Service>,
-    tasks: FastMap<String, Task>,
-    clusters: FastMap<String, Cluster>,
-    secrets: FastMap<String, Secret>,
-    configs: FastMap<String, Config>,
+    nodes: FastMap<String, Box<Node>>,
+    services: FastMap<String, Box<Service>>,
+    tasks: FastMap<String, Box<Task>>,
+    clusters: FastMap<String, Box<Cluster>>,
+    secrets: FastMap<String, Box<Secret>>,
+    configs: FastMap<String, Box<Config>>,
     // Users choose names, so these keep std's SipHash.
     secret_by_name: HashMap<String, String>,
     config_by_name: HashMap<String, String>,
@@ -47,27 +49,27 @@ pub enum LookupError {
 
 impl MemState {
     pub fn node(&self, id: &str) -> Option<&Node> {
-        self.nodes.get(id)
+        self.nodes.get(id).map(Box::as_ref)
     }
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.values()
+        self.nodes.values().map(Box::as_ref)
     }
     pub fn service(&self, id: &str) -> Option<&Service> {
-        self.services.get(id)
+        self.services.get(id).map(Box::as_ref)
     }
     pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.services.values()
+        self.services.values().map(Box::as_ref)
     }
     pub fn service_by_name(&self, name: &str) -> Option<&Service> {
         self.service_by_name
             .get(name)
-            .and_then(|id| self.services.get(id))
+            .and_then(|id| self.services.get(id).map(Box::as_ref))
     }
     pub fn task(&self, id: &str) -> Option<&Task> {
-        self.tasks.get(id)
+        self.tasks.get(id).map(Box::as_ref)
     }
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
-        self.tasks.values()
+        self.tasks.values().map(Box::as_ref)
     }
     pub fn task_count(&self) -> usize {
         self.tasks.len()
@@ -78,7 +80,7 @@ impl MemState {
             .get(service_id)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.tasks.get(id).map(Box::as_ref))
     }
     /// Tasks assigned to one node, in id order.
     pub fn tasks_on_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Task> + 'a {
@@ -86,14 +88,14 @@ impl MemState {
             .get(node_id)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.tasks.get(id).map(Box::as_ref))
     }
     /// The cluster object (there is one once the first manager has started).
     pub fn cluster(&self) -> Option<&Cluster> {
-        self.clusters.values().next()
+        self.clusters.values().map(Box::as_ref).next()
     }
     pub fn clusters(&self) -> impl Iterator<Item = &Cluster> {
-        self.clusters.values()
+        self.clusters.values().map(Box::as_ref)
     }
     /// How many objects the tables hold (of every kind).
     pub fn object_count(&self) -> usize {
@@ -106,48 +108,58 @@ impl MemState {
     }
 
     pub fn secret(&self, id: &str) -> Option<&Secret> {
-        self.secrets.get(id)
+        self.secrets.get(id).map(Box::as_ref)
     }
     pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
-        self.secrets.values()
+        self.secrets.values().map(Box::as_ref)
     }
     pub fn secret_by_name(&self, name: &str) -> Option<&Secret> {
         self.secret_by_name
             .get(name)
-            .and_then(|id| self.secrets.get(id))
+            .and_then(|id| self.secrets.get(id).map(Box::as_ref))
     }
     pub fn config(&self, id: &str) -> Option<&Config> {
-        self.configs.get(id)
+        self.configs.get(id).map(Box::as_ref)
     }
     pub fn configs(&self) -> impl Iterator<Item = &Config> {
-        self.configs.values()
+        self.configs.values().map(Box::as_ref)
     }
     pub fn config_by_name(&self, name: &str) -> Option<&Config> {
         self.config_by_name
             .get(name)
-            .and_then(|id| self.configs.get(id))
+            .and_then(|id| self.configs.get(id).map(Box::as_ref))
     }
 
     /// A secret by id, name, or unique id prefix.
     pub fn find_secret(&self, reference: &str) -> Result<&Secret, LookupError> {
-        if let Some(s) = self.secrets.get(reference) {
+        if let Some(s) = self.secrets.get(reference).map(Box::as_ref) {
             return Ok(s);
         }
         if let Some(s) = self.secret_by_name(reference) {
             return Ok(s);
         }
-        unique_prefix(Kind::Secret, reference, self.secrets.values(), |s| &s.id)
+        unique_prefix(
+            Kind::Secret,
+            reference,
+            self.secrets.values().map(Box::as_ref),
+            |s| &s.id,
+        )
     }
 
     /// A config by id, name, or unique id prefix.
     pub fn find_config(&self, reference: &str) -> Result<&Config, LookupError> {
-        if let Some(c) = self.configs.get(reference) {
+        if let Some(c) = self.configs.get(reference).map(Box::as_ref) {
             return Ok(c);
         }
         if let Some(c) = self.config_by_name(reference) {
             return Ok(c);
         }
-        unique_prefix(Kind::Config, reference, self.configs.values(), |c| &c.id)
+        unique_prefix(
+            Kind::Config,
+            reference,
+            self.configs.values().map(Box::as_ref),
+            |c| &c.id,
+        )
     }
 
     /// Names of the services whose spec uses the secret or config `id`, sorted.
@@ -175,23 +187,27 @@ impl MemState {
 
     /// A service by id, name, or unique id prefix (exact id, then name, then prefix).
     pub fn find_service(&self, reference: &str) -> Result<&Service, LookupError> {
-        if let Some(s) = self.services.get(reference) {
+        if let Some(s) = self.services.get(reference).map(Box::as_ref) {
             return Ok(s);
         }
         if let Some(s) = self.service_by_name(reference) {
             return Ok(s);
         }
-        unique_prefix(Kind::Service, reference, self.services.values(), |s| &s.id)
+        unique_prefix(
+            Kind::Service,
+            reference,
+            self.services.values().map(Box::as_ref),
+            |s| &s.id,
+        )
     }
 
     /// A node by id, hostname, or unique id prefix.
     pub fn find_node(&self, reference: &str) -> Result<&Node, LookupError> {
-        if let Some(n) = self.nodes.get(reference) {
+        if let Some(n) = self.nodes.get(reference).map(Box::as_ref) {
             return Ok(n);
         }
         let by_host: Vec<&Node> = self
-            .nodes
-            .values()
+            .nodes()
             .filter(|n| {
                 n.description
                     .as_ref()
@@ -209,15 +225,25 @@ impl MemState {
                 });
             }
         }
-        unique_prefix(Kind::Node, reference, self.nodes.values(), |n| &n.id)
+        unique_prefix(
+            Kind::Node,
+            reference,
+            self.nodes.values().map(Box::as_ref),
+            |n| &n.id,
+        )
     }
 
     /// A task by id or unique id prefix.
     pub fn find_task(&self, reference: &str) -> Result<&Task, LookupError> {
-        if let Some(t) = self.tasks.get(reference) {
+        if let Some(t) = self.tasks.get(reference).map(Box::as_ref) {
             return Ok(t);
         }
-        unique_prefix(Kind::Task, reference, self.tasks.values(), |t| &t.id)
+        unique_prefix(
+            Kind::Task,
+            reference,
+            self.tasks.values().map(Box::as_ref),
+            |t| &t.id,
+        )
     }
 
     /// The current value of the object with `kind` and `id`.
@@ -291,7 +317,7 @@ impl MemState {
 
     /// Insert or replace a task. Most updates (status reports) keep the task's
     /// service and node, and leave their index entries as they are.
-    fn put_task(&mut self, task: Task) -> Option<Task> {
+    fn put_task(&mut self, task: Box<Task>) -> Option<Box<Task>> {
         let old = self.tasks.get(&task.id);
         let new_service = old.is_none_or(|o| o.service_id != task.service_id);
         let new_node = old.is_none_or(|o| o.node_id != task.node_id);

@@ -3,23 +3,23 @@ use shoal_proto::{Meta, Service, ServiceSpec, Task};
 use super::*;
 
 fn service(id: &str, name: &str) -> Object {
-    Object::Service(Service {
+    Object::Service(Box::new(Service {
         id: id.into(),
         spec: Some(ServiceSpec {
             name: name.into(),
             ..Default::default()
         }),
         ..Default::default()
-    })
+    }))
 }
 
 fn task(id: &str, service: &str, node: &str) -> Object {
-    Object::Task(Task {
+    Object::Task(Box::new(Task {
         id: id.into(),
         service_id: service.into(),
         node_id: node.into(),
         ..Default::default()
-    })
+    }))
 }
 
 #[tokio::test]
@@ -57,7 +57,7 @@ async fn stale_version_is_refused() {
         ..Default::default()
     });
     let err = store
-        .propose(vec![Action::Update(Object::Service(stale))])
+        .propose(vec![Action::Update(Object::Service(stale.into()))])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
@@ -112,7 +112,7 @@ async fn reassigning_a_task_moves_it_between_node_indexes() {
     let mut t = store.read(|s| s.task("t1").unwrap().clone());
     t.node_id = "n2".into();
     store
-        .propose(vec![Action::Update(Object::Task(t))])
+        .propose(vec![Action::Update(Object::Task(t.into()))])
         .await
         .unwrap();
     store.read(|s| {
@@ -193,7 +193,7 @@ async fn a_refused_atomic_proposal_puts_a_moved_task_back_in_its_indexes() {
     moved.node_id = "n2".into();
     let err = store
         .propose(vec![
-            Action::Update(Object::Task(moved)),
+            Action::Update(Object::Task(moved.into())),
             Action::Create(service("s2", "web")),
         ])
         .await

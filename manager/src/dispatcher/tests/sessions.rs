@@ -122,14 +122,14 @@ async fn a_second_session_for_the_node_ends_the_first() {
 async fn nodes_ready_before_a_leader_change_get_one_grace_period() {
     let store = Store::in_memory();
     let ready = |id: &str| {
-        Action::Create(Object::Node(Node {
+        Action::Create(Object::Node(Box::new(Node {
             id: id.into(),
             status: Some(NodeStatus {
                 state: NodeState::Ready as i32,
                 ..Default::default()
             }),
             ..Default::default()
-        }))
+        })))
     };
     store
         .propose(vec![ready("returning"), ready("lost")])

@@ -6,26 +6,26 @@ use super::*;
 async fn assignments_arrive_complete_then_as_changes() {
     let mut h = Harness::start_patient().await;
     let (first, _session) = h.open("n1", "host-a").await;
-    h.write(Action::Create(Object::Task(task(
+    h.write(Action::Create(Object::Task(Box::new(task(
         "t1",
         "n1",
         TaskState::Assigned,
         TaskState::Running,
-    ))))
+    )))))
     .await;
-    h.write(Action::Create(Object::Task(task(
+    h.write(Action::Create(Object::Task(Box::new(task(
         "other",
         "n2",
         TaskState::Assigned,
         TaskState::Running,
-    ))))
+    )))))
     .await;
-    h.write(Action::Create(Object::Task(task(
+    h.write(Action::Create(Object::Task(Box::new(task(
         "waiting",
         "n1",
         TaskState::Pending,
         TaskState::Running,
-    ))))
+    )))))
     .await;
 
     let mut stream = h.assignments(&first.session_id).await;
@@ -34,12 +34,12 @@ async fn assignments_arrive_complete_then_as_changes() {
     let ids: Vec<_> = complete.tasks.iter().map(|t| t.id.as_str()).collect();
     assert_eq!(ids, vec!["t1"]);
 
-    h.write(Action::Create(Object::Task(task(
+    h.write(Action::Create(Object::Task(Box::new(task(
         "t2",
         "n1",
         TaskState::Assigned,
         TaskState::Running,
-    ))))
+    )))))
     .await;
     let added = next(&mut stream).await.expect("incremental");
     assert_eq!(added.r#type(), AssignmentsType::Incremental);
@@ -55,7 +55,7 @@ async fn assignments_arrive_complete_then_as_changes() {
     assert!(added.removed.is_empty());
 
     let t1 = h.task("t1");
-    h.write(Action::Delete(Object::Task(t1))).await;
+    h.write(Action::Delete(Object::Task(t1.into()))).await;
     let removed = next(&mut stream).await.expect("removal");
     assert_eq!(removed.r#type(), AssignmentsType::Incremental);
     assert!(removed.sequence > added.sequence);
@@ -67,19 +67,19 @@ async fn assignments_arrive_complete_then_as_changes() {
 async fn status_updates_only_move_forward_and_only_on_their_own_node() {
     let mut h = Harness::start_patient().await;
     let (first, _session) = h.open("n1", "host-a").await;
-    h.write(Action::Create(Object::Task(task(
+    h.write(Action::Create(Object::Task(Box::new(task(
         "mine",
         "n1",
         TaskState::Assigned,
         TaskState::Running,
-    ))))
+    )))))
     .await;
-    h.write(Action::Create(Object::Task(task(
+    h.write(Action::Create(Object::Task(Box::new(task(
         "theirs",
         "n2",
         TaskState::Assigned,
         TaskState::Running,
-    ))))
+    )))))
     .await;
     let sid = first.session_id.clone();
 
@@ -134,12 +134,12 @@ async fn many_concurrent_reports_are_all_committed() {
     let creates = ids
         .iter()
         .map(|id| {
-            Action::Create(Object::Task(task(
+            Action::Create(Object::Task(Box::new(task(
                 id,
                 "n1",
                 TaskState::Assigned,
                 TaskState::Running,
-            )))
+            ))))
         })
         .collect();
     h.store.propose(creates).await.expect("seed");
@@ -174,12 +174,12 @@ async fn many_concurrent_reports_are_all_committed() {
 async fn agents_do_not_receive_their_own_status_back() {
     let mut h = Harness::start_patient().await;
     let (first, _session) = h.open("n1", "host-a").await;
-    h.write(Action::Create(Object::Task(task(
+    h.write(Action::Create(Object::Task(Box::new(task(
         "t1",
         "n1",
         TaskState::Assigned,
         TaskState::Running,
-    ))))
+    )))))
     .await;
     let mut stream = h.assignments(&first.session_id).await;
     assert_eq!(next(&mut stream).await.expect("complete").tasks.len(), 1);
@@ -191,7 +191,7 @@ async fn agents_do_not_receive_their_own_status_back() {
     // echoed, it would arrive first.
     let mut t1 = h.task("t1");
     t1.desired_state = TaskState::Shutdown as i32;
-    h.write(Action::Update(Object::Task(t1))).await;
+    h.write(Action::Update(Object::Task(t1.into()))).await;
     let message = next(&mut stream).await.expect("desired state change");
     assert_eq!(message.tasks.len(), 1);
     assert_eq!(message.tasks[0].desired_state(), TaskState::Shutdown);
@@ -223,7 +223,7 @@ async fn an_agent_that_falls_behind_gets_a_fresh_complete_set() {
             }),
             ..Default::default()
         });
-        h.write(Action::Create(Object::Task(t))).await;
+        h.write(Action::Create(Object::Task(t.into()))).await;
     }
 
     // Replaying the messages must give exactly the store's set, and the lag

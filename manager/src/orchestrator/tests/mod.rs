@@ -80,7 +80,7 @@ impl Harness {
         };
         let id = service.id.clone();
         self.store
-            .propose(vec![Action::Create(Object::Service(service))])
+            .propose(vec![Action::Create(Object::Service(service.into()))])
             .await
             .expect("create service");
         id
@@ -96,7 +96,7 @@ impl Harness {
             f(&mut svc);
             match self
                 .store
-                .propose(vec![Action::Update(Object::Service(svc))])
+                .propose(vec![Action::Update(Object::Service(svc.into()))])
                 .await
             {
                 Ok(_) => return,
@@ -112,7 +112,7 @@ impl Harness {
             .read(|s| s.service(id).cloned())
             .expect("service exists");
         self.store
-            .propose(vec![Action::Delete(Object::Service(svc))])
+            .propose(vec![Action::Delete(Object::Service(svc.into()))])
             .await
             .expect("delete service");
     }
@@ -126,7 +126,7 @@ impl Harness {
             f(&mut t);
             match self
                 .store
-                .propose(vec![Action::Update(Object::Task(t))])
+                .propose(vec![Action::Update(Object::Task(t.into()))])
                 .await
             {
                 Ok(_) => return,
@@ -173,8 +173,8 @@ impl Harness {
             ..Default::default()
         });
         let action = match current {
-            Some(_) => Action::Update(Object::Node(node)),
-            None => Action::Create(Object::Node(node)),
+            Some(_) => Action::Update(Object::Node(node.into())),
+            None => Action::Create(Object::Node(node.into())),
         };
         self.store.propose(vec![action]).await.expect("write node");
     }
@@ -279,7 +279,7 @@ pub(super) fn watch_slots(
                 if let Object::Task(t) = &change.object
                     && t.service_id == watched
                 {
-                    tasks.insert(t.id.clone(), t.clone());
+                    tasks.insert(t.id.clone(), Task::clone(t));
                 }
             }
             let serving: HashSet<u64> = tasks

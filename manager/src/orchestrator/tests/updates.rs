@@ -186,8 +186,8 @@ async fn a_new_leader_reconciles_what_it_finds() {
     let waiting = crate::orchestrator::task::new_task(&service, 1, "", TaskState::Ready, 1);
     store
         .propose(vec![
-            Action::Create(Object::Service(service.clone())),
-            Action::Create(Object::Task(waiting.clone())),
+            Action::Create(Object::Service(service.clone().into())),
+            Action::Create(Object::Task(waiting.clone().into())),
         ])
         .await
         .unwrap();
