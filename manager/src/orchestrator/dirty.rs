@@ -19,9 +19,26 @@ pub(super) struct Dirty {
     /// Services whose live tasks were only assigned, with the nodes they went
     /// to: reconciled only if one of those nodes cannot keep them.
     assigned: HashMap<String, HashSet<String>>,
+    /// Tasks this orchestrator's last pass created, whose creation has not
+    /// been seen committed yet: that change only echoes a decision the pass
+    /// already made, and reconciling the service again would be a pass over
+    /// all its tasks that finds nothing to do.
+    created: HashSet<String>,
 }
 
 impl Dirty {
+    /// The pass is about to create `task_id`.
+    pub(super) fn creating(&mut self, task_id: &str) {
+        self.created.insert(task_id.to_string());
+    }
+
+    /// Every committed change up to now has been noted: creations still
+    /// expected were refused or failed (the driver retries those services),
+    /// so none of them will come.
+    pub(super) fn caught_up(&mut self) {
+        self.created.clear();
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         !self.all && self.services.is_empty() && self.nodes.is_empty() && self.assigned.is_empty()
     }
@@ -44,6 +61,8 @@ impl Dirty {
                             .entry(t.service_id.clone())
                             .or_default()
                             .insert(t.node_id.clone());
+                    } else if change.kind == ChangeKind::Created && self.created.remove(&t.id) {
+                        // Our own creation, committed as decided.
                     } else if change.kind != ChangeKind::Updated
                         || old.is_none_or(|old| affects_reconcile(old, t))
                     {
@@ -197,6 +216,36 @@ mod tests {
             Some(reported("t", Running))
         ));
         assert!(dirty_after(ChangeKind::Created, reported("t", New), None));
+        let created = |dirty: &mut Dirty, id: &str| {
+            dirty.note(&ChangeBatch {
+                index: 1,
+                changes: vec![Change {
+                    kind: ChangeKind::Created,
+                    object: Object::Task(Box::new(reported(id, New))),
+                    old: None,
+                }],
+            })
+        };
+        let mut dirty = Dirty::default();
+        dirty.creating("mine");
+        created(&mut dirty, "mine");
+        assert!(
+            dirty.is_empty(),
+            "the orchestrator's own creation, committed, is no news"
+        );
+        created(&mut dirty, "mine");
+        assert!(
+            dirty.services.contains("svc"),
+            "a second creation of that id is not the echo"
+        );
+        let mut dirty = Dirty::default();
+        dirty.creating("refused");
+        dirty.caught_up();
+        created(&mut dirty, "refused");
+        assert!(
+            dirty.services.contains("svc"),
+            "once caught up, no creation is expected"
+        );
         assert!(dirty_after(
             ChangeKind::Deleted,
             reported("t", Running),

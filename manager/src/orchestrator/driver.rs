@@ -128,7 +128,12 @@ impl Driver {
                             loop {
                                 match rx.try_recv() {
                                     Ok(batch) => self.dirty.note(&batch),
-                                    Err(TryRecvError::Empty) => break,
+                                    Err(TryRecvError::Empty) => {
+                                        // A pass awaits its writes' outcomes, which
+                                        // follow their changes: all are here now.
+                                        self.dirty.caught_up();
+                                        break;
+                                    }
                                     Err(TryRecvError::Lagged(_)) => continue 'resync,
                                     Err(TryRecvError::Closed) => return,
                                 }
@@ -193,7 +198,8 @@ impl Driver {
                 .into_iter()
                 .map(|id| {
                     let service = s.service(&id).cloned();
-                    let tasks = s.tasks_of_service(&id).cloned().collect();
+                    let mut tasks = Vec::with_capacity(s.task_count_of_service(&id));
+                    tasks.extend(s.tasks_of_service(&id).cloned());
                     (id, service, tasks)
                 })
                 .collect();
@@ -306,7 +312,7 @@ impl Driver {
     /// Carry out the ops: timers in memory, task writes in batches. Services
     /// whose writes were refused are reconciled again shortly.
     async fn write(&mut self, ops: Vec<(String, Op)>) {
-        let mut actions: Vec<(String, Action)> = Vec::new();
+        let mut actions: Vec<(String, Action)> = Vec::with_capacity(ops.len());
         // One info line per service and pass; a line per task (a 100k-replica
         // create would write 100k of them) only at debug.
         let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
@@ -318,6 +324,7 @@ impl Driver {
             }
             match op {
                 Op::Create(task) => {
+                    self.dirty.creating(&task.id);
                     tracing::debug!(task.id = %task.id, service.id = %service_id, slot = task.slot,
                         node.id = %task.node_id, desired = ?desired(&task), "creating task");
                     actions.push((service_id, Action::Create(Object::Task(task.into()))));

@@ -82,6 +82,12 @@ impl MemState {
             .flatten()
             .filter_map(|id| self.tasks.get(id).map(Box::as_ref))
     }
+    /// How many tasks one service has.
+    pub fn task_count_of_service(&self, service_id: &str) -> usize {
+        self.tasks_by_service
+            .get(service_id)
+            .map_or(0, BTreeSet::len)
+    }
     /// Tasks assigned to one node, in id order.
     pub fn tasks_on_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks_by_node
