@@ -33,8 +33,9 @@ const WRITE_BATCH: usize = 1000;
 /// Encoded objects per proposal: keeps each Raft entry well below the 2 MiB
 /// one entry may hold (sled's blob threshold), whatever the tasks' size.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
-/// Proposals awaiting commit at once, as the scheduler does.
-const MAX_IN_FLIGHT: usize = 4;
+/// Proposals awaiting commit at once, as many as the scheduler has
+/// ([`crate::scheduler::driver::MAX_IN_FLIGHT`] says why).
+const MAX_IN_FLIGHT: usize = 8;
 /// Pause before retrying services whose writes were refused (lost a race).
 const CONFLICT_RETRY: Duration = Duration::from_millis(20);
 /// Pause before retrying after the store refused a whole proposal.
