@@ -13,7 +13,7 @@ use super::object::{Kind, Object};
 use crate::scheduler::fasthash::FastMap;
 
 /// Every stored object, plus the Raft index of the last applied entry. Objects
-/// are boxed, as a [`Object`] carries them: apply moves a pointer into the
+/// are boxed, as an [`Object`] carries them: apply moves a pointer into the
 /// table, not the object, and a table grows by rehashing pointers. The
 /// id-keyed maps use [`FastMap`]: managers generate every id, so no client
 /// chooses those keys.
