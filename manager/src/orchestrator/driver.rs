@@ -318,10 +318,16 @@ impl Driver {
         // create would write 100k of them) only at debug.
         let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for (service_id, op) in ops {
-            match &op {
-                Op::Create(_) => counts.entry(service_id.clone()).or_default().0 += 1,
-                Op::SetDesired { .. } => counts.entry(service_id.clone()).or_default().1 += 1,
-                _ => {}
+            if matches!(op, Op::Create(_) | Op::SetDesired { .. }) {
+                // A service's ops come together: one key copy per service.
+                if !counts.contains_key(&service_id) {
+                    counts.insert(service_id.clone(), (0, 0));
+                }
+                let count = counts.get_mut(&service_id).expect("inserted above");
+                match op {
+                    Op::Create(_) => count.0 += 1,
+                    _ => count.1 += 1,
+                }
             }
             match op {
                 Op::Create(task) => {

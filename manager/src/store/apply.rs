@@ -27,8 +27,8 @@ pub struct Outcome {
 
 /// Apply `proposal`, committed at Raft `index`, to `state`.
 pub fn apply(state: &mut MemState, proposal: Proposal, index: u64) -> Outcome {
-    // Sized up front: a batch of 1,000 tasks grown by doubling copied its
-    // changes about twice over into freshly faulted pages.
+    // Sized up front: grown by doubling, a batch's list of changes was
+    // copied about twice over into freshly faulted pages.
     let mut outcome = Outcome {
         changes: Vec::with_capacity(proposal.actions.len()),
         refused: Vec::new(),
