@@ -318,16 +318,18 @@ impl Driver {
         // create would write 100k of them) only at debug.
         let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for (service_id, op) in ops {
-            if matches!(op, Op::Create(_) | Op::SetDesired { .. }) {
-                // A service's ops come together: one key copy per service.
-                if !counts.contains_key(&service_id) {
-                    counts.insert(service_id.clone(), (0, 0));
+            let (created, changed) = match op {
+                Op::Create(_) => (1, 0),
+                Op::SetDesired { .. } => (0, 1),
+                _ => (0, 0),
+            };
+            // A service's ops come together: one key copy per service.
+            match counts.get_mut(&service_id) {
+                Some(count) => *count = (count.0 + created, count.1 + changed),
+                None if created + changed > 0 => {
+                    counts.insert(service_id.clone(), (created, changed));
                 }
-                let count = counts.get_mut(&service_id).expect("inserted above");
-                match op {
-                    Op::Create(_) => count.0 += 1,
-                    _ => count.1 += 1,
-                }
+                None => {}
             }
             match op {
                 Op::Create(task) => {

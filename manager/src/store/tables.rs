@@ -63,7 +63,7 @@ impl MemState {
     pub fn service_by_name(&self, name: &str) -> Option<&Service> {
         self.service_by_name
             .get(name)
-            .and_then(|id| self.services.get(id).map(Box::as_ref))
+            .and_then(|id| self.service(id))
     }
     pub fn task(&self, id: &str) -> Option<&Task> {
         self.tasks.get(id).map(Box::as_ref)
@@ -80,7 +80,7 @@ impl MemState {
             .get(service_id)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id).map(Box::as_ref))
+            .filter_map(|id| self.task(id))
     }
     /// How many tasks one service has.
     pub fn task_count_of_service(&self, service_id: &str) -> usize {
@@ -94,11 +94,11 @@ impl MemState {
             .get(node_id)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id).map(Box::as_ref))
+            .filter_map(|id| self.task(id))
     }
     /// The cluster object (there is one once the first manager has started).
     pub fn cluster(&self) -> Option<&Cluster> {
-        self.clusters.values().map(Box::as_ref).next()
+        self.clusters().next()
     }
     pub fn clusters(&self) -> impl Iterator<Item = &Cluster> {
         self.clusters.values().map(Box::as_ref)
@@ -120,9 +120,7 @@ impl MemState {
         self.secrets.values().map(Box::as_ref)
     }
     pub fn secret_by_name(&self, name: &str) -> Option<&Secret> {
-        self.secret_by_name
-            .get(name)
-            .and_then(|id| self.secrets.get(id).map(Box::as_ref))
+        self.secret_by_name.get(name).and_then(|id| self.secret(id))
     }
     pub fn config(&self, id: &str) -> Option<&Config> {
         self.configs.get(id).map(Box::as_ref)
@@ -131,41 +129,29 @@ impl MemState {
         self.configs.values().map(Box::as_ref)
     }
     pub fn config_by_name(&self, name: &str) -> Option<&Config> {
-        self.config_by_name
-            .get(name)
-            .and_then(|id| self.configs.get(id).map(Box::as_ref))
+        self.config_by_name.get(name).and_then(|id| self.config(id))
     }
 
     /// A secret by id, name, or unique id prefix.
     pub fn find_secret(&self, reference: &str) -> Result<&Secret, LookupError> {
-        if let Some(s) = self.secrets.get(reference).map(Box::as_ref) {
+        if let Some(s) = self.secret(reference) {
             return Ok(s);
         }
         if let Some(s) = self.secret_by_name(reference) {
             return Ok(s);
         }
-        unique_prefix(
-            Kind::Secret,
-            reference,
-            self.secrets.values().map(Box::as_ref),
-            |s| &s.id,
-        )
+        unique_prefix(Kind::Secret, reference, self.secrets(), |s| &s.id)
     }
 
     /// A config by id, name, or unique id prefix.
     pub fn find_config(&self, reference: &str) -> Result<&Config, LookupError> {
-        if let Some(c) = self.configs.get(reference).map(Box::as_ref) {
+        if let Some(c) = self.config(reference) {
             return Ok(c);
         }
         if let Some(c) = self.config_by_name(reference) {
             return Ok(c);
         }
-        unique_prefix(
-            Kind::Config,
-            reference,
-            self.configs.values().map(Box::as_ref),
-            |c| &c.id,
-        )
+        unique_prefix(Kind::Config, reference, self.configs(), |c| &c.id)
     }
 
     /// Names of the services whose spec uses the secret or config `id`, sorted.
@@ -193,23 +179,18 @@ impl MemState {
 
     /// A service by id, name, or unique id prefix (exact id, then name, then prefix).
     pub fn find_service(&self, reference: &str) -> Result<&Service, LookupError> {
-        if let Some(s) = self.services.get(reference).map(Box::as_ref) {
+        if let Some(s) = self.service(reference) {
             return Ok(s);
         }
         if let Some(s) = self.service_by_name(reference) {
             return Ok(s);
         }
-        unique_prefix(
-            Kind::Service,
-            reference,
-            self.services.values().map(Box::as_ref),
-            |s| &s.id,
-        )
+        unique_prefix(Kind::Service, reference, self.services(), |s| &s.id)
     }
 
     /// A node by id, hostname, or unique id prefix.
     pub fn find_node(&self, reference: &str) -> Result<&Node, LookupError> {
-        if let Some(n) = self.nodes.get(reference).map(Box::as_ref) {
+        if let Some(n) = self.node(reference) {
             return Ok(n);
         }
         let by_host: Vec<&Node> = self
@@ -231,25 +212,15 @@ impl MemState {
                 });
             }
         }
-        unique_prefix(
-            Kind::Node,
-            reference,
-            self.nodes.values().map(Box::as_ref),
-            |n| &n.id,
-        )
+        unique_prefix(Kind::Node, reference, self.nodes(), |n| &n.id)
     }
 
     /// A task by id or unique id prefix.
     pub fn find_task(&self, reference: &str) -> Result<&Task, LookupError> {
-        if let Some(t) = self.tasks.get(reference).map(Box::as_ref) {
+        if let Some(t) = self.task(reference) {
             return Ok(t);
         }
-        unique_prefix(
-            Kind::Task,
-            reference,
-            self.tasks.values().map(Box::as_ref),
-            |t| &t.id,
-        )
+        unique_prefix(Kind::Task, reference, self.tasks(), |t| &t.id)
     }
 
     /// The current value of the object with `kind` and `id`.
