@@ -15,11 +15,12 @@
 
 use std::sync::Arc;
 
+use shoal_proto::Cluster;
 use shoal_proto::tls::{ConnInfo, PeerIdentity, Role};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
-use crate::store::{MemState, Store};
+use crate::store::Store;
 
 /// The authenticated caller of a request, as the interceptor found it.
 #[derive(Debug, Clone)]
@@ -102,7 +103,7 @@ impl Interceptor for Authorize {
                         peer.role, self.service
                     )));
                 }
-                self.store.read(|s| admit(s, &peer))?;
+                admit(self.store.cluster().as_deref(), &peer)?;
                 Caller::Peer(peer)
             }
         };
@@ -116,8 +117,8 @@ impl Interceptor for Authorize {
 pub const REMOVED_NODE: &str = "was removed from the cluster";
 
 /// Refuse a certificate of another cluster or of a removed node.
-pub fn admit(state: &MemState, peer: &PeerIdentity) -> Result<(), Status> {
-    let Some(cluster) = state.cluster() else {
+pub fn admit(cluster: Option<&Cluster>, peer: &PeerIdentity) -> Result<(), Status> {
+    let Some(cluster) = cluster else {
         return Ok(());
     };
     if cluster.id != peer.cluster_id {

@@ -110,7 +110,7 @@ impl Ca for CaService {
             .ok_or_else(|| {
                 Status::unauthenticated("renewal requires the node's current certificate")
             })?;
-        self.store.read(|s| auth::admit(s, &peer))?;
+        auth::admit(self.store.cluster().as_deref(), &peer)?;
         // The role follows the node's current role in the store (promote and
         // demote), never the request.
         let role = match peer.role {

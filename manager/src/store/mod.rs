@@ -18,7 +18,7 @@ mod tables;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use shoal_proto::{ActionKind, Proposal, StoreAction, StoreObject};
+use shoal_proto::{ActionKind, Cluster, Proposal, StoreAction, StoreObject};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use apply::{Outcome, ingress_ports};
@@ -159,6 +159,12 @@ pub struct Store {
 
 struct Inner {
     state: RwLock<MemState>,
+    /// The cluster object as of the last apply, outside `state`'s lock: every
+    /// RPC's admission check reads it, and a read of `state` waits while the
+    /// applier holds or awaits the write lock, which stalled the runtime's
+    /// workers (and with them heartbeats) behind large applies. Written only
+    /// when the cluster object changes.
+    cluster: RwLock<Option<Arc<Cluster>>>,
     changes: broadcast::Sender<Arc<ChangeBatch>>,
     proposals: mpsc::Sender<ProposeRequest>,
     leadership: watch::Receiver<Leadership>,
@@ -178,9 +184,11 @@ impl Store {
         // Proposal ids must not repeat across restarts of this manager while an
         // old entry could still be in the log: start from random high bits.
         let seed = rand::random::<u64>() & 0xffff_ffff_0000_0000;
+        let cluster = state.cluster().cloned().map(Arc::new);
         Store {
             inner: Arc::new(Inner {
                 state: RwLock::new(state),
+                cluster: RwLock::new(cluster),
                 changes,
                 proposals,
                 leadership,
@@ -217,6 +225,26 @@ impl Store {
     pub fn read<R>(&self, f: impl FnOnce(&MemState) -> R) -> R {
         let guard = self.inner.state.read().unwrap_or_else(|e| e.into_inner());
         f(&guard)
+    }
+
+    /// The cluster object as last applied, read without waiting for appliers:
+    /// for checks on every request (see [`crate::auth::admit`]).
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.inner
+            .cluster
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Publish `state`'s cluster object to [`Store::cluster`]'s readers.
+    fn publish_cluster(&self, state: &MemState) {
+        let cluster = state.cluster().cloned().map(Arc::new);
+        *self
+            .inner
+            .cluster
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = cluster;
     }
 
     /// Read the tables and subscribe to the changes that follow, atomically:
@@ -290,6 +318,15 @@ impl Store {
         let atomic = proposal.atomic;
         let mut guard = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
         let outcome = apply::apply(&mut guard, proposal, index);
+        if outcome
+            .changes
+            .iter()
+            .any(|c| matches!(c.object, Object::Cluster(_)))
+        {
+            // Before the state's lock is released: no request is admitted by
+            // an older cluster object once a reader can see the new one.
+            self.publish_cluster(&guard);
+        }
         let batch = Arc::new(ChangeBatch {
             index,
             changes: outcome.changes,
@@ -318,6 +355,7 @@ impl Store {
     pub fn replace_state(&self, state: MemState) {
         let mut guard = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
         *guard = state;
+        self.publish_cluster(&guard);
     }
 }
 
