@@ -13,6 +13,7 @@
 //! `unavailable` unless this manager leads and [`Dispatcher::run`] is active.
 
 mod assignments;
+mod budget;
 mod logs;
 mod monitor;
 mod router;

@@ -4,7 +4,8 @@
 //!
 //! It ticks a few times per heartbeat period and scans the sessions: a scan is
 //! a pass over a small map, far cheaper than a timer per node, and detection
-//! lags the grace period by at most one tick.
+//! lags the grace period by at most one tick. How many nodes may go DOWN
+//! within a grace period is bounded ([`super::budget`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,12 +37,15 @@ pub(super) async fn run(inner: Arc<Inner>, token: CancellationToken) {
     let tick = (inner.config.heartbeat_period / 4).max(Duration::from_millis(10));
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut holding = false;
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let expired = lock(&inner.sessions).expire(Instant::now(), grace);
+        let scan = lock(&inner.sessions).expire(Instant::now(), grace);
+        log_held(&mut holding, scan.held, grace);
+        let expired = scan.expired;
         if expired.is_empty() {
             continue;
         }
@@ -60,6 +64,23 @@ pub(super) async fn run(inner: Arc<Inner>, token: CancellationToken) {
             }
         }
     }
+}
+
+/// Say when silent nodes start and stop being held back from DOWN: once
+/// each way, not on every tick.
+fn log_held(holding: &mut bool, held: usize, grace: Duration) {
+    if held > 0 && !*holding {
+        tracing::warn!(
+            held,
+            "many nodes fell silent at once, more than the DOWN budget of one grace \
+             period: the rest keep their sessions (this manager may be the one behind) \
+             and go DOWN if still silent after {}",
+            human(grace * super::budget::LONG_GRACE)
+        );
+    } else if held == 0 && *holding {
+        tracing::info!("no silent node held back from DOWN any more");
+    }
+    *holding = held > 0;
 }
 
 /// What a DOWN node's status says.

@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use super::budget::DownBudget;
 use super::{Inner, Running, lock, store_status};
 use crate::auth::Caller;
 use crate::store::{Action, Object, Store, StoreError};
@@ -51,6 +52,16 @@ pub(super) struct Expired {
     pub silent_for: Duration,
 }
 
+/// What one expiry scan found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Expiry {
+    /// Removed and ended: their nodes are to be marked DOWN.
+    pub expired: Vec<Expired>,
+    /// Silent past the grace period but kept, the DOWN budget being spent
+    /// ([`super::budget`]); a heartbeat still saves them.
+    pub held: usize,
+}
+
 /// Live sessions, by session id and by node.
 #[derive(Default)]
 pub(super) struct Sessions {
@@ -61,6 +72,7 @@ pub(super) struct Sessions {
     /// Nodes expected to connect: when they started to be awaited, and
     /// until when they may.
     awaiting: HashMap<String, (Instant, Instant)>,
+    budget: DownBudget,
 }
 
 impl Sessions {
@@ -155,38 +167,51 @@ impl Sessions {
         }
     }
 
-    /// Remove (and end) every session silent for longer than `grace`, and
-    /// every awaited node that did not connect within its window.
-    pub fn expire(&mut self, now: Instant, grace: Duration) -> Vec<Expired> {
-        let mut expired = Vec::new();
-        let stale: Vec<String> = self
+    /// Remove (and end) the sessions silent for longer than `grace` and the
+    /// awaited nodes that did not connect within their window, as many as
+    /// the DOWN budget admits, the longest silent first.
+    pub fn expire(&mut self, now: Instant, grace: Duration) -> Expiry {
+        let mut candidates: Vec<Expired> = self
             .by_id
             .iter()
             .filter(|(_, e)| !e.opening && now.saturating_duration_since(e.last_heartbeat) > grace)
-            .map(|(id, _)| id.clone())
+            .map(|(id, e)| Expired {
+                node_id: e.node_id.clone(),
+                session_id: Some(id.clone()),
+                silent_for: now.saturating_duration_since(e.last_heartbeat),
+            })
             .collect();
-        for session_id in stale {
-            let entry = &self.by_id[&session_id];
-            expired.push(Expired {
-                node_id: entry.node_id.clone(),
-                silent_for: now.saturating_duration_since(entry.last_heartbeat),
-                session_id: Some(session_id.clone()),
-            });
-            self.close(&session_id);
+        candidates.extend(
+            self.awaiting
+                .iter()
+                .filter(|(_, (_, until))| now > *until)
+                .map(|(node, (since, _))| Expired {
+                    node_id: node.clone(),
+                    session_id: None,
+                    silent_for: now.saturating_duration_since(*since),
+                }),
+        );
+        if candidates.is_empty() {
+            return Expiry::default();
         }
-        self.awaiting.retain(|node, (since, until)| {
-            if now <= *until {
-                return true;
+        candidates.sort_by(|a, b| b.silent_for.cmp(&a.silent_for));
+        let silences: Vec<Duration> = candidates.iter().map(|c| c.silent_for).collect();
+        let nodes = self.by_id.len() + self.awaiting.len();
+        let admitted = self.budget.admit(now, grace, nodes, &silences);
+        let held = candidates.len() - admitted;
+        candidates.truncate(admitted);
+        for e in &candidates {
+            match &e.session_id {
+                Some(session_id) => self.close(session_id),
+                None => {
+                    self.awaiting.remove(&e.node_id);
+                }
             }
-            let silent_for = now.saturating_duration_since(*since);
-            expired.push(Expired {
-                node_id: node.clone(),
-                session_id: None,
-                silent_for,
-            });
-            false
-        });
-        expired
+        }
+        Expiry {
+            expired: candidates,
+            held,
+        }
     }
 
     /// End every session (the dispatcher stops).
@@ -196,6 +221,7 @@ impl Sessions {
         }
         self.by_node.clear();
         self.awaiting.clear();
+        self.budget = DownBudget::default();
     }
 }
 
@@ -374,10 +400,10 @@ mod unit {
         s.established("s2", t0);
         assert!(s.heartbeat("s2", t0 + Duration::from_millis(250)));
         assert!(
-            s.expire(t0 + GRACE, GRACE).is_empty(),
+            s.expire(t0 + GRACE, GRACE).expired.is_empty(),
             "exactly the grace period is still alive"
         );
-        let expired = s.expire(t0 + Duration::from_millis(400), GRACE);
+        let expired = s.expire(t0 + Duration::from_millis(400), GRACE).expired;
         assert_eq!(
             expired,
             vec![Expired {
@@ -397,13 +423,13 @@ mod unit {
         let t0 = Instant::now();
         s.open("n1", "s1", CancellationToken::new(), t0);
         assert!(
-            s.expire(t0 + GRACE * 10, GRACE).is_empty(),
+            s.expire(t0 + GRACE * 10, GRACE).expired.is_empty(),
             "the node's READY write is still in flight"
         );
         // Registered at last: the grace period counts from here.
         assert!(s.established("s1", t0 + GRACE * 10));
-        assert!(s.expire(t0 + GRACE * 11, GRACE).is_empty());
-        let expired = s.expire(t0 + GRACE * 11 + Duration::from_millis(1), GRACE);
+        assert!(s.expire(t0 + GRACE * 11, GRACE).expired.is_empty());
+        let expired = s.expire(t0 + GRACE * 11 + Duration::from_millis(1), GRACE).expired;
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].silent_for, GRACE + Duration::from_millis(1));
         assert!(!s.established("s1", t0 + GRACE * 12), "gone once expired");
@@ -426,14 +452,14 @@ mod unit {
             t0 + Duration::from_millis(200),
         );
         s.heartbeat("s1", t0 + Duration::from_millis(350));
-        let expired = s.expire(t0 + Duration::from_millis(350), GRACE);
+        let expired = s.expire(t0 + Duration::from_millis(350), GRACE).expired;
         let nodes: Vec<_> = expired
             .iter()
             .map(|e| (e.node_id.as_str(), e.session_id.is_some()))
             .collect();
         assert_eq!(nodes, vec![("gone", false)]);
         assert!(
-            s.expire(t0 + Duration::from_millis(360), GRACE).is_empty(),
+            s.expire(t0 + Duration::from_millis(360), GRACE).expired.is_empty(),
             "reported once"
         );
     }
@@ -443,10 +469,46 @@ mod unit {
         let mut s = Sessions::default();
         let t0 = Instant::now();
         s.await_nodes(["slow".to_string()], t0, GRACE * 3);
-        assert!(s.expire(t0 + GRACE * 2, GRACE).is_empty(), "still awaited");
-        let expired = s.expire(t0 + GRACE * 3 + Duration::from_millis(1), GRACE);
+        assert!(s.expire(t0 + GRACE * 2, GRACE).expired.is_empty(), "still awaited");
+        let expired = s.expire(t0 + GRACE * 3 + Duration::from_millis(1), GRACE).expired;
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].node_id, "slow");
         assert!(expired[0].silent_for > GRACE * 3);
+    }
+
+    #[test]
+    fn a_mass_silence_keeps_the_sessions_the_budget_does_not_admit() {
+        let mut s = Sessions::default();
+        let t0 = Instant::now();
+        let n = 20;
+        for i in 0..n {
+            let session = format!("s{i}");
+            s.open(&format!("n{i}"), &session, CancellationToken::new(), t0);
+            s.established(&session, t0);
+        }
+        // n0 went quiet first: it is the longest silent.
+        for i in 1..n {
+            s.heartbeat(&format!("s{i}"), t0 + Duration::from_millis(10));
+        }
+        let scan = s.expire(t0 + GRACE * 2, GRACE);
+        let budget = super::super::budget::MIN_BURST;
+        assert_eq!(scan.expired.len(), budget);
+        assert_eq!(scan.held, n - budget);
+        assert_eq!(scan.expired[0].node_id, "n0", "the longest silent first");
+        let held: Vec<String> = (0..n)
+            .map(|i| format!("n{i}"))
+            .filter(|node| s.has_node(node))
+            .collect();
+        assert_eq!(held.len(), n - budget, "the held sessions live on");
+        // A late heartbeat saves a held node.
+        let saved = held[0].clone();
+        let saved_session = s.by_node[&saved].clone();
+        let late = t0 + GRACE * super::super::budget::LONG_GRACE + Duration::from_millis(20);
+        assert!(s.heartbeat(&saved_session, late));
+        // Past the long grace, the rest go DOWN whatever the budget.
+        let scan = s.expire(late, GRACE);
+        assert_eq!(scan.held, 0);
+        assert_eq!(scan.expired.len(), n - budget - 1);
+        assert!(s.has_node(&saved));
     }
 }

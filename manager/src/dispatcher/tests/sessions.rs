@@ -179,3 +179,48 @@ async fn only_a_running_leader_dispatcher_serves_agents() {
         err.message()
     );
 }
+
+#[tokio::test]
+async fn nodes_silent_at_once_beyond_the_budget_keep_their_sessions_for_a_while() {
+    // A 1 s grace: the held sessions must outlive the test's own reaction.
+    let mut h = Harness::start_with(Store::in_memory(), 10).await;
+    let silent = crate::dispatcher::budget::MIN_BURST + 3;
+    let mut sessions = Vec::new();
+    for i in 0..silent {
+        let (first, stream) = h.open_quiet("", &format!("host-{i}")).await;
+        sessions.push((first, stream));
+    }
+    // Their silence starts together.
+    for (first, _) in &sessions {
+        h.heartbeat(&first.session_id).await.expect("heartbeat");
+    }
+    let ids: Vec<String> = sessions.iter().map(|(f, _)| f.node_id.clone()).collect();
+    let down = |h: &Harness| {
+        ids.iter()
+            .filter(|id| node_state(&h.node(id)) == NodeState::Down)
+            .count()
+    };
+    eventually("the first silent nodes down", || {
+        (down(&h) >= crate::dispatcher::budget::MIN_BURST).then_some(())
+    })
+    .await;
+    // The others are held: their sessions still answer, which saves them.
+    let mut saved = Vec::new();
+    for (first, _) in &sessions {
+        if node_state(&h.node(&first.node_id)) == NodeState::Ready {
+            h.heartbeat(&first.session_id)
+                .await
+                .expect("a held session still answers");
+            saved.push(first.node_id.clone());
+        }
+    }
+    assert_eq!(
+        saved.len(),
+        silent - crate::dispatcher::budget::MIN_BURST,
+        "one grace period's budget went DOWN, no more"
+    );
+    assert_eq!(down(&h), crate::dispatcher::budget::MIN_BURST);
+    for id in &saved {
+        assert_eq!(node_state(&h.node(id)), NodeState::Ready, "{id} was saved");
+    }
+}
