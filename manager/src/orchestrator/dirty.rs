@@ -1,13 +1,16 @@
 //! What changed since the orchestrator's last pass: the services a batch of
 //! committed changes touches, and which of them a pass must reconcile. Agents'
-//! progress reports and the scheduler's assignments onto healthy nodes touch
-//! none, which spares a pass over every task of the service per batch.
+//! progress reports, the scheduler's assignments onto healthy nodes and a
+//! reconnecting agent's rewrite of its node touch none, which spares a pass
+//! over every task of the service per batch.
 
 use std::collections::{HashMap, HashSet};
 
-use shoal_proto::Task;
+use shoal_proto::{Node, Task};
 
-use super::task::{NodeFate, fate_on, is_global, is_live, is_terminal, never_assigned};
+use super::task::{
+    NodeFate, fate_on, is_global, is_live, is_terminal, never_assigned, node_state,
+};
 use crate::store::{ChangeBatch, ChangeKind, MemState, Object};
 
 /// What changed since the last pass.
@@ -70,7 +73,15 @@ impl Dirty {
                     }
                 }
                 Object::Node(n) => {
-                    self.nodes.insert(n.id.clone());
+                    let old = match &change.old {
+                        Some(Object::Node(old)) => Some(old),
+                        _ => None,
+                    };
+                    if change.kind != ChangeKind::Updated
+                        || old.is_none_or(|old| node_affects_reconcile(old, n))
+                    {
+                        self.nodes.insert(n.id.clone());
+                    }
                 }
                 // Other kinds (cluster settings, ...) change no reconcile decision.
                 _ => {}
@@ -121,6 +132,18 @@ fn affects_reconcile(old: &Task, new: &Task) -> bool {
         || old.service_id != new.service_id
         || is_terminal(old) != is_terminal(new)
         || never_assigned(old) != never_assigned(new)
+}
+
+/// True when a node update can change a reconcile decision: its state (a DOWN
+/// node loses its tasks, a global service starts only on READY nodes), its
+/// spec (availability, role, labels) or its description (what constraints
+/// match). Its status message and address cannot. Every new session of an
+/// agent rewrites its node READY with the same description; when a node
+/// change still dirtied every service with a task there, 5,000 agents
+/// reconnecting under load kept the orchestrator copying every task of every
+/// service, pass after pass.
+fn node_affects_reconcile(old: &Node, new: &Node) -> bool {
+    node_state(old) != node_state(new) || old.spec != new.spec || old.description != new.description
 }
 
 /// True when the scheduler's assignment of a live task is all that changed.
@@ -251,5 +274,77 @@ mod tests {
             reported("t", Running),
             None
         ));
+    }
+
+    #[test]
+    fn a_node_rewritten_as_it_was_makes_nothing_dirty_but_a_state_or_spec_change_does() {
+        use shoal_proto::{NodeAvailability, NodeSpec, NodeState, NodeStatus};
+        let node = |state: NodeState, addr: &str| Node {
+            id: "n1".into(),
+            spec: Some(NodeSpec {
+                availability: NodeAvailability::Active as i32,
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                state: state as i32,
+                message: String::new(),
+                addr: addr.into(),
+            }),
+            ..Default::default()
+        };
+        let dirty_nodes = |kind, new: Node, old: Option<Node>| {
+            let mut dirty = Dirty::default();
+            dirty.note(&ChangeBatch {
+                index: 1,
+                changes: vec![Change {
+                    kind,
+                    object: Object::Node(new.into()),
+                    old: old.map(Box::new).map(Object::Node),
+                }],
+            });
+            !dirty.nodes.is_empty()
+        };
+        let ready = node(NodeState::Ready, "10.0.0.1");
+        assert!(
+            !dirty_nodes(ChangeKind::Updated, ready.clone(), Some(ready.clone())),
+            "a new session's READY rewrite"
+        );
+        assert!(
+            !dirty_nodes(
+                ChangeKind::Updated,
+                node(NodeState::Ready, "10.0.0.2"),
+                Some(ready.clone())
+            ),
+            "a new address"
+        );
+        assert!(dirty_nodes(
+            ChangeKind::Updated,
+            node(NodeState::Down, "10.0.0.1"),
+            Some(ready.clone())
+        ));
+        assert!(dirty_nodes(
+            ChangeKind::Updated,
+            ready.clone(),
+            Some(node(NodeState::Down, "10.0.0.1"))
+        ));
+        let mut drained = ready.clone();
+        drained.spec.as_mut().unwrap().availability = NodeAvailability::Drain as i32;
+        assert!(dirty_nodes(
+            ChangeKind::Updated,
+            drained,
+            Some(ready.clone())
+        ));
+        let mut relabelled = ready.clone();
+        relabelled.description = Some(shoal_proto::NodeDescription {
+            hostname: "renamed".into(),
+            ..Default::default()
+        });
+        assert!(dirty_nodes(
+            ChangeKind::Updated,
+            relabelled,
+            Some(ready.clone())
+        ));
+        assert!(dirty_nodes(ChangeKind::Created, ready.clone(), None));
+        assert!(dirty_nodes(ChangeKind::Deleted, ready, None));
     }
 }
