@@ -21,6 +21,7 @@ use super::figures::{
 };
 use super::tasks::follow;
 use crate::agents::HollowAgent;
+use crate::wait::eventually;
 
 /// Flags of the `schedule` scenario.
 #[derive(Debug, Clone)]
@@ -191,7 +192,13 @@ pub async fn start_hollow_nodes(
 }
 
 async fn measure(manager: &BenchManager, args: &ScheduleArgs) -> anyhow::Result<()> {
-    let mut control = manager.control().await?;
+    // Right after thousands of joins the manager may take longer than one
+    // connect timeout to accept and finish a TLS handshake: a slow connect
+    // is not a failed run.
+    let mut control = eventually("a control connection", Duration::from_secs(60), || async {
+        manager.control().await.map_err(|e| format!("{e:#}"))
+    })
+    .await?;
     let cpu_before = manager.pid().and_then(cpu_seconds);
 
     let perf = match (&args.perf_out, manager.pid()) {
