@@ -337,6 +337,20 @@ pub async fn channel(addr: SocketAddr, tls_dir: &Path) -> anyhow::Result<Channel
     Ok(client::connect(endpoint, ClientTls::Node(SharedCredentials::new(creds)?)).await?)
 }
 
+/// [`channel`], retried for up to `within`: a manager busy with thousands of
+/// agents (the benchmark's join burst) can take longer than one connect
+/// timeout to accept a connection and finish its handshake.
+pub async fn channel_patiently(
+    addr: SocketAddr,
+    tls_dir: &Path,
+    within: Duration,
+) -> anyhow::Result<Channel> {
+    crate::wait::eventually(&format!("a connection to {addr}"), within, || async {
+        channel(addr, tls_dir).await.map_err(|e| format!("{e:#}"))
+    })
+    .await
+}
+
 /// A Control client over TCP with the credentials in `tls_dir`.
 pub async fn control(addr: SocketAddr, tls_dir: &Path) -> anyhow::Result<ControlClient<Channel>> {
     Ok(ControlClient::new(channel(addr, tls_dir).await?)

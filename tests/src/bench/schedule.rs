@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use shoal_proto::control_client::ControlClient;
 use shoal_proto::{ContainerSpec, CreateServiceRequest, ServiceSpec, TaskSpec};
 
 use super::cluster::{BenchCluster, Settled};
@@ -21,7 +22,7 @@ use super::figures::{
 };
 use super::tasks::follow;
 use crate::agents::HollowAgent;
-use crate::wait::eventually;
+use crate::process::channel_patiently;
 
 /// Flags of the `schedule` scenario.
 #[derive(Debug, Clone)]
@@ -195,10 +196,9 @@ async fn measure(manager: &BenchManager, args: &ScheduleArgs) -> anyhow::Result<
     // Right after thousands of joins the manager may take longer than one
     // connect timeout to accept and finish a TLS handshake: a slow connect
     // is not a failed run.
-    let mut control = eventually("a control connection", Duration::from_secs(60), || async {
-        manager.control().await.map_err(|e| format!("{e:#}"))
-    })
-    .await?;
+    let channel =
+        channel_patiently(manager.addr, &manager.admin_dir(), Duration::from_secs(60)).await?;
+    let mut control = ControlClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
     let cpu_before = manager.pid().and_then(cpu_seconds);
 
     let perf = match (&args.perf_out, manager.pid()) {

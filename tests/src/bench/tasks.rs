@@ -16,7 +16,6 @@ use shoal_proto::watch_client::WatchClient;
 use shoal_proto::{ListTasksRequest, Task, TaskState, WatchRequest};
 
 use super::figures::note;
-use crate::process::control;
 
 /// Counts of tasks by the furthest state they reached.
 #[derive(Debug, Default)]
@@ -142,11 +141,15 @@ fn mark(counts: &TaskCounts, expected: usize, marks: &mut Milestones) {
     }
 }
 
+/// How long the watch may take to connect: the manager is busiest exactly
+/// when it resyncs.
+const PATIENCE: Duration = Duration::from_secs(60);
+
 async fn watch_tasks(
     addr: SocketAddr,
     admin: &std::path::Path,
 ) -> anyhow::Result<tonic::Streaming<shoal_proto::WatchMessage>> {
-    let channel = crate::process::channel(addr, admin).await?;
+    let channel = crate::process::channel_patiently(addr, admin, PATIENCE).await?;
     let mut client = WatchClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
     Ok(client
         .watch(WatchRequest {
@@ -157,7 +160,9 @@ async fn watch_tasks(
 }
 
 async fn list_tasks(addr: SocketAddr, admin: &std::path::Path) -> anyhow::Result<Vec<Task>> {
-    let mut c = control(addr, admin).await?;
+    let channel = crate::process::channel_patiently(addr, admin, PATIENCE).await?;
+    let mut c = shoal_proto::control_client::ControlClient::new(channel)
+        .max_decoding_message_size(256 * 1024 * 1024);
     Ok(c.list_tasks(ListTasksRequest::default())
         .await?
         .into_inner()
