@@ -155,6 +155,10 @@ mod unit {
             assert_eq!(budget.admit(now, GRACE, 20, &one), 1, "tick {tick}");
         }
         let now = t0 + Duration::from_millis(500 * MIN_BURST as u64);
-        assert_eq!(budget.admit(now, GRACE, 20, &one), 0, "sixth within a grace");
+        assert_eq!(
+            budget.admit(now, GRACE, 20, &one),
+            0,
+            "sixth within a grace"
+        );
     }
 }

@@ -194,7 +194,7 @@ impl Sessions {
         if candidates.is_empty() {
             return Expiry::default();
         }
-        candidates.sort_by(|a, b| b.silent_for.cmp(&a.silent_for));
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.silent_for));
         let silences: Vec<Duration> = candidates.iter().map(|c| c.silent_for).collect();
         let nodes = self.by_id.len() + self.awaiting.len();
         let admitted = self.budget.admit(now, grace, nodes, &silences);
@@ -429,7 +429,9 @@ mod unit {
         // Registered at last: the grace period counts from here.
         assert!(s.established("s1", t0 + GRACE * 10));
         assert!(s.expire(t0 + GRACE * 11, GRACE).expired.is_empty());
-        let expired = s.expire(t0 + GRACE * 11 + Duration::from_millis(1), GRACE).expired;
+        let expired = s
+            .expire(t0 + GRACE * 11 + Duration::from_millis(1), GRACE)
+            .expired;
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].silent_for, GRACE + Duration::from_millis(1));
         assert!(!s.established("s1", t0 + GRACE * 12), "gone once expired");
@@ -459,7 +461,9 @@ mod unit {
             .collect();
         assert_eq!(nodes, vec![("gone", false)]);
         assert!(
-            s.expire(t0 + Duration::from_millis(360), GRACE).expired.is_empty(),
+            s.expire(t0 + Duration::from_millis(360), GRACE)
+                .expired
+                .is_empty(),
             "reported once"
         );
     }
@@ -469,8 +473,13 @@ mod unit {
         let mut s = Sessions::default();
         let t0 = Instant::now();
         s.await_nodes(["slow".to_string()], t0, GRACE * 3);
-        assert!(s.expire(t0 + GRACE * 2, GRACE).expired.is_empty(), "still awaited");
-        let expired = s.expire(t0 + GRACE * 3 + Duration::from_millis(1), GRACE).expired;
+        assert!(
+            s.expire(t0 + GRACE * 2, GRACE).expired.is_empty(),
+            "still awaited"
+        );
+        let expired = s
+            .expire(t0 + GRACE * 3 + Duration::from_millis(1), GRACE)
+            .expired;
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].node_id, "slow");
         assert!(expired[0].silent_for > GRACE * 3);

@@ -8,9 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use shoal_proto::{Node, Task};
 
-use super::task::{
-    NodeFate, fate_on, is_global, is_live, is_terminal, never_assigned, node_state,
-};
+use super::task::{NodeFate, fate_on, is_global, is_live, is_terminal, never_assigned, node_state};
 use crate::store::{ChangeBatch, ChangeKind, MemState, Object};
 
 /// What changed since the last pass.
