@@ -200,6 +200,7 @@ async fn measure(manager: &BenchManager, args: &ScheduleArgs) -> anyhow::Result<
         channel_patiently(manager.addr, &manager.admin_dir(), Duration::from_secs(60)).await?;
     let mut control = ControlClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
     let cpu_before = manager.pid().and_then(cpu_seconds);
+    let harness_cpu_before = cpu_seconds(std::process::id());
 
     let perf = match (&args.perf_out, manager.pid()) {
         (Some(out), Some(pid)) => Some(Profiler::start(pid, out)?),
@@ -281,6 +282,11 @@ async fn measure(manager: &BenchManager, args: &ScheduleArgs) -> anyhow::Result<
     );
     if let (Some(before), Some(after)) = (cpu_before, manager.pid().and_then(cpu_seconds)) {
         figure("manager_cpu_s", format!("{:.1}", after - before));
+    }
+    // The hollow agents and the watch share the cores with the manager: what
+    // they used is CPU the manager did not have.
+    if let (Some(before), Some(after)) = (harness_cpu_before, cpu_seconds(std::process::id())) {
+        figure("harness_cpu_s", format!("{:.1}", after - before));
     }
     Ok(())
 }

@@ -9,6 +9,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use shoal_tests::bench::{converge, failover, footprint, recover, schedule};
 
+/// The allocator of the `shoal` binary, so the hollow agents cost what real
+/// agents cost: with glibc's malloc a third of the harness's samples were the
+/// allocator and its page faults, CPU taken from the manager it measures.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "shoal-bench",
