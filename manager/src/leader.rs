@@ -64,12 +64,20 @@ pub async fn run(
         }
         let unit = shutdown.child_token();
         let mut tasks = JoinSet::new();
-        tasks.spawn(orchestrator::run(
+        // The orchestrator hands its new tasks to the scheduler, which
+        // creates them already placed (scheduler::placer).
+        let (placer, placements) = scheduler::placer();
+        tasks.spawn(orchestrator::run_with_placer(
             store.clone(),
             config.orchestrator.clone(),
+            Some(placer),
             unit.clone(),
         ));
-        tasks.spawn(scheduler::run(store.clone(), unit.clone()));
+        tasks.spawn(scheduler::driver::run_with_placer(
+            store.clone(),
+            Some(placements),
+            unit.clone(),
+        ));
         let d = dispatcher.clone();
         let token = unit.clone();
         tasks.spawn(async move { d.run(token).await });

@@ -63,7 +63,15 @@ impl Dirty {
                             .or_default()
                             .insert(t.node_id.clone());
                     } else if change.kind == ChangeKind::Created && self.created.remove(&t.id) {
-                        // Our own creation, committed as decided.
+                        // Our own creation, committed as decided; the
+                        // scheduler may have placed it on the way, onto a
+                        // node that has since been lost.
+                        if !t.node_id.is_empty() {
+                            self.assigned
+                                .entry(t.service_id.clone())
+                                .or_default()
+                                .insert(t.node_id.clone());
+                        }
                     } else if change.kind != ChangeKind::Updated
                         || old.is_none_or(|old| affects_reconcile(old, t))
                     {
@@ -251,9 +259,28 @@ mod tests {
         dirty.creating("mine");
         created(&mut dirty, "mine");
         assert!(
-            dirty.is_empty(),
+            dirty.services.is_empty(),
             "the orchestrator's own creation, committed, is no news"
         );
+        assert_eq!(
+            dirty.assigned["svc"],
+            HashSet::from(["n1".to_string()]),
+            "but the node the scheduler placed it on must still keep it"
+        );
+        let mut unplaced = Dirty::default();
+        unplaced.creating("pending");
+        unplaced.note(&ChangeBatch {
+            index: 1,
+            changes: vec![Change {
+                kind: ChangeKind::Created,
+                object: Object::Task(Box::new(Task {
+                    node_id: String::new(),
+                    ..reported("pending", Pending)
+                })),
+                old: None,
+            }],
+        });
+        assert!(unplaced.is_empty(), "an unplaced creation of ours: nothing");
         created(&mut dirty, "mine");
         assert!(
             dirty.services.contains("svc"),

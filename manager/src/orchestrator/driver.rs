@@ -26,7 +26,8 @@ use super::update::has_stale_slots;
 use super::updater::{self, StartTimes, UpdateDone, UpdateOutcome, lock};
 use super::{Ctx, Op, reconcile_service};
 use crate::config::OrchestratorConfig;
-use crate::store::{Action, Applied, Object, Store, StoreError};
+use crate::scheduler::Placer;
+use crate::store::{Action, Applied, Object, Queued, Store, StoreError};
 
 /// Actions per proposal: one commit round trip creates a thousand tasks.
 const WRITE_BATCH: usize = 1000;
@@ -45,6 +46,17 @@ const START_TIME_GRACE: Duration = Duration::from_secs(30);
 
 /// Run the orchestrator until `shutdown` is cancelled (leadership lost).
 pub async fn run(store: Store, config: OrchestratorConfig, shutdown: CancellationToken) {
+    run_with_placer(store, config, None, shutdown).await
+}
+
+/// [`run`], handing batches of new tasks to the scheduler through `placer`
+/// so they are created already placed ([`crate::scheduler::placer`]).
+pub async fn run_with_placer(
+    store: Store,
+    config: OrchestratorConfig,
+    placer: Option<Placer>,
+    shutdown: CancellationToken,
+) {
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let mut driver = Driver {
         store,
@@ -57,6 +69,7 @@ pub async fn run(store: Store, config: OrchestratorConfig, shutdown: Cancellatio
         paused: HashMap::new(),
         done_tx,
         dirty: Dirty::default(),
+        placer,
     };
     tracing::info!("orchestrator started");
     driver.follow(done_rx).await;
@@ -89,6 +102,8 @@ struct Driver {
     paused: HashMap<String, u64>,
     done_tx: mpsc::UnboundedSender<UpdateDone>,
     dirty: Dirty,
+    /// The scheduler, which places and writes batches of new tasks.
+    placer: Option<Placer>,
 }
 
 impl Driver {
@@ -376,7 +391,11 @@ impl Driver {
             {
                 self.written(owners, result);
             }
-            match self.store.queue_each(chunk).await {
+            let queued = match self.hand_to_scheduler(chunk).await {
+                Ok(queued) => Ok(queued),
+                Err(chunk) => self.store.queue_each(chunk).await,
+            };
+            match queued {
                 Ok(queued) => in_flight.push_back(async move { (owners, queued.outcome().await) }),
                 Err(err) => self.written(owners, Err(err)),
             }
@@ -384,6 +403,34 @@ impl Driver {
         while let Some((owners, result)) = in_flight.next().await {
             self.written(owners, result);
         }
+    }
+
+    /// A batch of task creations goes to the scheduler, which writes the tasks
+    /// already placed; anything else (or no scheduler) comes back to be
+    /// written here. The batch keeps its order, so refused positions still
+    /// name their owners.
+    async fn hand_to_scheduler(&mut self, chunk: Vec<Action>) -> Result<Queued, Vec<Action>> {
+        let creations_only = chunk
+            .iter()
+            .all(|a| matches!(a, Action::Create(Object::Task(_))));
+        let Some(placer) = self.placer.as_ref().filter(|_| creations_only) else {
+            return Err(chunk);
+        };
+        let tasks = chunk
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Create(Object::Task(t)) => Some(*t),
+                _ => None,
+            })
+            .collect();
+        placer.create(tasks).await.map_err(|tasks| {
+            // The scheduler has stopped (leadership is ending): write PENDING.
+            self.placer = None;
+            tasks
+                .into_iter()
+                .map(|t| Action::Create(Object::Task(t.into())))
+                .collect()
+        })
     }
 
     /// Schedule a retry of the services whose writes were refused or failed:

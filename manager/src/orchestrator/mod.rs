@@ -37,7 +37,7 @@ use std::time::Instant;
 
 use shoal_proto::{Node, Service, Task, TaskState};
 
-pub use driver::run;
+pub use driver::{run, run_with_placer};
 use restart::RestartTracker;
 
 /// One decision of the pure core, for the driver to carry out.

@@ -7,15 +7,21 @@
 //! refused update only means the task changed meanwhile, and the change stream
 //! brings its new value, which the state reconciles; a failed proposal or a
 //! lagging subscription makes it re-read everything.
+//!
+//! It also serves the orchestrator's [`PlaceRequest`]s: new tasks placed on
+//! the current view and created already placed, in their own proposal whose
+//! outcome goes back to the orchestrator.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::placer::PlaceRequest;
 use super::state::SchedulerState;
 use crate::store::{Action, Applied, ChangeBatch, ChangeKind, Object, Store, StoreError};
 
@@ -39,6 +45,16 @@ type Changes = broadcast::Receiver<std::sync::Arc<ChangeBatch>>;
 
 /// Assign PENDING tasks to nodes until `shutdown` is cancelled.
 pub async fn run(store: Store, shutdown: CancellationToken) {
+    run_with_placer(store, None, shutdown).await
+}
+
+/// [`run`], also placing the new tasks that arrive on `placements` (see
+/// [`super::placer`]).
+pub async fn run_with_placer(
+    store: Store,
+    mut placements: Option<mpsc::Receiver<PlaceRequest>>,
+    shutdown: CancellationToken,
+) {
     let (state, changes) = load(&store);
     tracing::info!(
         nodes = state.node_count(),
@@ -61,7 +77,7 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
             Some(joined) = driver.in_flight.join_next(), if !driver.in_flight.is_empty() => {
                 let ok = match joined {
-                    Ok(result) => driver.on_committed(result),
+                    Ok(outcome) => driver.on_committed(outcome),
                     Err(e) => {
                         tracing::warn!(error = %e, "scheduler proposal task failed");
                         false
@@ -86,16 +102,56 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
                 }
                 Err(RecvError::Closed) => break,
             },
+            request = next_request(&mut placements), if placements.is_some() => match request {
+                Some(request) => driver.place(request),
+                None => placements = None,
+            },
             _ = sleep_until(wake_at), if wake_at.is_some() => {}
         }
     }
     tracing::info!("scheduler stopped");
 }
 
+async fn next_request(rx: &mut Option<mpsc::Receiver<PlaceRequest>>) -> Option<PlaceRequest> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => None,
+    }
+}
+
 async fn sleep_until(at: Option<Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at).await;
     }
+}
+
+/// One proposal of the scheduler's.
+struct Proposal {
+    actions: Vec<Action>,
+    /// For the creations of a [`PlaceRequest`]: their ids in order, and where
+    /// the outcome goes. Dropped unsent (a resync), the orchestrator reads
+    /// it as a failed write and reconciles again.
+    creations: Option<(Vec<String>, Reply)>,
+}
+
+/// Where the outcome of a [`PlaceRequest`]'s creations goes.
+type Reply = oneshot::Sender<Result<Applied, StoreError>>;
+
+impl Proposal {
+    fn updates(actions: Vec<Action>) -> Proposal {
+        Proposal {
+            actions,
+            creations: None,
+        }
+    }
+}
+
+/// What the driver keeps of a committed proposal.
+struct Outcome {
+    /// Refused actions, or the error of the whole proposal.
+    result: Result<usize, StoreError>,
+    /// New tasks whose creation was refused: no change will bring them.
+    refused_creations: Vec<String>,
 }
 
 /// A consistent snapshot of the nodes and relevant tasks, and the changes after it.
@@ -118,8 +174,8 @@ struct Driver {
     state: SchedulerState,
     changes: Changes,
     /// Proposals decided but not yet sent.
-    queue: VecDeque<Vec<Action>>,
-    in_flight: JoinSet<Result<Applied, StoreError>>,
+    queue: VecDeque<Proposal>,
+    in_flight: JoinSet<Outcome>,
     last_pass: Option<Instant>,
 }
 
@@ -180,17 +236,32 @@ impl Driver {
         }
         self.last_pass = Some(now);
         let decisions = self.state.schedule(shoal_proto::now_ms());
-        for t in &decisions.assigned {
-            tracing::debug!(task.id = %t.id, service.id = %t.service_id, node.id = %t.node_id, "task assigned");
-        }
-        if !decisions.assigned.is_empty() || decisions.unplaceable > 0 {
-            tracing::info!(
-                assigned = decisions.assigned.len(),
-                unplaceable = decisions.unplaceable,
-                elapsed_ms = now.elapsed().as_millis() as u64,
-                "scheduling pass"
-            );
-        }
+        log_pass(&decisions, &[], now);
+        self.queue_updates(decisions);
+        None
+    }
+
+    /// Place an orchestrator's new tasks (after the changes already waiting,
+    /// for the freshest view) and queue their creation.
+    fn place(&mut self, request: PlaceRequest) {
+        self.drain();
+        let now = Instant::now();
+        self.last_pass = Some(now);
+        let ids: Vec<String> = request.tasks.iter().map(|t| t.id.clone()).collect();
+        let (placed, decisions) = self.state.place_new(request.tasks, shoal_proto::now_ms());
+        log_pass(&decisions, &placed, now);
+        let actions = placed
+            .into_iter()
+            .map(|t| Action::Create(Object::Task(t.into())))
+            .collect();
+        self.queue.push_back(Proposal {
+            actions,
+            creations: Some((ids, request.reply)),
+        });
+        self.queue_updates(decisions);
+    }
+
+    fn queue_updates(&mut self, decisions: super::Decisions) {
         let mut updates = decisions
             .assigned
             .into_iter()
@@ -199,29 +270,52 @@ impl Driver {
             .map(|t| Action::Update(Object::Task(t.into())))
             .peekable();
         while updates.peek().is_some() {
-            self.queue.push_back(updates.by_ref().take(CHUNK).collect());
+            self.queue
+                .push_back(Proposal::updates(updates.by_ref().take(CHUNK).collect()));
         }
-        None
     }
 
     fn submit(&mut self) {
         while self.in_flight.len() < MAX_IN_FLIGHT
-            && let Some(actions) = self.queue.pop_front()
+            && let Some(proposal) = self.queue.pop_front()
         {
             let store = self.store.clone();
-            self.in_flight
-                .spawn(async move { store.propose_each(actions).await });
+            self.in_flight.spawn(async move {
+                let result = store.propose_each(proposal.actions).await;
+                let Some((ids, reply)) = proposal.creations else {
+                    return Outcome {
+                        result: result.map(|a| a.refused.len()),
+                        refused_creations: Vec::new(),
+                    };
+                };
+                let outcome = Outcome {
+                    result: match &result {
+                        Ok(a) => Ok(a.refused.len()),
+                        Err(e) => Err(e.clone()),
+                    },
+                    refused_creations: match &result {
+                        Ok(a) => a.refused.iter().map(|(pos, _)| ids[*pos].clone()).collect(),
+                        Err(_) => Vec::new(),
+                    },
+                };
+                // The orchestrator may have stopped meanwhile: nobody to tell.
+                let _ = reply.send(result);
+                outcome
+            });
         }
     }
 
     /// False when the proposal failed as a whole: the copy may now be wrong.
-    fn on_committed(&mut self, result: Result<Applied, StoreError>) -> bool {
-        match result {
-            Ok(applied) => {
-                if !applied.refused.is_empty() {
+    fn on_committed(&mut self, outcome: Outcome) -> bool {
+        for id in &outcome.refused_creations {
+            self.state.remove_task(id);
+        }
+        match outcome.result {
+            Ok(refused) => {
+                if refused > 0 {
                     tracing::debug!(
-                        refused = applied.refused.len(),
-                        "scheduler updates refused (tasks changed meanwhile)"
+                        refused,
+                        "scheduler writes refused (tasks changed meanwhile)"
                     );
                 }
                 true
@@ -237,3 +331,28 @@ impl Driver {
 #[cfg(test)]
 #[path = "driver_tests.rs"]
 mod tests;
+
+/// The scheduler's one line per pass (the benchmark counts them), and a debug
+/// line per assignment; `created` are the new tasks the pass placed.
+fn log_pass(decisions: &super::Decisions, created: &[shoal_proto::Task], started: Instant) {
+    let created_assigned = created
+        .iter()
+        .filter(|t| !t.node_id.is_empty() && !super::nodeinfo::is_schedulable(t));
+    for t in decisions
+        .assigned
+        .iter()
+        .map(|t| &**t)
+        .chain(created_assigned.clone())
+    {
+        tracing::debug!(task.id = %t.id, service.id = %t.service_id, node.id = %t.node_id, "task assigned");
+    }
+    let assigned = decisions.assigned.len() + created_assigned.count();
+    if assigned > 0 || decisions.unplaceable > 0 {
+        tracing::info!(
+            assigned,
+            unplaceable = decisions.unplaceable,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "scheduling pass"
+        );
+    }
+}

@@ -130,3 +130,118 @@ async fn commits_large_batches_in_chunks() {
     shutdown.cancel();
     handle.await.unwrap();
 }
+
+fn start_with_placer(
+    store: &Store,
+) -> (
+    crate::scheduler::Placer,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let (placer, placements) = crate::scheduler::placer();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(run_with_placer(
+        store.clone(),
+        Some(placements),
+        shutdown.clone(),
+    ));
+    (placer, shutdown, handle)
+}
+
+#[tokio::test]
+async fn new_tasks_handed_over_are_written_once_already_placed() {
+    let store = Store::in_memory();
+    create(&store, nodes(&["a", "b"])).await;
+    let (placer, shutdown, handle) = start_with_placer(&store);
+    let mut changes = store.subscribe();
+    let mut constrained = pending("east", "svc");
+    constrained.spec.as_mut().unwrap().placement = Some(shoal_proto::Placement {
+        constraints: vec!["node.labels.zone==east".into()],
+        ..Default::default()
+    });
+    let fresh: Vec<Task> = (0..4)
+        .map(|i| pending(&format!("t{i}"), "svc"))
+        .chain([constrained])
+        .collect();
+    let Ok(queued) = placer.create(fresh).await else {
+        panic!("the scheduler is running");
+    };
+    let applied = queued.outcome().await.expect("committed");
+    assert!(applied.refused.is_empty());
+
+    let all: Vec<Task> = store.read(|s| s.tasks().cloned().collect());
+    assert_eq!(all.len(), 5);
+    let assigned: Vec<&Task> = all
+        .iter()
+        .filter(|t| state_of(t) == TaskState::Assigned)
+        .collect();
+    assert_eq!(assigned.len(), 4);
+    assert_eq!(assigned.iter().filter(|t| t.node_id == "a").count(), 2);
+    let east = store.read(|s| s.task("east").cloned()).unwrap();
+    assert_eq!(state_of(&east), TaskState::Pending);
+    let message = east
+        .status
+        .as_ref()
+        .map(|s| s.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("do not satisfy constraint node.labels.zone==east"),
+        "the reason is written with the task: {east:?}"
+    );
+    // One change per task, a creation: no second write to assign it.
+    let mut writes = 0;
+    while let Ok(batch) = changes.try_recv() {
+        for c in &batch.changes {
+            assert_eq!(c.kind, crate::store::ChangeKind::Created, "{c:?}");
+            writes += 1;
+        }
+    }
+    assert_eq!(writes, 5);
+    shutdown.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_creation_gives_its_place_back() {
+    let store = Store::in_memory();
+    create(&store, nodes(&["a"])).await;
+    // A task of that id exists already (finished, so the scheduler ignores it).
+    let mut done = pending("dup", "other");
+    done.status.as_mut().unwrap().state = TaskState::Complete as i32;
+    done.desired_state = TaskState::Shutdown as i32;
+    create(&store, vec![Object::Task(done.into())]).await;
+    let (placer, shutdown, handle) = start_with_placer(&store);
+    let one_per_node = |id: &str| {
+        let mut t = pending(id, "svc");
+        t.spec.as_mut().unwrap().placement = Some(shoal_proto::Placement {
+            max_replicas: 1,
+            ..Default::default()
+        });
+        t
+    };
+    let Ok(queued) = placer.create(vec![one_per_node("dup")]).await else {
+        panic!("the scheduler is running");
+    };
+    let applied = queued.outcome().await.expect("committed");
+    assert_eq!(applied.refused.len(), 1, "the id is taken");
+    // The refused task held node a's only place for svc: it must be free again.
+    let Ok(queued) = placer.create(vec![one_per_node("next")]).await else {
+        panic!("the scheduler is running");
+    };
+    queued.outcome().await.expect("committed");
+    let next = store.read(|s| s.task("next").cloned()).unwrap();
+    assert_eq!(state_of(&next), TaskState::Assigned, "{next:?}");
+    assert_eq!(next.node_id, "a");
+    shutdown.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stopped_scheduler_gives_the_tasks_back() {
+    let store = Store::in_memory();
+    let (placer, shutdown, handle) = start_with_placer(&store);
+    shutdown.cancel();
+    handle.await.unwrap();
+    let back = placer.create(vec![pending("t", "svc")]).await;
+    assert!(matches!(back, Err(tasks) if tasks.len() == 1 && tasks[0].id == "t"));
+}

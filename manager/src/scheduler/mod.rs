@@ -13,6 +13,8 @@
 //! - [`pass`]: one scheduling pass over the pending tasks, grouping identical ones.
 //! - [`driver`]: [`run`], the leader-only loop that follows the store, runs passes
 //!   and commits decisions in batches.
+//! - [`placer`]: the orchestrator's new tasks, placed before they are written,
+//!   so a task is created already ASSIGNED (one write instead of two).
 //! - [`fasthash`]: the hasher of the internal id-keyed maps.
 //!
 //! Everything but the driver is pure and tested on plain data.
@@ -22,6 +24,7 @@ pub mod fasthash;
 pub mod filters;
 pub mod nodeinfo;
 pub mod pass;
+pub mod placer;
 pub mod spread;
 pub mod state;
 
@@ -29,4 +32,5 @@ pub use driver::run;
 pub use filters::{Rejection, Requirements, explain};
 pub use nodeinfo::NodeInfo;
 pub use pass::{ASSIGNED_MESSAGE, Decisions};
+pub use placer::{PlaceRequest, Placer, placer};
 pub use state::SchedulerState;

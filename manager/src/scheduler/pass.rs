@@ -69,6 +69,51 @@ impl SchedulerState {
         out
     }
 
+    /// Place tasks that are not in the store yet (the orchestrator's
+    /// creations) together with whatever else is waiting. Returns the new
+    /// tasks in the order given, each ASSIGNED or still PENDING with the
+    /// message that says why, to be created as they are; and the decisions
+    /// about the tasks that already exist. The new tasks are in the state as
+    /// if their creation had been seen: a refused creation must be taken out
+    /// again with [`SchedulerState::remove_task`].
+    pub fn place_new(&mut self, tasks: Vec<Task>, now_ms: i64) -> (Vec<Task>, Decisions) {
+        for t in &tasks {
+            self.upsert_task(t);
+        }
+        let mut decisions = self.schedule(now_ms);
+        let mut decided: FastMap<String, Task> = FastMap::default();
+        decided.reserve(tasks.len());
+        for t in &tasks {
+            decided.insert(t.id.clone(), Task::default());
+        }
+        let mut others = Vec::with_capacity(decisions.assigned.len());
+        for t in decisions.assigned.drain(..) {
+            match decided.get_mut(&t.id) {
+                Some(slot) => *slot = *t,
+                None => others.push(t),
+            }
+        }
+        decisions.assigned = others;
+        decisions
+            .messages
+            .retain_mut(|t| match decided.get_mut(&t.id) {
+                Some(slot) => {
+                    *slot = std::mem::take(t);
+                    false
+                }
+                None => true,
+            });
+        let placed = tasks
+            .into_iter()
+            .map(|t| match decided.remove(&t.id) {
+                Some(d) if !d.id.is_empty() => d,
+                // Not schedulable, or left PENDING with its message unchanged.
+                _ => t,
+            })
+            .collect();
+        (placed, decisions)
+    }
+
     /// Move the tasks to try out of the pending map, grouped. Each one either
     /// gets assigned or goes back through [`SchedulerState::leave_pending`].
     fn take_groups(&mut self, retry_all: bool) -> Vec<Group> {

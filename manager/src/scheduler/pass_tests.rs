@@ -339,6 +339,50 @@ fn tasks_being_stopped_keep_their_host_port() {
 /// placed in one pass, evenly. Not timed (debug builds are slow); the timing
 /// lives in the benchmark harness.
 #[test]
+fn new_tasks_come_back_placed_in_their_order_and_the_others_as_decisions() {
+    let mut s = state(&[node("a", &[]), node("b", &[])], &[pending("old", "svc")]);
+    let fresh = vec![
+        pending("n1", "svc"),
+        with_placement(pending("n2", "other"), &["node.labels.zone==east"], &[], 0),
+        pending("n3", "svc"),
+    ];
+    let (placed, decisions) = s.place_new(fresh, 7);
+    let ids: Vec<&str> = placed.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["n1", "n2", "n3"], "the order given");
+    for t in [&placed[0], &placed[2]] {
+        assert_eq!(t.status.as_ref().unwrap().state(), TaskState::Assigned);
+        assert_eq!(t.status.as_ref().unwrap().message, ASSIGNED_MESSAGE);
+        assert!(!t.node_id.is_empty());
+    }
+    assert_eq!(
+        placed[1].status.as_ref().unwrap().state(),
+        TaskState::Pending
+    );
+    assert_eq!(
+        placed[1].status.as_ref().unwrap().message,
+        "no suitable node (2 nodes do not satisfy constraint node.labels.zone==east)"
+    );
+    // The task already in the store is decided as before, as an update.
+    let others: Vec<&str> = decisions.assigned.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(others, ["old"]);
+    assert!(
+        decisions.messages.is_empty(),
+        "n2's message is in its creation"
+    );
+    // The new tasks count as placed: three of svc's tasks over two nodes.
+    let counts: Vec<u32> = ["a", "b"]
+        .iter()
+        .map(|n| s.node_info(n).unwrap().service_tasks("svc"))
+        .collect();
+    assert_eq!(counts.iter().sum::<u32>(), 3, "{counts:?}");
+    assert!(counts.iter().all(|&c| c >= 1), "{counts:?}");
+    assert!(
+        !s.needs_pass(),
+        "n2 was tried: no pass until something changes"
+    );
+}
+
+#[test]
 fn places_100k_tasks_on_1k_nodes_evenly() {
     let nodes: Vec<Node> = (0..1000)
         .map(|i| node(&format!("node-{i:04}"), &[]))

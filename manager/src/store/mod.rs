@@ -363,6 +363,12 @@ impl Store {
 pub struct Queued(oneshot::Receiver<Result<Applied, StoreError>>);
 
 impl Queued {
+    /// A proposal queued on our behalf by another component, which answers
+    /// with its outcome (a dropped sender reads as [`StoreError::Stopped`]).
+    pub fn from_receiver(rx: oneshot::Receiver<Result<Applied, StoreError>>) -> Queued {
+        Queued(rx)
+    }
+
     /// The proposal's outcome, once committed (or failed).
     pub async fn outcome(self) -> Result<Applied, StoreError> {
         self.0.await.map_err(|_| StoreError::Stopped)?
