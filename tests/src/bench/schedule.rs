@@ -266,6 +266,11 @@ async fn measure(manager: &BenchManager, args: &ScheduleArgs) -> anyhow::Result<
         figure("time_to_running_ms", ms(d));
     }
     figure("watch_resyncs", marks.resyncs);
+    // Until every task ran: creations, assignments and the agents' reports.
+    figure(
+        "task_writes_per_task",
+        format!("{:.2}", marks.events as f64 / args.tasks.max(1) as f64),
+    );
 
     let passes = scheduler_passes(&manager.log());
     figure("scheduler_passes", passes.passes);

@@ -58,6 +58,8 @@ pub struct Milestones {
     pub assigned: Option<Instant>,
     pub running: Option<Instant>,
     pub resyncs: u32,
+    /// Task events the watch delivered: the manager's writes per task, in all.
+    pub events: u64,
 }
 
 /// Follow task events until `expected` tasks run, or `timeout`. `ready` is told
@@ -100,6 +102,7 @@ pub async fn follow(
             };
             match next {
                 Some(Ok(msg)) => {
+                    marks.events += msg.events.len() as u64;
                     for event in msg.events {
                         if let Some(Object::Task(task)) = event.object.and_then(|o| o.object) {
                             observe(&mut counts, &task);
