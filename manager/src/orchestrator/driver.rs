@@ -41,6 +41,8 @@ const MAX_IN_FLIGHT: usize = 8;
 const CONFLICT_RETRY: Duration = Duration::from_millis(20);
 /// Pause before retrying after the store refused a whole proposal.
 const ERROR_RETRY: Duration = Duration::from_millis(500);
+/// A pass that decides for this long is logged at info even if it writes nothing.
+const SLOW_PASS: Duration = Duration::from_millis(10);
 /// Start times set by updaters survive this long before their task exists.
 const START_TIME_GRACE: Duration = Duration::from_secs(30);
 
@@ -256,7 +258,18 @@ impl Driver {
             );
             ops.extend(planned.into_iter().map(|op| (id.clone(), op)));
         }
-        self.write(ops).await;
+        let decided = now.elapsed();
+        let services = work.len();
+        let writes = self.write(ops).await;
+        let written = now.elapsed() - decided;
+        // One line per pass that wrote or took long (the benchmark sums them
+        // into its orchestrator phase); the rest at debug.
+        let (decide_ms, write_ms) = (ms(decided), ms(written));
+        if writes > 0 || decided >= SLOW_PASS {
+            tracing::info!(services, writes, decide_ms, write_ms, "orchestrator pass");
+        } else {
+            tracing::debug!(services, writes, decide_ms, write_ms, "orchestrator pass");
+        }
     }
 
     /// Forget start times of tasks that no longer wait for one; returns a copy
@@ -335,8 +348,9 @@ impl Driver {
     }
 
     /// Carry out the ops: timers in memory, task writes in batches. Services
-    /// whose writes were refused are reconciled again shortly.
-    async fn write(&mut self, ops: Vec<(String, Op)>) {
+    /// whose writes were refused are reconciled again shortly. Returns the
+    /// number of task writes.
+    async fn write(&mut self, ops: Vec<(String, Op)>) -> usize {
         let mut actions: Vec<(String, Action)> = Vec::with_capacity(ops.len());
         // One info line per service and pass; a line per task (a 100k-replica
         // create would write 100k of them) only at debug.
@@ -381,6 +395,7 @@ impl Driver {
         for (service_id, (created, changed)) in counts {
             tracing::info!(service.id = %service_id, created, desired_changed = changed, "writing tasks");
         }
+        let writes = actions.len();
         // Proposals are queued in order (a service's ops keep their order in
         // the log) with a few in flight; all commit before the next reconcile
         // reads the store, so no decision is made twice.
@@ -403,6 +418,7 @@ impl Driver {
         while let Some((owners, result)) = in_flight.next().await {
             self.written(owners, result);
         }
+        writes
     }
 
     /// A batch of task creations goes to the scheduler, which writes the tasks
@@ -454,6 +470,11 @@ impl Driver {
             }
         }
     }
+}
+
+/// Milliseconds with two decimals, for log fields.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
 /// Split `actions` into proposals of at most [`WRITE_BATCH`] actions and about

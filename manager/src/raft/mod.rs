@@ -28,6 +28,7 @@ mod snapshot;
 mod storage;
 mod transport;
 mod unwritten;
+pub mod work;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -315,6 +316,7 @@ fn open(
         conf_waiters: HashMap::new(),
         next_conf_waiter: 0,
         unwritten: Default::default(),
+        work: Default::default(),
         written_applied: applied,
         durable_applied: applied,
         dirty: false,

@@ -29,6 +29,7 @@ use super::disk::{MAX_ENTRY_BYTES, STATE_PIECE_BYTES};
 use super::service::{Inbound, Transport};
 use super::storage::SledStorage;
 use super::unwritten::Unwritten;
+use super::work::{Phase, Work};
 use super::{GroupView, RaftError, RaftStatus, snapshot};
 use crate::store::{Applied, Leadership, ProposeRequest, Store, StoreError};
 
@@ -60,6 +61,8 @@ pub(crate) struct Node {
     pub(crate) next_conf_waiter: u64,
     /// Applied changes not yet written to the state tree.
     pub(crate) unwritten: Unwritten,
+    /// Time spent per phase, logged about once a second.
+    pub(crate) work: Work,
     /// Applied index last written to the state tree.
     pub(crate) written_applied: u64,
     /// Applied index known durable (written before the last flush).
@@ -108,6 +111,7 @@ impl Node {
                         self.fail(err);
                         break;
                     }
+                    self.work.log_if_due();
                 }
                 Some(first) = self.inbound.recv() => {
                     self.step(first);
@@ -213,9 +217,14 @@ impl Node {
                 tracing::info!(index, "installed raft snapshot from the leader");
             }
 
-            self.apply_entries(rd.take_committed_entries())?;
+            let committed = rd.take_committed_entries();
+            let mut applied = committed.len();
+            let started = Instant::now();
+            self.apply_entries(committed)?;
+            self.work.add(Phase::Apply, started.elapsed());
 
             let must_flush = installed_snapshot || !rd.entries().is_empty() || rd.hs().is_some();
+            let started = Instant::now();
             self.raw.mut_store().append(rd.entries())?;
             if let Some(hs) = rd.hs() {
                 self.raw.mut_store().set_hard_state(hs)?;
@@ -223,6 +232,7 @@ impl Node {
             if must_flush {
                 self.flush()?;
             }
+            self.work.add(Phase::Persist, started.elapsed());
             self.transport.send(rd.take_persisted_messages());
 
             let mut light = self.raw.advance(rd);
@@ -232,7 +242,12 @@ impl Node {
                 self.dirty = true;
             }
             self.transport.send(light.take_messages());
-            self.apply_entries(light.take_committed_entries())?;
+            let committed = light.take_committed_entries();
+            applied += committed.len();
+            let started = Instant::now();
+            self.apply_entries(committed)?;
+            self.work.add(Phase::Apply, started.elapsed());
+            self.work.cycle(applied);
             self.raw.advance_apply();
             self.answer_reads();
 
@@ -345,7 +360,13 @@ impl Node {
             self.snapshot_interval,
             objects,
         );
-        if due { self.checkpoint() } else { Ok(()) }
+        if !due {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let written = self.checkpoint();
+        self.work.add(Phase::Checkpoint, started.elapsed());
+        written
     }
 
     /// Write the whole applied state and its index in one batch.

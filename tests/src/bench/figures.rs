@@ -124,6 +124,25 @@ pub fn scheduler_passes(log: &str) -> SchedulerPasses {
     sum
 }
 
+/// The sums of numeric fields over the log lines whose message is `message`
+/// (`name=value` pairs after it; lines missing a field count it as 0), and
+/// how many such lines there were.
+pub fn sum_fields<const N: usize>(log: &str, message: &str, fields: [&str; N]) -> (u64, [f64; N]) {
+    let mut sums = [0.0; N];
+    let mut lines = 0;
+    for line in log.lines().filter(|l| l.contains(message)) {
+        let clean = strip_ansi(line);
+        lines += 1;
+        for (sum, name) in sums.iter_mut().zip(fields) {
+            *sum += clean
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+    }
+    (lines, sums)
+}
+
 /// A Raft event of a manager log, with the line's wall-clock time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RaftEvent {
@@ -216,6 +235,21 @@ pub fn ratio(a: u128, b: u128) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_the_fields_of_matching_lines() {
+        let log = "\
+2026-12-03T17:00:00Z  INFO shoal_manager::raft::work: raft work cycles=3 entries=10 apply_ms=1.5 persist_ms=2
+2026-12-03T17:00:01Z  INFO shoal_manager::orchestrator::driver: orchestrator pass services=2 writes=5 decide_ms=4.25
+2026-12-03T17:00:01Z  INFO shoal_manager::raft::work: raft work cycles=1 entries=2 apply_ms=0.5 persist_ms=1 checkpoint_ms=7
+";
+        let (lines, [cycles, apply, checkpoint]) =
+            sum_fields(log, "raft work", ["cycles", "apply_ms", "checkpoint_ms"]);
+        assert_eq!(lines, 2);
+        assert_eq!((cycles, apply, checkpoint), (4.0, 2.0, 7.0));
+        let (lines, [decide]) = sum_fields(log, "orchestrator pass", ["decide_ms"]);
+        assert_eq!((lines, decide), (1, 4.25));
+    }
 
     #[test]
     fn percentile_by_nearest_rank() {

@@ -19,6 +19,7 @@ use super::cluster::{BenchCluster, Settled};
 use super::daemons::BenchManager;
 use super::figures::{
     LagProbe, RaftEventKind, figure, ms, nodes_marked_down, note, raft_events, scheduler_passes,
+    sum_fields,
 };
 use super::tasks::follow;
 use crate::agents::HollowAgent;
@@ -56,7 +57,8 @@ impl Default for ScheduleArgs {
 /// creates at info, which would cost more than the scheduling being measured;
 /// only the scheduler's one line per pass and raft-rs's few lines on roles
 /// and elections are kept.
-pub const BENCH_LOG: &str = "warn,shoal_manager::scheduler=info,raft::raft=info";
+pub const BENCH_LOG: &str = "warn,shoal_manager::scheduler=info,raft::raft=info,\
+shoal_manager::orchestrator::driver=info,shoal_manager::raft::work=info";
 
 pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.managers > 0, "--managers must be above 0");
@@ -218,6 +220,8 @@ async fn measure(manager: &BenchManager, args: &ScheduleArgs) -> anyhow::Result<
         .await
         .map_err(|_| anyhow::anyhow!("the task watch did not start"))?;
 
+    // The phase figures come from the log lines written from here on.
+    let log_start = manager.log().len();
     let start = Instant::now();
     for (i, replicas) in split(args.tasks, args.services).into_iter().enumerate() {
         let spec = ServiceSpec {
@@ -276,15 +280,8 @@ async fn measure(manager: &BenchManager, args: &ScheduleArgs) -> anyhow::Result<
     figure("scheduler_passes", passes.passes);
     figure("scheduler_pass_total_ms", passes.elapsed_ms);
     figure("scheduler_pass_max_ms", passes.max_pass_ms);
-    figure(
-        "orchestrator_ms",
-        "not instrumented (tasks exist at time_to_created_ms)",
-    );
-    figure("raft_commit_ms", "not instrumented");
-    figure(
-        "dispatch_ms",
-        "not instrumented (time_to_running_ms - time_to_assigned_ms bounds it)",
-    );
+    let log = manager.log();
+    phase_figures(log.get(log_start..).unwrap_or(""), assigned, running);
     if let (Some(before), Some(after)) = (cpu_before, manager.pid().and_then(cpu_seconds)) {
         figure("manager_cpu_s", format!("{:.1}", after - before));
     }
@@ -294,6 +291,37 @@ async fn measure(manager: &BenchManager, args: &ScheduleArgs) -> anyhow::Result<
         figure("harness_cpu_s", format!("{:.1}", after - before));
     }
     Ok(())
+}
+
+/// The per-phase breakdown, from the manager's log lines of the measured
+/// phase: the orchestrator's passes (deciding, then awaiting its writes'
+/// commits), the Raft task's work (summed per second, so the first and last
+/// seconds may hold some work from just outside the phase), and dispatch,
+/// bounded by the time from every task assigned to every task running.
+fn phase_figures(log: &str, assigned: Option<Duration>, running: Option<Duration>) {
+    let (passes, [decide, write]) = sum_fields(log, "orchestrator pass", ["decide_ms", "write_ms"]);
+    figure("orchestrator_passes", passes);
+    figure("orchestrator_decide_ms", format!("{decide:.0}"));
+    figure("orchestrator_write_wait_ms", format!("{write:.0}"));
+    let (_, [cycles, entries, apply, persist, checkpoint]) = sum_fields(
+        log,
+        "raft work",
+        [
+            "cycles",
+            "entries",
+            "apply_ms",
+            "persist_ms",
+            "checkpoint_ms",
+        ],
+    );
+    figure("raft_cycles", cycles);
+    figure("raft_entries", entries);
+    figure("raft_apply_ms", format!("{apply:.0}"));
+    figure("raft_persist_ms", format!("{persist:.0}"));
+    figure("raft_checkpoint_ms", format!("{checkpoint:.0}"));
+    if let (Some(a), Some(r)) = (assigned, running) {
+        figure("dispatch_to_running_ms", ms(r.saturating_sub(a)));
+    }
 }
 
 /// `perf record` with DWARF call graphs (release builds keep no frame
