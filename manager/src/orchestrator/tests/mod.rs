@@ -1,10 +1,11 @@
 //! Driver scenarios on `Store::in_memory()`: the test plays scheduler and agent
 //! by writing task states by hand, and waits for the orchestrator with
 //! deadlines, never fixed sleeps. This file holds the harness; the scenarios
-//! live in [`lifecycle`] (scaling, restarts, nodes, removal, history) and
-//! [`updates`] (rolling updates).
+//! live in [`lifecycle`] (scaling, restarts, nodes, removal, history),
+//! [`updates`] (rolling updates) and [`placed`] (with the real scheduler).
 
 mod lifecycle;
+mod placed;
 mod updates;
 
 use std::collections::{HashMap, HashSet};
@@ -26,6 +27,7 @@ pub(super) struct Harness {
     pub(super) store: Store,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
+    scheduler: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Harness {
@@ -44,6 +46,35 @@ impl Harness {
             store,
             shutdown,
             handle,
+            scheduler: None,
+        }
+    }
+
+    /// The orchestrator with the real scheduler beside it, wired as on a
+    /// leader: new tasks go to the scheduler to be created already placed.
+    pub(super) fn with_scheduler(history: usize) -> Harness {
+        let store = Store::in_memory();
+        let shutdown = CancellationToken::new();
+        let config = OrchestratorConfig {
+            task_history_limit: history,
+        };
+        let (placer, placements) = crate::scheduler::placer();
+        let handle = tokio::spawn(super::run_with_placer(
+            store.clone(),
+            config,
+            Some(placer),
+            shutdown.clone(),
+        ));
+        let scheduler = tokio::spawn(crate::scheduler::driver::run_with_placer(
+            store.clone(),
+            Some(placements),
+            shutdown.clone(),
+        ));
+        Harness {
+            store,
+            shutdown,
+            handle,
+            scheduler: Some(scheduler),
         }
     }
 
@@ -53,6 +84,12 @@ impl Harness {
             .await
             .expect("the orchestrator stops when cancelled")
             .expect("the orchestrator does not panic");
+        if let Some(scheduler) = self.scheduler {
+            tokio::time::timeout(DEADLINE, scheduler)
+                .await
+                .expect("the scheduler stops when cancelled")
+                .expect("the scheduler does not panic");
+        }
     }
 
     /// Poll `f` over the tables until it yields, or fail naming `what`.
