@@ -36,7 +36,7 @@ const WRITE_BATCH: usize = 1000;
 const WRITE_BATCH_BYTES: usize = 1 << 20;
 /// Proposals awaiting commit at once, as many as the scheduler has
 /// ([`crate::scheduler::driver::MAX_IN_FLIGHT`] says why).
-const MAX_IN_FLIGHT: usize = 8;
+const MAX_IN_FLIGHT: usize = 16;
 /// Pause before retrying services whose writes were refused (lost a race).
 const CONFLICT_RETRY: Duration = Duration::from_millis(20);
 /// Pause before retrying after the store refused a whole proposal.

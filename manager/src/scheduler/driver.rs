@@ -30,11 +30,11 @@ pub const CHUNK: usize = 1000;
 /// Proposals awaiting commit at once. The raft task takes every proposal
 /// queued by its next cycle into one append and one fsync, so more in flight
 /// means fewer, larger cycles (with three managers, fewer network round
-/// trips and follower fsyncs too). At 1,000 × 100k, 8 against 4: 1.22× with
-/// one manager, 1.17× with three. 16 gave 1.37× and 1.45× there, but at
-/// 5,000 nodes its bursts starved the agents' heartbeats and 1,400–3,200
-/// healthy nodes were marked DOWN (docs/BENCHMARKS.md, 2026-12-03).
-pub const MAX_IN_FLIGHT: usize = 8;
+/// trips and follower fsyncs too). At 1,000 × 100k, 16 against 8: 1.13×
+/// with one manager, 1.15× with three, 1.23× at 5,000 nodes, no node marked
+/// DOWN. (16 once marked thousands of healthy nodes DOWN at 5,000 nodes: the
+/// hollow agents' allocator starved them; docs/BENCHMARKS.md, 2026-12-03.)
+pub const MAX_IN_FLIGHT: usize = 16;
 /// Passes that only retry tasks that failed before run at most this often, so
 /// a churn of task ends cannot turn into a hot loop over unplaceable tasks.
 const RETRY_INTERVAL: Duration = Duration::from_millis(100);
