@@ -310,16 +310,10 @@ impl MemState {
             }
         }
         if new_service {
-            self.tasks_by_service
-                .entry(task.service_id.clone())
-                .or_default()
-                .insert(task.id.clone());
+            attach(&mut self.tasks_by_service, &task.service_id, &task.id);
         }
         if new_node && !task.node_id.is_empty() {
-            self.tasks_by_node
-                .entry(task.node_id.clone())
-                .or_default()
-                .insert(task.id.clone());
+            attach(&mut self.tasks_by_node, &task.node_id, &task.id);
         }
         match self.tasks.get_mut(&task.id) {
             Some(slot) => Some(std::mem::replace(slot, task)),
@@ -387,6 +381,19 @@ impl MemState {
 /// The name a service is known by.
 pub fn service_name(service: &Service) -> &str {
     service.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")
+}
+
+/// Add `id` under `key`; the key is copied only the first time it is seen
+/// (a service's ten thousand creations share one entry).
+fn attach(index: &mut FastMap<String, BTreeSet<String>>, key: &str, id: &str) {
+    match index.get_mut(key) {
+        Some(set) => {
+            set.insert(id.to_string());
+        }
+        None => {
+            index.insert(key.to_string(), BTreeSet::from([id.to_string()]));
+        }
+    }
 }
 
 fn detach(index: &mut FastMap<String, BTreeSet<String>>, key: &str, id: &str) {
