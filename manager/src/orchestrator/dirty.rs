@@ -58,19 +58,13 @@ impl Dirty {
                     if change.kind == ChangeKind::Updated
                         && old.is_some_and(|old| is_assignment(old, t))
                     {
-                        self.assigned
-                            .entry(t.service_id.clone())
-                            .or_default()
-                            .insert(t.node_id.clone());
+                        self.note_assigned(t);
                     } else if change.kind == ChangeKind::Created && self.created.remove(&t.id) {
                         // Our own creation, committed as decided; the
                         // scheduler may have placed it on the way, onto a
                         // node that has since been lost.
                         if !t.node_id.is_empty() {
-                            self.assigned
-                                .entry(t.service_id.clone())
-                                .or_default()
-                                .insert(t.node_id.clone());
+                            self.note_assigned(t);
                         }
                     } else if change.kind != ChangeKind::Updated
                         || old.is_none_or(|old| affects_reconcile(old, t))
@@ -91,6 +85,23 @@ impl Dirty {
                 }
                 // Other kinds (cluster settings, ...) change no reconcile decision.
                 _ => {}
+            }
+        }
+    }
+
+    /// `t` went to its node: its service is reconciled only if that node
+    /// cannot keep it. Copies the ids only the first time (a batch holds
+    /// thousands of tasks of one service over a few nodes).
+    fn note_assigned(&mut self, t: &Task) {
+        match self.assigned.get_mut(&t.service_id) {
+            Some(nodes) => {
+                if !nodes.contains(&t.node_id) {
+                    nodes.insert(t.node_id.clone());
+                }
+            }
+            None => {
+                self.assigned
+                    .insert(t.service_id.clone(), HashSet::from([t.node_id.clone()]));
             }
         }
     }

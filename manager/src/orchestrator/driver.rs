@@ -264,7 +264,7 @@ impl Driver {
         let written = now.elapsed() - decided;
         // One line per pass that wrote or took long (the benchmark sums them
         // into its orchestrator phase); the rest at debug.
-        let (decide_ms, write_ms) = (ms(decided), ms(written));
+        let (decide_ms, write_ms) = (decided.as_millis() as u64, written.as_millis() as u64);
         if writes > 0 || decided >= SLOW_PASS {
             tracing::info!(services, writes, decide_ms, write_ms, "orchestrator pass");
         } else {
@@ -470,11 +470,6 @@ impl Driver {
             }
         }
     }
-}
-
-/// Milliseconds with two decimals, for log fields.
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
 /// Split `actions` into proposals of at most [`WRITE_BATCH`] actions and about
