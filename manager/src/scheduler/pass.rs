@@ -81,15 +81,13 @@ impl SchedulerState {
             self.upsert_task(t);
         }
         let mut decisions = self.schedule(now_ms);
-        let mut decided: FastMap<String, Task> = FastMap::default();
-        decided.reserve(tasks.len());
-        for t in &tasks {
-            decided.insert(t.id.clone(), Task::default());
-        }
+        // The pass's decision for each new task, if it made one.
+        let mut decided: FastMap<String, Option<Task>> =
+            tasks.iter().map(|t| (t.id.clone(), None)).collect();
         let mut others = Vec::with_capacity(decisions.assigned.len());
         for t in decisions.assigned.drain(..) {
             match decided.get_mut(&t.id) {
-                Some(slot) => *slot = *t,
+                Some(slot) => *slot = Some(*t),
                 None => others.push(t),
             }
         }
@@ -98,18 +96,15 @@ impl SchedulerState {
             .messages
             .retain_mut(|t| match decided.get_mut(&t.id) {
                 Some(slot) => {
-                    *slot = std::mem::take(t);
+                    *slot = Some(std::mem::take(t));
                     false
                 }
                 None => true,
             });
         let placed = tasks
             .into_iter()
-            .map(|t| match decided.remove(&t.id) {
-                Some(d) if !d.id.is_empty() => d,
-                // Not schedulable, or left PENDING with its message unchanged.
-                _ => t,
-            })
+            // Undecided: not schedulable, or left PENDING with its message unchanged.
+            .map(|t| decided.remove(&t.id).flatten().unwrap_or(t))
             .collect();
         (placed, decisions)
     }
