@@ -23,6 +23,7 @@ pub mod faults;
 pub mod membership;
 mod node;
 mod node_group;
+mod own;
 mod service;
 mod snapshot;
 mod storage;
@@ -322,6 +323,7 @@ fn open(
         dirty: false,
         reads: HashMap::new(),
         confirmed_reads: Vec::new(),
+        own: Default::default(),
         read_prefix: read_prefix(id),
         next_read: 0,
         read_term: 0,

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::disk::{MAX_ENTRY_BYTES, STATE_PIECE_BYTES};
+use super::own::OwnProposals;
 use super::service::{Inbound, Transport};
 use super::storage::SledStorage;
 use super::unwritten::Unwritten;
@@ -55,6 +56,8 @@ pub(crate) struct Node {
     pub(crate) snapshot_interval: u64,
     /// Callers waiting for their proposal, by proposal id.
     pub(crate) waiters: HashMap<u64, Reply>,
+    /// This node's proposals not yet applied, still decoded.
+    pub(crate) own: OwnProposals,
     /// Callers waiting for their conf change, by the id in the entry's context.
     pub(crate) conf_waiters: HashMap<u64, ConfReply>,
     /// Last conf change waiter id handed out (unique for this node's life).
@@ -176,7 +179,7 @@ impl Node {
             return;
         }
         let id = req.proposal.id;
-        let data = req.proposal.encode_to_vec();
+        let data = req.data;
         if data.len() > MAX_ENTRY_BYTES {
             let _ = req.reply.send(Err(StoreError::Invalid(format!(
                 "proposal is {} bytes, more than the {} bytes one raft entry may hold; split it into smaller writes",
@@ -187,6 +190,8 @@ impl Node {
         }
         match self.raw.propose(Vec::new(), data) {
             Ok(()) => {
+                let (index, term) = (self.raw.raft.raft_log.last_index(), self.raw.raft.term);
+                self.own.proposed(index, term, req.proposal);
                 if let Some(old) = self.waiters.insert(id, req.reply) {
                     let _ = old.send(Err(StoreError::Invalid(format!(
                         "proposal id {id} was reused"
@@ -333,7 +338,11 @@ impl Node {
 
     fn apply_proposal(&mut self, entry: &Entry, now: Instant) {
         let index = entry.index;
-        let proposal = match Proposal::decode(&entry.data[..]) {
+        let decoded = match self.own.take(index, entry.term) {
+            Some(proposal) => Ok(proposal),
+            None => Proposal::decode(&entry.data[..]),
+        };
+        let proposal = match decoded {
             Ok(p) => p,
             Err(err) => {
                 // Every manager skips the same bad entry, so they stay in step.

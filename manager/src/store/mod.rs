@@ -148,6 +148,8 @@ pub struct Leadership {
 /// A proposal on its way to consensus, with the caller waiting for its outcome.
 pub struct ProposeRequest {
     pub proposal: Proposal,
+    /// `proposal` encoded, by the caller rather than the single Raft thread.
+    pub data: Vec<u8>,
     pub reply: oneshot::Sender<Result<Applied, StoreError>>,
 }
 
@@ -302,10 +304,15 @@ impl Store {
             atomic,
             actions: actions.into_iter().map(Action::into_proto).collect(),
         };
+        let data = prost::Message::encode_to_vec(&proposal);
         let (reply, rx) = oneshot::channel();
         self.inner
             .proposals
-            .send(ProposeRequest { proposal, reply })
+            .send(ProposeRequest {
+                proposal,
+                data,
+                reply,
+            })
             .await
             .map_err(|_| StoreError::Stopped)?;
         Ok(Queued(rx))
