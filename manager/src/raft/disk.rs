@@ -4,7 +4,7 @@
 //! - `raft_meta`: hard state, conf state and the metadata of the last snapshot;
 //! - `state`: checkpoints of the applied state, written by the actor
 //!   (`super::unwritten`): the whole state as `StoreSnapshot` pieces of about
-//!   512 KiB under `piece/<n>`, and the index it was applied up to, replaced in
+//!   64 KiB under `piece/<n>`, and the index it was applied up to, replaced in
 //!   one batch. The log holds every entry after it, so a checkpoint need not
 //!   follow each commit, and writing a few large values costs sled far less
 //!   than one insert per changed object did.
@@ -17,13 +17,15 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 
 use super::RaftError;
+use super::blobs::BlobSync;
 use super::snapshot;
 use crate::store::{MemState, decode};
 
-/// Target size of one piece of a state checkpoint: a quarter of the largest
-/// value sled keeps inline, so a piece that passes it by one object (at most
-/// [`MAX_ENTRY_BYTES`]) still stays inline.
-pub(crate) const STATE_PIECE_BYTES: usize = SEGMENT_SIZE / 16;
+/// Target size of one piece of a state checkpoint. sled writes a page past a
+/// quarter of a segment to a blob file (see [`BlobSync`]), and a leaf page
+/// holds up to 17 values: at 1/128 of a segment, a leaf of pieces (each may
+/// pass the target by one object) stays inline in the segment file.
+pub(crate) const STATE_PIECE_BYTES: usize = SEGMENT_SIZE / 128;
 const PIECE_PREFIX: &[u8] = b"piece/";
 
 /// sled writes values above a quarter of a segment to blob files that 0.34.7
@@ -47,6 +49,7 @@ pub(crate) struct Disk {
     pub(super) log: sled::Tree,
     pub(super) meta: sled::Tree,
     pub(crate) state: sled::Tree,
+    pub(super) blobs: std::sync::Arc<BlobSync>,
 }
 
 impl Disk {
@@ -70,6 +73,7 @@ impl Disk {
             log,
             meta,
             state,
+            blobs: std::sync::Arc::new(BlobSync::new(path)),
         })
     }
 
@@ -161,7 +165,10 @@ impl Disk {
             .unwrap_or_default()
     }
 
+    /// Make everything written so far durable: the blob files first (see
+    /// [`BlobSync`]), then sled's log, which points at them.
     pub(crate) fn flush(&self) -> Result<(), RaftError> {
+        self.blobs.sync_new().map_err(sled::Error::Io)?;
         self.db.flush()?;
         Ok(())
     }

@@ -18,6 +18,7 @@
 //! - [`transport`]: the gRPC transport between managers.
 //! - [`membership`]: the managers table, Raft ids, and joining.
 
+mod blobs;
 mod disk;
 pub mod faults;
 pub mod membership;

@@ -473,3 +473,56 @@ fn the_state_tree_holds_one_checkpoint_and_reads_the_one_object_per_key_layout()
     let loaded = disk.load_state().unwrap();
     assert_eq!((loaded.applied_index, loaded.task_count()), (10, 300));
 }
+
+/// sled 0.34.7 writes a page whose encoding passes a quarter of a segment to a
+/// blob file that its `flush()` never fsyncs: a checkpoint's pieces are cut
+/// small enough never to make one, and the blob files a leaf of large log
+/// entries does make are synced by the flush.
+#[test]
+fn checkpoints_make_no_sled_blob_files_and_a_flush_syncs_those_large_entries_make() {
+    use protobuf::Message as _;
+    use raft::eraftpb::Entry;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let disk = Disk::open(&path).unwrap();
+    let blob_files = || -> usize { std::fs::read_dir(path.join("blobs")).map_or(0, |d| d.count()) };
+    let mut state = crate::store::MemState::default();
+    // About 512 bytes each, like a task with its spec.
+    for i in 0..40_000 {
+        state.put(Object::Task(Box::new(Task {
+            id: format!("t{i:06}"),
+            service_id: "s1".into(),
+            service_name: "x".repeat(500),
+            ..Default::default()
+        })));
+    }
+    for applied in [5, 6, 7] {
+        let pieces = snapshot::encode(&state, disk::STATE_PIECE_BYTES);
+        assert!(pieces.len() > 17, "enough pieces to fill a sled leaf");
+        disk.write_state(applied, &pieces).unwrap();
+    }
+    disk.flush().unwrap();
+    assert_eq!(blob_files(), 0, "checkpoints stay in the segment file");
+
+    // As `SledStorage::append` writes them: one batch per Ready.
+    let data = vec![7u8; 512 << 10];
+    for index in 1..=40u64 {
+        let entry = Entry {
+            index,
+            term: 1,
+            data: data.clone().into(),
+            ..Default::default()
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(&index.to_be_bytes(), entry.write_to_bytes().unwrap());
+        disk.log.apply_batch(batch).unwrap();
+    }
+    assert!(blob_files() > 0, "leaves of 512 KiB entries are blobs");
+    disk.flush().unwrap();
+    assert_eq!(
+        disk.blobs.sync_new().unwrap(),
+        0,
+        "the flush synced every blob file"
+    );
+    assert_eq!(disk.log.len(), 40);
+}
