@@ -290,3 +290,40 @@ async fn history_is_bounded_per_slot() {
     .await;
     h.stop().await;
 }
+
+/// A pass queues each service's writes as soon as it is decided, yet small
+/// services still share proposals: a proposal is sent once a thousand
+/// actions wait, and the remainder goes with the next services' actions.
+#[tokio::test]
+async fn a_pass_writes_services_in_shared_proposals_of_a_thousand() {
+    let store = Store::in_memory();
+    for (n, replicas) in [3, 2_500, 3, 3, 3].into_iter().enumerate() {
+        let mut spec = replicated(replicas);
+        spec.name = format!("svc-{n}");
+        let service = Service {
+            id: shoal_proto::ids::new_id(),
+            spec: Some(spec),
+            spec_version: 1,
+            ..Default::default()
+        };
+        store
+            .propose(vec![Action::Create(Object::Service(service.into()))])
+            .await
+            .expect("create service");
+    }
+    // One orchestrator pass finds all five services at once.
+    let h = Harness::on(store, 5);
+    h.eventually("2,512 tasks", |s| (s.task_count() == 2_512).then_some(()))
+        .await;
+    let versions: std::collections::BTreeSet<u64> = h.store.read(|s| {
+        s.tasks()
+            .map(|t| t.meta.as_ref().expect("stored").version)
+            .collect()
+    });
+    assert_eq!(
+        versions.len(),
+        3,
+        "2,512 creations in proposals of 1,000, 1,000 and 512: {versions:?}"
+    );
+    h.stop().await;
+}
