@@ -354,9 +354,10 @@ impl Driver {
         );
     }
 
-    /// Carry out the ops: timers in memory, task writes in batches. Services
-    /// whose writes were refused are reconciled again shortly. Returns the
-    /// number of task writes.
+    /// Carry out one service's ops: timers in memory, task writes queued in
+    /// batches, each sent once full ([`Driver::finish`] sends the rest and
+    /// awaits them). Services whose writes were refused are reconciled again
+    /// shortly.
     async fn queue_ops(&mut self, pass: &mut PassWrites, service_id: &str, ops: Vec<Op>) {
         let (mut created, mut changed) = (0, 0);
         for op in ops {
@@ -496,12 +497,12 @@ struct PassWrites {
     /// Actions not yet in a proposal, with the services that own them.
     pending: Vec<(String, Action)>,
     /// Queued proposals awaiting their outcome, in log order.
-    in_flight: futures::stream::FuturesOrdered<Outcome>,
+    in_flight: futures::stream::FuturesOrdered<WriteOutcome>,
     /// Actions queued so far.
     writes: usize,
 }
 
-type Outcome = std::pin::Pin<
+type WriteOutcome = std::pin::Pin<
     Box<dyn std::future::Future<Output = (Vec<String>, Result<Applied, StoreError>)> + Send>,
 >;
 
