@@ -221,6 +221,28 @@ impl Disk {
     }
 }
 
+/// Wait until nothing holds the database at `path` open: sled's I/O threads
+/// may keep it a moment after the last handle is dropped, and an open in that
+/// moment fails on sled's lock (a restart in the same process: tests, and
+/// `--force-new-cluster`). Polls sled's own lock; false after `timeout`.
+pub(crate) fn wait_closed(path: &Path, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        // No database file: nothing to hold.
+        let Ok(file) = std::fs::File::open(path.join("db")) else {
+            return true;
+        };
+        match file.try_lock() {
+            // Dropping `file` releases the lock again.
+            Ok(()) => return true,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
 pub(super) fn read_meta<M: protobuf::Message>(
     tree: &sled::Tree,
     key: &[u8],

@@ -526,3 +526,21 @@ fn checkpoints_make_no_sled_blob_files_and_a_flush_syncs_those_large_entries_mak
     );
     assert_eq!(disk.log.len(), 40);
 }
+
+/// A stopped node reports stopped only once sled has let go of its files, so
+/// a restart in the same process (`--force-new-cluster`, these tests) cannot
+/// meet sled's lock still held by its I/O threads.
+#[test]
+fn the_store_counts_as_closed_only_once_sleds_lock_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    assert!(disk::wait_closed(&path, Duration::ZERO), "no store yet");
+    let open = Disk::open(&path).unwrap();
+    assert!(
+        !disk::wait_closed(&path, Duration::from_millis(20)),
+        "held while a handle is open"
+    );
+    drop(open);
+    assert!(disk::wait_closed(&path, Duration::from_secs(5)));
+    Disk::open(&path).expect("opens again");
+}
