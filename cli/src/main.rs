@@ -19,6 +19,7 @@ mod output;
 mod progress;
 mod secret;
 mod service;
+mod supervise;
 
 use std::io::IsTerminal;
 
