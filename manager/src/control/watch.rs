@@ -80,7 +80,7 @@ impl Watch for WatchService {
                             ChangeKind::Deleted => WatchKind::Delete,
                         } as i32,
                         object: Some(StoreObject {
-                            object: Some(super::redacted(c.object.clone())),
+                            object: Some(super::redacted(c.object.to_object())),
                         }),
                         index: batch.index,
                     })

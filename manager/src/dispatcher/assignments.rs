@@ -25,7 +25,7 @@ use super::router::{Routed, Router};
 use super::secrets::{self, Delivered};
 use crate::scheduler::fasthash::FastSet;
 use crate::seal::DataKey;
-use crate::store::{ChangeKind, MemState, Object, Store};
+use crate::store::{ChangeKind, MemState, Store, Stored};
 
 /// Messages buffered towards a slow agent before the feeder waits.
 const STREAM_BUFFER: usize = 16;
@@ -184,7 +184,7 @@ impl NodeView {
             return;
         }
         for change in routed.changes() {
-            let Object::Task(task) = &change.object else {
+            let Stored::Task(task) = &change.object else {
                 continue;
             };
             let gone = change.kind == ChangeKind::Deleted || !self.is_assigned_here(task);
@@ -203,7 +203,7 @@ impl NodeView {
                 continue;
             }
             let old = match &change.old {
-                Some(Object::Task(old)) => Some(old),
+                Some(Stored::Task(old)) => Some(old),
                 _ => None,
             };
             let news = self.known.insert(task.id.clone())
@@ -277,8 +277,8 @@ mod unit {
             index,
             changes: vec![Change {
                 kind,
-                object: Object::Task(new.into()),
-                old: old.map(Box::new).map(Object::Task),
+                object: Stored::Task(new.into()),
+                old: old.map(Arc::new).map(Stored::Task),
             }],
         }))
     }

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::scheduler::fasthash::FastMap;
-use crate::store::{Change, ChangeBatch, Object, Store};
+use crate::store::{Change, ChangeBatch, Store, Stored};
 
 /// Routed batches buffered towards one feed before it is made to start over.
 /// At ~100 committed batches a second this is seconds of slack for a feed
@@ -232,12 +232,12 @@ fn by_node(batch: &ChangeBatch) -> impl Iterator<Item = (&str, u32)> {
         .iter()
         .enumerate()
         .flat_map(|(position, change)| {
-            let Object::Task(task) = &change.object else {
+            let Stored::Task(task) = &change.object else {
                 return [None, None];
             };
             let new = &task.node_id;
             let old = match &change.old {
-                Some(Object::Task(old)) if old.node_id != *new => Some(old.node_id.as_str()),
+                Some(Stored::Task(old)) if old.node_id != *new => Some(old.node_id.as_str()),
                 _ => None,
             };
             [Some(new.as_str()), old]
@@ -264,15 +264,15 @@ mod unit {
     fn updated(new: Task, old: Task) -> Change {
         Change {
             kind: ChangeKind::Updated,
-            object: Object::Task(new.into()),
-            old: Some(Object::Task(old.into())),
+            object: Stored::Task(new.into()),
+            old: Some(Stored::Task(old.into())),
         }
     }
 
     fn created(new: Task) -> Change {
         Change {
             kind: ChangeKind::Created,
-            object: Object::Task(new.into()),
+            object: Stored::Task(new.into()),
             old: None,
         }
     }
@@ -294,7 +294,7 @@ mod unit {
                 updated(task("a", "n1"), task("a", "")),
                 Change {
                     kind: ChangeKind::Updated,
-                    object: Object::Node(Box::new(Node {
+                    object: Stored::Node(Arc::new(Node {
                         id: "n1".into(),
                         ..Default::default()
                     })),
@@ -396,8 +396,8 @@ mod unit {
         let (registration, mut rx) = router.register("n1").expect("running");
         store
             .propose(vec![
-                crate::store::Action::Create(Object::Task(Box::new(task("a", "n1")))),
-                crate::store::Action::Create(Object::Task(Box::new(task("b", "n2")))),
+                crate::store::Action::Create(crate::store::Object::Task(Box::new(task("a", "n1")))),
+                crate::store::Action::Create(crate::store::Object::Task(Box::new(task("b", "n2")))),
             ])
             .await
             .expect("write");

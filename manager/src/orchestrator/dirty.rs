@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use shoal_proto::{Node, Task};
 
 use super::task::{NodeFate, fate_on, is_global, is_live, is_terminal, never_assigned, node_state};
-use crate::store::{ChangeBatch, ChangeKind, MemState, Object};
+use crate::store::{ChangeBatch, ChangeKind, MemState, Stored};
 
 /// What changed since the last pass.
 #[derive(Default)]
@@ -47,12 +47,12 @@ impl Dirty {
     pub(super) fn note(&mut self, batch: &ChangeBatch) {
         for change in &batch.changes {
             match &change.object {
-                Object::Service(s) => {
+                Stored::Service(s) => {
                     self.services.insert(s.id.clone());
                 }
-                Object::Task(t) => {
+                Stored::Task(t) => {
                     let old = match &change.old {
-                        Some(Object::Task(old)) => Some(old),
+                        Some(Stored::Task(old)) => Some(old),
                         _ => None,
                     };
                     if change.kind == ChangeKind::Updated
@@ -72,9 +72,9 @@ impl Dirty {
                         self.services.insert(t.service_id.clone());
                     }
                 }
-                Object::Node(n) => {
+                Stored::Node(n) => {
                     let old = match &change.old {
-                        Some(Object::Node(old)) => Some(old),
+                        Some(Stored::Node(old)) => Some(old),
                         _ => None,
                     };
                     if change.kind != ChangeKind::Updated
@@ -184,6 +184,8 @@ fn is_assignment(old: &Task, new: &Task) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use shoal_proto::{TaskState, TaskStatus};
 
     use super::*;
@@ -209,8 +211,8 @@ mod tests {
             index: 1,
             changes: vec![Change {
                 kind,
-                object: Object::Task(new.into()),
-                old: old.map(Box::new).map(Object::Task),
+                object: Stored::Task(new.into()),
+                old: old.map(Arc::new).map(Stored::Task),
             }],
         });
         dirty.services.contains("svc")
@@ -239,8 +241,8 @@ mod tests {
             index: 1,
             changes: vec![Change {
                 kind: ChangeKind::Updated,
-                object: Object::Task(Box::new(reported("t", Assigned))),
-                old: Some(Object::Task(pending.into())),
+                object: Stored::Task(Arc::new(reported("t", Assigned))),
+                old: Some(Stored::Task(pending.into())),
             }],
         });
         assert!(
@@ -261,7 +263,7 @@ mod tests {
                 index: 1,
                 changes: vec![Change {
                     kind: ChangeKind::Created,
-                    object: Object::Task(Box::new(reported(id, New))),
+                    object: Stored::Task(Arc::new(reported(id, New))),
                     old: None,
                 }],
             })
@@ -284,7 +286,7 @@ mod tests {
             index: 1,
             changes: vec![Change {
                 kind: ChangeKind::Created,
-                object: Object::Task(Box::new(Task {
+                object: Stored::Task(Arc::new(Task {
                     node_id: String::new(),
                     ..reported("pending", Pending)
                 })),
@@ -334,8 +336,8 @@ mod tests {
                 index: 1,
                 changes: vec![Change {
                     kind,
-                    object: Object::Node(new.into()),
-                    old: old.map(Box::new).map(Object::Node),
+                    object: Stored::Node(new.into()),
+                    old: old.map(Arc::new).map(Stored::Node),
                 }],
             });
             !dirty.nodes.is_empty()

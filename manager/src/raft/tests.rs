@@ -40,7 +40,13 @@ fn snapshot_of(store: &Store) -> (Vec<(String, u64, Vec<u8>)>, u64) {
     store.read(|s| {
         let mut objects: Vec<_> = s
             .objects()
-            .map(|o| (o.id().to_string(), o.version(), crate::store::encode(&o)))
+            .map(|o| {
+                (
+                    o.id().to_string(),
+                    o.version(),
+                    crate::store::encode(&o.to_object()),
+                )
+            })
             .collect();
         objects.sort();
         (objects, s.applied_index)

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::placer::PlaceRequest;
 use super::state::SchedulerState;
-use crate::store::{Action, Applied, ChangeBatch, ChangeKind, Object, Store, StoreError};
+use crate::store::{Action, Applied, ChangeBatch, ChangeKind, Object, Store, StoreError, Stored};
 
 /// Task updates per proposal.
 pub const CHUNK: usize = 1000;
@@ -202,11 +202,11 @@ impl Driver {
         for change in &batch.changes {
             let deleted = change.kind == ChangeKind::Deleted;
             match &change.object {
-                Object::Node(n) if deleted => self.state.remove_node(&n.id),
-                Object::Node(n) => self.state.upsert_node(n),
-                Object::Task(t) if deleted => self.state.remove_task(&t.id),
-                Object::Task(t) => self.state.upsert_task(t),
-                Object::Service(_) | Object::Cluster(_) | Object::Secret(_) | Object::Config(_) => {
+                Stored::Node(n) if deleted => self.state.remove_node(&n.id),
+                Stored::Node(n) => self.state.upsert_node(n),
+                Stored::Task(t) if deleted => self.state.remove_task(&t.id),
+                Stored::Task(t) => self.state.upsert_task(t),
+                Stored::Service(_) | Stored::Cluster(_) | Stored::Secret(_) | Stored::Config(_) => {
                 }
             }
         }

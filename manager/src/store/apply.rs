@@ -11,7 +11,7 @@
 
 use shoal_proto::{ActionKind, Proposal, PublishMode, Service, StoreAction};
 
-use super::object::{Kind, Object, ObjectExt};
+use super::object::{Kind, Object, ObjectExt, Stored};
 use super::tables::{MemState, service_name};
 use super::{Change, ChangeKind, StoreError};
 
@@ -33,7 +33,7 @@ pub fn apply(state: &mut MemState, proposal: Proposal, index: u64) -> Outcome {
         changes: Vec::with_capacity(proposal.actions.len()),
         refused: Vec::new(),
     };
-    let mut undo: Vec<(Kind, String, Option<Object>)> = if proposal.atomic {
+    let mut undo: Vec<(Kind, String, Option<Stored>)> = if proposal.atomic {
         Vec::with_capacity(proposal.actions.len())
     } else {
         Vec::new()
@@ -101,6 +101,7 @@ fn apply_action(
             meta.version = index;
             meta.created_at = timestamp;
             meta.updated_at = timestamp;
+            let object = Stored::from(object);
             state.put(object.clone());
             Ok(Change {
                 kind: ChangeKind::Created,
@@ -128,6 +129,7 @@ fn apply_action(
             meta.version = index;
             meta.created_at = created_at;
             meta.updated_at = timestamp;
+            let object = Stored::from(object);
             let old = state.put(object.clone());
             Ok(Change {
                 kind: ChangeKind::Updated,

@@ -22,7 +22,7 @@ use shoal_proto::{ActionKind, Cluster, Proposal, StoreAction, StoreObject};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use apply::{Outcome, ingress_ports};
-pub use object::{Kind, Object, ObjectExt, decode, encode};
+pub use object::{Kind, Object, ObjectExt, Stored, decode, encode};
 pub use tables::{LookupError, MemState, service_name};
 
 /// Number of change batches a slow subscriber may fall behind before it is told
@@ -68,8 +68,8 @@ pub enum ChangeKind {
 #[derive(Debug, Clone)]
 pub struct Change {
     pub kind: ChangeKind,
-    pub object: Object,
-    pub old: Option<Object>,
+    pub object: Stored,
+    pub old: Option<Stored>,
 }
 
 /// The changes of one committed entry.
@@ -328,7 +328,7 @@ impl Store {
         if outcome
             .changes
             .iter()
-            .any(|c| matches!(c.object, Object::Cluster(_)))
+            .any(|c| matches!(c.object, Stored::Cluster(_)))
         {
             // Before the state's lock is released: no request is admitted by
             // an older cluster object once a reader can see the new one.

@@ -1,7 +1,9 @@
 //! The stored object kinds as one enum, and what every kind has in common
 //! (id, meta, the key it lives under in sled).
 
-use shoal_proto::Meta;
+use std::sync::Arc;
+
+use shoal_proto::{Cluster, Config, Meta, Node, Secret, Service, Task};
 
 pub use shoal_proto::store_object::Object;
 
@@ -74,48 +76,103 @@ pub trait ObjectExt {
     }
 }
 
-impl ObjectExt for Object {
-    fn kind(&self) -> Kind {
-        match self {
-            Object::Node(_) => Kind::Node,
-            Object::Service(_) => Kind::Service,
-            Object::Task(_) => Kind::Task,
-            Object::Cluster(_) => Kind::Cluster,
-            Object::Secret(_) => Kind::Secret,
-            Object::Config(_) => Kind::Config,
+/// [`ObjectExt`] for an enum with one variant per kind, each holding a
+/// pointer to the object: `$mut` turns that pointer into `&mut`.
+macro_rules! object_ext {
+    ($enum:ident, $mut:path) => {
+        impl ObjectExt for $enum {
+            fn kind(&self) -> Kind {
+                match self {
+                    $enum::Node(_) => Kind::Node,
+                    $enum::Service(_) => Kind::Service,
+                    $enum::Task(_) => Kind::Task,
+                    $enum::Cluster(_) => Kind::Cluster,
+                    $enum::Secret(_) => Kind::Secret,
+                    $enum::Config(_) => Kind::Config,
+                }
+            }
+
+            fn id(&self) -> &str {
+                match self {
+                    $enum::Node(o) => &o.id,
+                    $enum::Service(o) => &o.id,
+                    $enum::Task(o) => &o.id,
+                    $enum::Cluster(o) => &o.id,
+                    $enum::Secret(o) => &o.id,
+                    $enum::Config(o) => &o.id,
+                }
+            }
+
+            fn meta(&self) -> Option<&Meta> {
+                match self {
+                    $enum::Node(o) => o.meta.as_ref(),
+                    $enum::Service(o) => o.meta.as_ref(),
+                    $enum::Task(o) => o.meta.as_ref(),
+                    $enum::Cluster(o) => o.meta.as_ref(),
+                    $enum::Secret(o) => o.meta.as_ref(),
+                    $enum::Config(o) => o.meta.as_ref(),
+                }
+            }
+
+            fn meta_mut(&mut self) -> &mut Meta {
+                let meta = match self {
+                    $enum::Node(o) => &mut $mut(o).meta,
+                    $enum::Service(o) => &mut $mut(o).meta,
+                    $enum::Task(o) => &mut $mut(o).meta,
+                    $enum::Cluster(o) => &mut $mut(o).meta,
+                    $enum::Secret(o) => &mut $mut(o).meta,
+                    $enum::Config(o) => &mut $mut(o).meta,
+                };
+                meta.get_or_insert_with(Default::default)
+            }
+        }
+    };
+}
+
+object_ext!(Object, AsMut::as_mut);
+object_ext!(Stored, Arc::make_mut);
+
+/// A stored object as the tables and the change feed hold it: one copy of each
+/// version, shared. Applying a write moves the decoded object behind an `Arc`
+/// that the table and the committed [`Change`](super::Change) both point to,
+/// where it used to be deep-copied for the second; consumers that keep an
+/// object share it too. Nothing mutates a shared object: an update replaces
+/// the table's pointer (and [`ObjectExt::meta_mut`] copies on write).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    Node(Arc<Node>),
+    Service(Arc<Service>),
+    Task(Arc<Task>),
+    Cluster(Arc<Cluster>),
+    Secret(Arc<Secret>),
+    Config(Arc<Config>),
+}
+
+impl From<Object> for Stored {
+    /// Moves the object out of its box (a shallow copy: its strings and
+    /// lists stay where they are).
+    fn from(object: Object) -> Self {
+        match object {
+            Object::Node(o) => Stored::Node(Arc::from(o)),
+            Object::Service(o) => Stored::Service(Arc::from(o)),
+            Object::Task(o) => Stored::Task(Arc::from(o)),
+            Object::Cluster(o) => Stored::Cluster(Arc::from(o)),
+            Object::Secret(o) => Stored::Secret(Arc::from(o)),
+            Object::Config(o) => Stored::Config(Arc::from(o)),
         }
     }
+}
 
-    fn id(&self) -> &str {
+impl Stored {
+    /// An owned copy, for a message that must own what it carries.
+    pub fn to_object(&self) -> Object {
         match self {
-            Object::Node(o) => &o.id,
-            Object::Service(o) => &o.id,
-            Object::Task(o) => &o.id,
-            Object::Cluster(o) => &o.id,
-            Object::Secret(o) => &o.id,
-            Object::Config(o) => &o.id,
-        }
-    }
-
-    fn meta(&self) -> Option<&Meta> {
-        match self {
-            Object::Node(o) => o.meta.as_ref(),
-            Object::Service(o) => o.meta.as_ref(),
-            Object::Task(o) => o.meta.as_ref(),
-            Object::Cluster(o) => o.meta.as_ref(),
-            Object::Secret(o) => o.meta.as_ref(),
-            Object::Config(o) => o.meta.as_ref(),
-        }
-    }
-
-    fn meta_mut(&mut self) -> &mut Meta {
-        match self {
-            Object::Node(o) => o.meta.get_or_insert_with(Default::default),
-            Object::Service(o) => o.meta.get_or_insert_with(Default::default),
-            Object::Task(o) => o.meta.get_or_insert_with(Default::default),
-            Object::Cluster(o) => o.meta.get_or_insert_with(Default::default),
-            Object::Secret(o) => o.meta.get_or_insert_with(Default::default),
-            Object::Config(o) => o.meta.get_or_insert_with(Default::default),
+            Stored::Node(o) => Object::Node(Box::new(Node::clone(o))),
+            Stored::Service(o) => Object::Service(Box::new(Service::clone(o))),
+            Stored::Task(o) => Object::Task(Box::new(Task::clone(o))),
+            Stored::Cluster(o) => Object::Cluster(Box::new(Cluster::clone(o))),
+            Stored::Secret(o) => Object::Secret(Box::new(Secret::clone(o))),
+            Stored::Config(o) => Object::Config(Box::new(Config::clone(o))),
         }
     }
 }

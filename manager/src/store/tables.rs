@@ -6,26 +6,28 @@
 //! [`MemState::remove`], which keep the indexes in step.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use shoal_proto::{Cluster, Config, Meta, Node, Secret, Service, Task};
 
-use super::object::{Kind, Object};
+use super::object::{Kind, Stored};
 use crate::scheduler::fasthash::FastMap;
 
 /// Every stored object, plus the Raft index of the last applied entry. Objects
-/// are boxed, as an [`Object`] carries them: apply moves a pointer into the
-/// table, not the object, and a table grows by rehashing pointers. The
+/// are held as [`Stored`] holds them, behind an `Arc` that the committed
+/// change shares: apply moves a pointer into the table, not the object, and a
+/// table grows by rehashing pointers. The
 /// id-keyed maps use [`FastMap`]: managers generate every id, so no client
 /// chooses those keys.
 #[derive(Debug, Default, Clone)]
 pub struct MemState {
     pub applied_index: u64,
-    nodes: FastMap<String, Box<Node>>,
-    services: FastMap<String, Box<Service>>,
-    tasks: FastMap<String, Box<Task>>,
-    clusters: FastMap<String, Box<Cluster>>,
-    secrets: FastMap<String, Box<Secret>>,
-    configs: FastMap<String, Box<Config>>,
+    nodes: FastMap<String, Arc<Node>>,
+    services: FastMap<String, Arc<Service>>,
+    tasks: FastMap<String, Arc<Task>>,
+    clusters: FastMap<String, Arc<Cluster>>,
+    secrets: FastMap<String, Arc<Secret>>,
+    configs: FastMap<String, Arc<Config>>,
     // Users choose names, so these keep std's SipHash.
     secret_by_name: HashMap<String, String>,
     config_by_name: HashMap<String, String>,
@@ -49,16 +51,16 @@ pub enum LookupError {
 
 impl MemState {
     pub fn node(&self, id: &str) -> Option<&Node> {
-        self.nodes.get(id).map(Box::as_ref)
+        self.nodes.get(id).map(Arc::as_ref)
     }
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.values().map(Box::as_ref)
+        self.nodes.values().map(Arc::as_ref)
     }
     pub fn service(&self, id: &str) -> Option<&Service> {
-        self.services.get(id).map(Box::as_ref)
+        self.services.get(id).map(Arc::as_ref)
     }
     pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.services.values().map(Box::as_ref)
+        self.services.values().map(Arc::as_ref)
     }
     pub fn service_by_name(&self, name: &str) -> Option<&Service> {
         self.service_by_name
@@ -66,10 +68,10 @@ impl MemState {
             .and_then(|id| self.service(id))
     }
     pub fn task(&self, id: &str) -> Option<&Task> {
-        self.tasks.get(id).map(Box::as_ref)
+        self.tasks.get(id).map(Arc::as_ref)
     }
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
-        self.tasks.values().map(Box::as_ref)
+        self.tasks.values().map(Arc::as_ref)
     }
     pub fn task_count(&self) -> usize {
         self.tasks.len()
@@ -101,7 +103,7 @@ impl MemState {
         self.clusters().next()
     }
     pub fn clusters(&self) -> impl Iterator<Item = &Cluster> {
-        self.clusters.values().map(Box::as_ref)
+        self.clusters.values().map(Arc::as_ref)
     }
     /// How many objects the tables hold (of every kind).
     pub fn object_count(&self) -> usize {
@@ -114,19 +116,19 @@ impl MemState {
     }
 
     pub fn secret(&self, id: &str) -> Option<&Secret> {
-        self.secrets.get(id).map(Box::as_ref)
+        self.secrets.get(id).map(Arc::as_ref)
     }
     pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
-        self.secrets.values().map(Box::as_ref)
+        self.secrets.values().map(Arc::as_ref)
     }
     pub fn secret_by_name(&self, name: &str) -> Option<&Secret> {
         self.secret_by_name.get(name).and_then(|id| self.secret(id))
     }
     pub fn config(&self, id: &str) -> Option<&Config> {
-        self.configs.get(id).map(Box::as_ref)
+        self.configs.get(id).map(Arc::as_ref)
     }
     pub fn configs(&self) -> impl Iterator<Item = &Config> {
-        self.configs.values().map(Box::as_ref)
+        self.configs.values().map(Arc::as_ref)
     }
     pub fn config_by_name(&self, name: &str) -> Option<&Config> {
         self.config_by_name.get(name).and_then(|id| self.config(id))
@@ -223,15 +225,15 @@ impl MemState {
         unique_prefix(Kind::Task, reference, self.tasks(), |t| &t.id)
     }
 
-    /// The current value of the object with `kind` and `id`.
-    pub fn get(&self, kind: Kind, id: &str) -> Option<Object> {
+    /// The current value of the object with `kind` and `id`, shared.
+    pub fn get(&self, kind: Kind, id: &str) -> Option<Stored> {
         match kind {
-            Kind::Node => self.nodes.get(id).cloned().map(Object::Node),
-            Kind::Service => self.services.get(id).cloned().map(Object::Service),
-            Kind::Task => self.tasks.get(id).cloned().map(Object::Task),
-            Kind::Cluster => self.clusters.get(id).cloned().map(Object::Cluster),
-            Kind::Secret => self.secrets.get(id).cloned().map(Object::Secret),
-            Kind::Config => self.configs.get(id).cloned().map(Object::Config),
+            Kind::Node => self.nodes.get(id).cloned().map(Stored::Node),
+            Kind::Service => self.services.get(id).cloned().map(Stored::Service),
+            Kind::Task => self.tasks.get(id).cloned().map(Stored::Task),
+            Kind::Cluster => self.clusters.get(id).cloned().map(Stored::Cluster),
+            Kind::Secret => self.secrets.get(id).cloned().map(Stored::Secret),
+            Kind::Config => self.configs.get(id).cloned().map(Stored::Config),
         }
     }
 
@@ -255,34 +257,34 @@ impl MemState {
     }
 
     /// Insert or replace an object, keeping the indexes in step. Returns the old value.
-    pub(crate) fn put(&mut self, object: Object) -> Option<Object> {
-        match object {
-            Object::Task(t) => self.put_task(t).map(Object::Task),
-            Object::Node(n) => {
+    pub(crate) fn put(&mut self, object: impl Into<Stored>) -> Option<Stored> {
+        match object.into() {
+            Stored::Task(t) => self.put_task(t).map(Stored::Task),
+            Stored::Node(n) => {
                 let old = self.remove(Kind::Node, &n.id);
                 self.nodes.insert(n.id.clone(), n);
                 old
             }
-            Object::Service(s) => {
+            Stored::Service(s) => {
                 let old = self.remove(Kind::Service, &s.id);
                 self.service_by_name
                     .insert(service_name(&s).to_string(), s.id.clone());
                 self.services.insert(s.id.clone(), s);
                 old
             }
-            Object::Cluster(c) => {
+            Stored::Cluster(c) => {
                 let old = self.remove(Kind::Cluster, &c.id);
                 self.clusters.insert(c.id.clone(), c);
                 old
             }
-            Object::Secret(s) => {
+            Stored::Secret(s) => {
                 let old = self.remove(Kind::Secret, &s.id);
                 let name = s.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
                 self.secret_by_name.insert(name, s.id.clone());
                 self.secrets.insert(s.id.clone(), s);
                 old
             }
-            Object::Config(c) => {
+            Stored::Config(c) => {
                 let old = self.remove(Kind::Config, &c.id);
                 let name = c.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
                 self.config_by_name.insert(name, c.id.clone());
@@ -294,7 +296,7 @@ impl MemState {
 
     /// Insert or replace a task. Most updates (status reports) keep the task's
     /// service and node, and leave their index entries as they are.
-    fn put_task(&mut self, task: Box<Task>) -> Option<Box<Task>> {
+    fn put_task(&mut self, task: Arc<Task>) -> Option<Arc<Task>> {
         let old = self.tasks.get(&task.id);
         let new_service = old.is_none_or(|o| o.service_id != task.service_id);
         let new_node = old.is_none_or(|o| o.node_id != task.node_id);
@@ -322,16 +324,16 @@ impl MemState {
     }
 
     /// Remove an object, keeping the indexes in step. Returns the old value.
-    pub(crate) fn remove(&mut self, kind: Kind, id: &str) -> Option<Object> {
+    pub(crate) fn remove(&mut self, kind: Kind, id: &str) -> Option<Stored> {
         match kind {
-            Kind::Node => self.nodes.remove(id).map(Object::Node),
+            Kind::Node => self.nodes.remove(id).map(Stored::Node),
             Kind::Service => {
                 let s = self.services.remove(id)?;
                 let name = service_name(&s);
                 if self.service_by_name.get(name).is_some_and(|i| i == id) {
                     self.service_by_name.remove(name);
                 }
-                Some(Object::Service(s))
+                Some(Stored::Service(s))
             }
             Kind::Task => {
                 let t = self.tasks.remove(id)?;
@@ -339,16 +341,16 @@ impl MemState {
                 if !t.node_id.is_empty() {
                     detach(&mut self.tasks_by_node, &t.node_id, id);
                 }
-                Some(Object::Task(t))
+                Some(Stored::Task(t))
             }
-            Kind::Cluster => self.clusters.remove(id).map(Object::Cluster),
+            Kind::Cluster => self.clusters.remove(id).map(Stored::Cluster),
             Kind::Secret => {
                 let s = self.secrets.remove(id)?;
                 let name = s.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
                 if self.secret_by_name.get(name).is_some_and(|i| i == id) {
                     self.secret_by_name.remove(name);
                 }
-                Some(Object::Secret(s))
+                Some(Stored::Secret(s))
             }
             Kind::Config => {
                 let c = self.configs.remove(id)?;
@@ -356,19 +358,19 @@ impl MemState {
                 if self.config_by_name.get(name).is_some_and(|i| i == id) {
                     self.config_by_name.remove(name);
                 }
-                Some(Object::Config(c))
+                Some(Stored::Config(c))
             }
         }
     }
 
-    /// A copy of every object.
-    pub fn objects(&self) -> impl Iterator<Item = Object> + '_ {
-        let nodes = self.nodes.values().cloned().map(Object::Node);
-        let services = self.services.values().cloned().map(Object::Service);
-        let tasks = self.tasks.values().cloned().map(Object::Task);
-        let clusters = self.clusters.values().cloned().map(Object::Cluster);
-        let secrets = self.secrets.values().cloned().map(Object::Secret);
-        let configs = self.configs.values().cloned().map(Object::Config);
+    /// Every object, shared.
+    pub fn objects(&self) -> impl Iterator<Item = Stored> + '_ {
+        let nodes = self.nodes.values().cloned().map(Stored::Node);
+        let services = self.services.values().cloned().map(Stored::Service);
+        let tasks = self.tasks.values().cloned().map(Stored::Task);
+        let clusters = self.clusters.values().cloned().map(Stored::Cluster);
+        let secrets = self.secrets.values().cloned().map(Stored::Secret);
+        let configs = self.configs.values().cloned().map(Stored::Config);
         nodes
             .chain(services)
             .chain(tasks)

@@ -252,3 +252,45 @@ async fn queued_proposals_commit_in_queue_order() {
     assert!(second.refused.is_empty(), "{:?}", second.refused);
     assert!(store.read(|s| s.task("t1").is_none()));
 }
+
+#[tokio::test]
+async fn a_committed_change_shares_the_tables_copy_of_each_version() {
+    let store = Store::in_memory();
+    let created = store
+        .propose(vec![Action::Create(task("t1", "s1", ""))])
+        .await
+        .unwrap();
+    let Stored::Task(first) = &created.batch.changes[0].object else {
+        panic!("a task change")
+    };
+    let stored = store.read(|s| s.get(Kind::Task, "t1")).unwrap();
+    let Stored::Task(in_table) = &stored else {
+        panic!("a task")
+    };
+    assert!(Arc::ptr_eq(first, in_table), "one copy, not two");
+
+    let mut moved = Task::clone(first);
+    moved.node_id = "n1".into();
+    let updated = store
+        .propose(vec![Action::Update(Object::Task(moved.into()))])
+        .await
+        .unwrap();
+    let change = &updated.batch.changes[0];
+    let Some(Stored::Task(old)) = &change.old else {
+        panic!("an update carries the value it replaced")
+    };
+    assert!(
+        Arc::ptr_eq(old, first),
+        "the replaced version is the same copy"
+    );
+    let Stored::Task(new) = &change.object else {
+        panic!("a task change")
+    };
+    assert_eq!((new.node_id.as_str(), old.node_id.as_str()), ("n1", ""));
+    store.read(|s| {
+        let Some(Stored::Task(now)) = s.get(Kind::Task, "t1") else {
+            panic!("t1 is stored")
+        };
+        assert!(Arc::ptr_eq(&now, new));
+    });
+}

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::task::{desired, is_live, is_terminal, observed};
 use crate::config::OrchestratorConfig;
-use crate::store::{Action, MemState, Object, Store, StoreError};
+use crate::store::{Action, MemState, Object, Store, StoreError, Stored};
 
 pub(super) const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -313,7 +313,7 @@ pub(super) fn watch_slots(
         let mut worst = Worst::default();
         while let Ok(batch) = rx.recv().await {
             for change in &batch.changes {
-                if let Object::Task(t) = &change.object
+                if let Stored::Task(t) = &change.object
                     && t.service_id == watched
                 {
                     tasks.insert(t.id.clone(), Task::clone(t));

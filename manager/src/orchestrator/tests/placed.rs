@@ -2,7 +2,7 @@
 //! task is created already placed, in one write.
 
 use super::*;
-use crate::store::ChangeKind;
+use crate::store::{ChangeKind, Stored};
 
 fn on_node(tasks: &[Task], node: &str) -> usize {
     tasks.iter().filter(|t| t.node_id == node).count()
@@ -26,7 +26,7 @@ async fn new_tasks_are_written_once_already_assigned_and_replaced_when_their_nod
     let mut task_changes = Vec::new();
     while let Ok(batch) = changes.try_recv() {
         for c in &batch.changes {
-            if let Object::Task(t) = &c.object {
+            if let Stored::Task(t) = &c.object {
                 task_changes.push((c.kind, t.id.clone()));
             }
         }
