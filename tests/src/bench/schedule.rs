@@ -202,6 +202,7 @@ async fn measure(manager: &BenchManager, args: &ScheduleArgs) -> anyhow::Result<
         channel_patiently(manager.addr, &manager.admin_dir(), Duration::from_secs(60)).await?;
     let mut control = ControlClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
     let cpu_before = manager.pid().and_then(cpu_seconds);
+    let faults_before = manager.pid().and_then(minor_faults);
     let harness_cpu_before = cpu_seconds(std::process::id());
 
     let perf = match (&args.perf_out, manager.pid()) {
@@ -285,6 +286,12 @@ async fn measure(manager: &BenchManager, args: &ScheduleArgs) -> anyhow::Result<
     if let (Some(before), Some(after)) = (cpu_before, manager.pid().and_then(cpu_seconds)) {
         figure("manager_cpu_s", format!("{:.1}", after - before));
     }
+    // In MiB of 4 KiB pages, to set beside the peak RSS: more than it means
+    // memory handed back to the kernel and faulted in again.
+    if let (Some(before), Some(after)) = (faults_before, manager.pid().and_then(minor_faults)) {
+        let mib = after.saturating_sub(before) as f64 * 4096.0 / (1 << 20) as f64;
+        figure("manager_minor_faults_mib", format!("{mib:.0}"));
+    }
     // The hollow agents and the watch share the cores with the manager: what
     // they used is CPU the manager did not have.
     if let (Some(before), Some(after)) = (harness_cpu_before, cpu_seconds(std::process::id())) {
@@ -325,7 +332,8 @@ fn phase_figures(log: &str, assigned: Option<Duration>, running: Option<Duration
 }
 
 /// `perf record` with DWARF call graphs (release builds keep no frame
-/// pointers) attached to a process until stopped.
+/// pointers) attached to a process until stopped; CPU cycles unless
+/// `SHOAL_BENCH_PERF_EVENT` names another event.
 struct Profiler {
     child: std::process::Child,
     out: std::path::PathBuf,
@@ -333,17 +341,14 @@ struct Profiler {
 
 impl Profiler {
     fn start(pid: u32, out: &std::path::Path) -> anyhow::Result<Profiler> {
-        let child = std::process::Command::new("perf")
-            .args([
-                "record",
-                "-F",
-                "499",
-                "--call-graph",
-                "dwarf,32768",
-                "-p",
-                &pid.to_string(),
-                "-o",
-            ])
+        let mut perf = std::process::Command::new("perf");
+        perf.args(["record", "-F", "499", "--call-graph", "dwarf,32768"]);
+        // e.g. `page-faults`, to see which code first touches memory.
+        if let Some(event) = std::env::var_os("SHOAL_BENCH_PERF_EVENT") {
+            perf.arg("-e").arg(event);
+        }
+        let child = perf
+            .args(["-p", &pid.to_string(), "-o"])
             .arg(out)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -380,13 +385,23 @@ fn fmt_mib(v: Option<f64>) -> String {
 
 /// User + system CPU seconds a process has used (`/proc/PID/stat`, 100 Hz ticks).
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at "state".
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let utime: f64 = stat_field(pid, 11)?.parse().ok()?;
+    let stime: f64 = stat_field(pid, 12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+/// Minor page faults a process has taken: each is a page the kernel had to
+/// find (and zero, if fresh) on first touch.
+pub fn minor_faults(pid: u32) -> Option<u64> {
+    stat_field(pid, 7)?.parse().ok()
+}
+
+/// Field `n` of `/proc/PID/stat`, counted from "state" (0), which follows
+/// the command name (which may hold spaces).
+fn stat_field(pid: u32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(n).map(str::to_string)
 }
 
 /// Each hollow node holds a socket in this process, and the manager one more:
@@ -421,5 +436,18 @@ mod tests {
     #[test]
     fn cpu_seconds_of_this_process() {
         assert!(cpu_seconds(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn touching_fresh_memory_counts_minor_faults() {
+        let pid = std::process::id();
+        let before = minor_faults(pid).expect("readable");
+        let mut pages = vec![0u8; 16 << 20];
+        for i in (0..pages.len()).step_by(4096) {
+            pages[i] = 1;
+        }
+        std::hint::black_box(&pages);
+        // 4,096 faults of 4 KiB pages; 8 if the kernel hands out 2 MiB ones.
+        assert!(minor_faults(pid).expect("readable") >= before + 8);
     }
 }
