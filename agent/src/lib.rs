@@ -9,6 +9,7 @@
 //!   as the pure [`step`] function decides.
 //! - [`vault`]: the secret and config values the node's tasks use, in memory only.
 //! - [`reporter`]: the outbox of task statuses, sent in batches.
+//! - [`stats`]: counters of what the agent did, for whoever embeds it.
 //! - [`logs`]: answers the manager's log subscriptions (`service logs`) with
 //!   the runtime's logs, in batches.
 //! - [`runtime`]: the container-engine seam ([`runtime::Runtime`]); `fake` (feature
@@ -30,6 +31,7 @@ pub mod logs;
 pub mod reporter;
 pub mod runtime;
 mod session;
+pub mod stats;
 pub mod step;
 pub mod vault;
 pub mod worker;
@@ -45,6 +47,7 @@ pub use config::AgentConfig;
 pub use controller::TaskController;
 pub use error::{AgentError, Result};
 pub use reporter::Reporter;
+pub use stats::AgentStats;
 pub use worker::Worker;
 
 /// Runs the agent until `shutdown` is cancelled.
@@ -59,6 +62,16 @@ pub async fn run<R: runtime::Runtime>(
     runtime: Arc<R>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
+    run_counted(config, runtime, shutdown, Arc::default()).await
+}
+
+/// [`run`], counting what the agent does into `stats`.
+pub async fn run_counted<R: runtime::Runtime>(
+    config: AgentConfig,
+    runtime: Arc<R>,
+    shutdown: CancellationToken,
+    stats: Arc<AgentStats>,
+) -> Result<(), AgentError> {
     config.validate()?;
     let Some(creds) = identity::load_or_join(&config, &shutdown).await? else {
         return Ok(()); // shut down while waiting for a manager
@@ -69,7 +82,7 @@ pub async fn run<R: runtime::Runtime>(
         creds.clone(),
         shutdown.child_token(),
     ));
-    let reporter = Arc::new(Reporter::new());
+    let reporter = Arc::new(Reporter::with_stats(stats));
     let mut worker = Worker::new(runtime.clone(), reporter.clone(), shutdown.child_token());
     let result = session::run_sessions(
         &config,

@@ -4,15 +4,19 @@
 //! Only the latest status of each task is kept (states only move forward, so
 //! the newest one says everything). Updates survive a lost session: a batch the
 //! manager did not acknowledge goes back, unless a newer status replaced it.
+//! The reporter also carries the agent's [`AgentStats`], which the worker
+//! and the acknowledgements of this outbox count into.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_proto::dispatcher_client::DispatcherClient;
-use shoal_proto::{TaskStatus, TaskStatusUpdate, UpdateTaskStatusRequest};
+use shoal_proto::{TaskState, TaskStatus, TaskStatusUpdate, UpdateTaskStatusRequest};
 use tokio::sync::Notify;
 use tonic::transport::Channel;
+
+use crate::stats::AgentStats;
 
 /// How long updates are collected before a batch goes out: long enough for a
 /// burst of transitions (a service of 100 tasks starting) to share one RPC.
@@ -28,11 +32,25 @@ pub struct Reporter {
     // an await, and controllers report from synchronous code.
     pending: Mutex<HashMap<String, TaskStatus>>,
     notify: Notify,
+    stats: Arc<AgentStats>,
 }
 
 impl Reporter {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A reporter that counts into `stats` (which others may share).
+    pub fn with_stats(stats: Arc<AgentStats>) -> Self {
+        Reporter {
+            stats,
+            ..Self::default()
+        }
+    }
+
+    /// The agent's counters.
+    pub fn stats(&self) -> &AgentStats {
+        &self.stats
     }
 
     /// Queues `status` for `task_id`, replacing any unsent one.
@@ -130,6 +148,12 @@ pub(crate) async fn send_loop(
         if let Err(status) = client.update_task_status(request).await {
             return status;
         }
+        let running = batch
+            .updates
+            .iter()
+            .filter(|u| u.status.as_ref().map(TaskStatus::state) == Some(TaskState::Running))
+            .count();
+        reporter.stats.confirmed_running(running as u64);
         batch.acknowledged();
     }
 }
@@ -158,7 +182,6 @@ impl Drop for InFlight<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_proto::TaskState;
 
     fn status(state: TaskState) -> TaskStatus {
         TaskStatus {

@@ -188,6 +188,7 @@ impl<R: Runtime> Worker<R> {
         .with_files(files);
         self.tracker.spawn(controller.run());
         self.controllers.insert(id, tx);
+        self.reporter.stats().received_task();
     }
 
     /// The task is no longer assigned: its controller stops and removes it, then ends.

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use shoal_agent::AgentConfig;
 use shoal_agent::fake::FakeRuntime;
+use shoal_agent::{AgentConfig, AgentStats};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -23,12 +23,19 @@ pub struct HollowAgent {
     managers: Vec<String>,
     token: String,
     labels: HashMap<String, String>,
+    /// What the agent did: its own counters, or ones shared with other agents.
+    pub stats: Arc<AgentStats>,
 }
 
 impl HollowAgent {
     /// Start an agent named `name` (its hostname) with 4 CPUs and 8 GiB.
     pub fn start(cluster: &JoinTarget, name: &str, labels: &[(&str, &str)]) -> HollowAgent {
         Self::start_with(cluster, name, labels, 4_000_000_000, 8 << 30)
+    }
+
+    /// Start an agent that counts into `stats`, which other agents may share.
+    pub fn start_counted(cluster: &JoinTarget, name: &str, stats: Arc<AgentStats>) -> HollowAgent {
+        Self::start_full(cluster, name, &[], 4_000_000_000, 8 << 30, stats)
     }
 
     /// Start an agent with the given capacity.
@@ -38,6 +45,24 @@ impl HollowAgent {
         labels: &[(&str, &str)],
         nano_cpus: i64,
         memory_bytes: i64,
+    ) -> HollowAgent {
+        Self::start_full(
+            cluster,
+            name,
+            labels,
+            nano_cpus,
+            memory_bytes,
+            Arc::default(),
+        )
+    }
+
+    fn start_full(
+        cluster: &JoinTarget,
+        name: &str,
+        labels: &[(&str, &str)],
+        nano_cpus: i64,
+        memory_bytes: i64,
+        stats: Arc<AgentStats>,
     ) -> HollowAgent {
         let mut agent = HollowAgent {
             name: name.to_string(),
@@ -51,6 +76,7 @@ impl HollowAgent {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            stats,
         };
         agent.spawn();
         agent
@@ -69,8 +95,9 @@ impl HollowAgent {
         let runtime = self.runtime.clone();
         let token = self.shutdown.clone();
         let name = self.name.clone();
+        let stats = self.stats.clone();
         self.handle = Some(tokio::spawn(async move {
-            if let Err(err) = shoal_agent::run(config, runtime, token).await {
+            if let Err(err) = shoal_agent::run_counted(config, runtime, token, stats).await {
                 tracing::warn!(agent = %name, error = %err, "hollow agent stopped");
             }
         }));

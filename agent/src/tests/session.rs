@@ -267,6 +267,42 @@ async fn an_agent_registers_runs_its_task_and_survives_a_lost_session() {
 }
 
 #[tokio::test]
+async fn the_counters_see_a_task_received_and_its_running_report_acknowledged() {
+    let dispatcher = Arc::new(TestDispatcher {
+        tasks: vec![assigned_task("t1")],
+        ..Default::default()
+    });
+    let server_stop = CancellationToken::new();
+    let addr = serve(dispatcher.clone(), server_stop.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stats = Arc::new(crate::AgentStats::new());
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(crate::run_counted(
+        config(&addr, dir.path()),
+        Arc::new(FakeRuntime::default()),
+        shutdown.clone(),
+        stats.clone(),
+    ));
+
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        stats.wait_until(|s| s.running_confirmed() >= 1),
+    )
+    .await
+    .expect("RUNNING acknowledged");
+    assert_eq!(stats.tasks_received(), 1);
+    assert_eq!(
+        dispatcher.latest_state("t1"),
+        Some(TaskState::Running),
+        "confirmed only once the manager has it"
+    );
+
+    shutdown.cancel();
+    agent.await.unwrap().unwrap();
+    server_stop.cancel();
+}
+
+#[tokio::test]
 async fn a_slow_heartbeat_keeps_the_session_until_the_grace_runs_out() {
     // Period 50 ms, grace 4 s: answers 1.2 s late are slow, not lost (the old
     // agent gave a session up after max(period, 1 s)).

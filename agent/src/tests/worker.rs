@@ -112,6 +112,11 @@ async fn a_complete_set_replaces_the_tasks() {
     assert_eq!(fake.running(), vec!["Y".to_string()]);
     assert_eq!(worker.assigned(), 1);
     assert_eq!(fake.created_count(), 2, "Y was recreated");
+    assert_eq!(
+        reporter.stats().tasks_received(),
+        2,
+        "Y, sent twice, counts once"
+    );
 }
 
 #[tokio::test]

@@ -57,7 +57,7 @@ pub async fn run(nodes: usize) -> anyhow::Result<()> {
 
     note(format!("manager with {nodes} hollow nodes"));
     let manager = BenchManager::start(&["--heartbeat-period", "2s"], BENCH_LOG).await?;
-    let agents = start_hollow_nodes(&manager, nodes).await?;
+    let agents = start_hollow_nodes(&manager, nodes, &Default::default()).await?;
     tokio::time::sleep(SETTLE).await;
     figure(
         &format!("manager_rss_mib_{nodes}_nodes"),

@@ -8,9 +8,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use shoal_agent::AgentStats;
 use shoal_proto::store_object::Object;
 use shoal_proto::watch_client::WatchClient;
 use shoal_proto::{ListTasksRequest, Task, TaskState, WatchRequest};
@@ -160,6 +162,54 @@ async fn watch_tasks(
         })
         .await?
         .into_inner())
+}
+
+/// The milestones as the hollow nodes count them into `stats`: every task
+/// received by its node (the dispatcher sends committed assignments only) and
+/// every task's RUNNING report acknowledged (the manager acknowledges once it
+/// is committed). The manager does no work for this observer.
+pub async fn count_in_agents(
+    stats: Arc<AgentStats>,
+    expected: usize,
+    timeout: Duration,
+) -> anyhow::Result<Milestones> {
+    let expected = expected as u64;
+    let mut marks = Milestones::default();
+    let all_running = stats.wait_until(|s| {
+        if marks.assigned.is_none() && s.tasks_received() >= expected {
+            marks.assigned = Some(Instant::now());
+        }
+        s.running_confirmed() >= expected
+    });
+    if tokio::time::timeout(timeout, all_running).await.is_err() {
+        anyhow::bail!(
+            "timed out: {} tasks received by their nodes, {} RUNNING reports acknowledged, of {expected}",
+            stats.tasks_received(),
+            stats.running_confirmed()
+        );
+    }
+    marks.running = Some(Instant::now());
+    Ok(marks)
+}
+
+/// Check with the manager what the hollow nodes counted: it holds exactly
+/// `expected` tasks, all RUNNING.
+pub async fn check_all_running(
+    addr: SocketAddr,
+    admin: &std::path::Path,
+    expected: usize,
+) -> anyhow::Result<()> {
+    let tasks = list_tasks(addr, admin).await?;
+    let running = tasks
+        .iter()
+        .filter(|t| t.status.as_ref().map(|s| s.state()) == Some(TaskState::Running))
+        .count();
+    anyhow::ensure!(
+        tasks.len() == expected && running == expected,
+        "the hollow nodes counted {expected} tasks running, but the manager holds {} tasks of which {running} RUNNING",
+        tasks.len()
+    );
+    Ok(())
 }
 
 async fn list_tasks(addr: SocketAddr, admin: &std::path::Path) -> anyhow::Result<Vec<Task>> {

@@ -51,6 +51,11 @@ enum Scenario {
         /// Record a `perf record -g` profile of the manager while measuring.
         #[arg(long)]
         perf_out: Option<std::path::PathBuf>,
+        /// Follow the tasks on the manager's Watch stream (the observer of
+        /// runs before 2026-12-06) instead of counting in the hollow nodes;
+        /// also prints task_writes_per_task.
+        #[arg(long)]
+        watch: bool,
     },
     /// Convergence on the real engine: shoal, Docker Swarm, plain `docker run`.
     Converge {
@@ -109,6 +114,7 @@ fn main() -> anyhow::Result<()> {
                 heartbeat_period,
                 timeout_s,
                 perf_out,
+                watch,
             } => {
                 schedule::run(schedule::ScheduleArgs {
                     nodes,
@@ -118,6 +124,7 @@ fn main() -> anyhow::Result<()> {
                     heartbeat: heartbeat_period,
                     timeout: Duration::from_secs(timeout_s),
                     perf_out,
+                    watch,
                 })
                 .await
             }
