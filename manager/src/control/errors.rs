@@ -11,7 +11,7 @@ pub fn store_status(err: StoreError) -> Status {
         StoreError::NotFound { .. } => Status::not_found(msg),
         StoreError::AlreadyExists { .. } => Status::already_exists(msg),
         StoreError::PortInUse { .. } => Status::already_exists(format!("publish: {msg}")),
-        StoreError::Conflict { .. } => Status::aborted(msg),
+        StoreError::Conflict { .. } | StoreError::StaleReport { .. } => Status::aborted(msg),
         StoreError::InUse { .. } => Status::failed_precondition(msg),
         StoreError::Invalid(_) => Status::invalid_argument(msg),
         StoreError::NotLeader

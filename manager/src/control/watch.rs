@@ -76,7 +76,7 @@ impl Watch for WatchService {
                     .map(|c| WatchEvent {
                         kind: match c.kind {
                             ChangeKind::Created => WatchKind::Create,
-                            ChangeKind::Updated => WatchKind::Update,
+                            ChangeKind::Updated | ChangeKind::Reported => WatchKind::Update,
                             ChangeKind::Deleted => WatchKind::Delete,
                         } as i32,
                         object: Some(StoreObject {

@@ -206,10 +206,16 @@ impl NodeView {
                 Some(Stored::Task(old)) => Some(old),
                 _ => None,
             };
-            let news = self.known.insert(task.id.clone())
-                || old.is_none_or(|old| matters_to_agent(old, task))
-                // Already going out in this message: carry the latest copy.
-                || pending.tasks.contains_key(&task.id);
+            // Already going out in this message: carry the latest copy.
+            let going_out = |pending: &Pending| pending.tasks.contains_key(&task.id);
+            let news = if change.kind == ChangeKind::Reported {
+                // The agent's own report changed nothing it acts on.
+                going_out(pending)
+            } else {
+                (!self.known.contains(&task.id) && self.known.insert(task.id.clone()))
+                    || old.is_none_or(|old| matters_to_agent(old, task))
+                    || going_out(pending)
+            };
             if news {
                 pending.removed.remove(&task.id);
                 pending.tasks.insert(task.id.clone(), Task::clone(task));
@@ -305,6 +311,16 @@ mod unit {
             SNAPSHOT,
             &mut p,
         );
+        // The same as a report action: not news either, and nothing compared.
+        view.absorb(
+            &change(
+                ChangeKind::Reported,
+                task("a", "n1", Running, Running),
+                Some(task("a", "n1", Assigned, Running)),
+            ),
+            SNAPSHOT,
+            &mut p,
+        );
         // Another node's task and a task not yet assigned: not for this agent.
         view.absorb(
             &change(
@@ -343,10 +359,10 @@ mod unit {
             SNAPSHOT,
             &mut p,
         );
-        // Then a status update of a in the same drain: the message carries the latest copy.
+        // Then a status report of a in the same drain: the message carries the latest copy.
         view.absorb(
             &change(
-                ChangeKind::Updated,
+                ChangeKind::Reported,
                 task("a", "n1", Shutdown, Shutdown),
                 Some(task("a", "n1", Running, Shutdown)),
             ),

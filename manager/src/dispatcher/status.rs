@@ -5,27 +5,30 @@
 //! One Raft entry per report would cap the cluster at a few thousand status
 //! changes per second (an fsync each); the batcher takes whatever queued up
 //! while the previous commit was in flight, merges reports about the same task
-//! and commits them together. Each RPC replies once its own updates are
-//! committed, so an agent that got `Ok` knows its report is durable.
+//! and commits them together, as [`Action::Report`]s: the task id and the
+//! status, applied to the task as it is at commit. Each RPC replies once its
+//! own updates are committed, so an agent that got `Ok` knows its report is
+//! durable.
 
 use std::collections::HashMap;
 
 use futures::future::join_all;
-use shoal_proto::{Task, TaskState, TaskStatus, TaskStatusUpdate};
+use shoal_proto::{TaskState, TaskStatus, TaskStatusUpdate};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::{Running, store_status};
-use crate::store::{Action, MemState, Object, Store, StoreError};
+use crate::store::{Action, MemState, Store, StoreError};
 
 /// Reports (RPCs) queued towards the batcher before senders wait.
 pub(super) const QUEUE_CAPACITY: usize = 1024;
 /// Task updates gathered into one round of proposals.
 const MAX_ROUND: usize = 4096;
-/// Task updates per proposal: keeps each Raft entry well below the size that
-/// sled stores out of line (a quarter of its segment size).
-const MAX_PER_PROPOSAL: usize = 128;
+/// Reports per proposal: each is a task id and a status (a hundred bytes or
+/// so), so an entry stays far below the size sled stores out of line (a
+/// quarter of its segment size).
+const MAX_PER_PROPOSAL: usize = 1024;
 
 /// One RPC's screened updates, waiting for their commit.
 pub(super) struct StatusRequest {
@@ -161,77 +164,35 @@ fn merge(updates: impl Iterator<Item = (String, TaskStatus)>) -> HashMap<String,
     merged
 }
 
-/// Write `merged` over the current tasks, in proposals of bounded size sent
-/// together. A task that changed between read and commit is read again and
-/// retried once.
+/// Commit `merged` as report actions, in proposals of bounded size sent
+/// together. A report carries only the task's id and status: the raft task
+/// applies it to the task as it is then, so nothing is read or copied here and
+/// no concurrent write can make it conflict. Reports of tasks reaped since, or
+/// overtaken by a further state, are refused by apply and dropped.
 async fn commit(store: &Store, merged: HashMap<String, TaskStatus>) -> Result<(), StoreError> {
-    let mut todo: Vec<(String, TaskStatus)> = merged.into_iter().collect();
-    for attempt in 0..2 {
-        // Clone under the read lock; change and log outside it.
-        let current: Vec<(String, TaskStatus, Task)> = store.read(|s| {
-            todo.iter()
-                .filter_map(|(id, status)| {
-                    let task = s.task(id)?;
-                    moves_forward(task.status.as_ref(), status)
-                        .then(|| (id.clone(), status.clone(), task.clone()))
-                })
-                .collect()
-        });
-        let actions = current.into_iter().map(|(id, status, mut task)| {
-            log_transition(&id, task.status.as_ref(), &status);
-            task.status = Some(status.clone());
-            (id, status, Action::Update(Object::Task(task.into())))
-        });
-        let mut chunks = Vec::new();
-        let mut proposals = Vec::new();
-        let mut rest = actions.peekable();
-        while rest.peek().is_some() {
-            let chunk: Vec<_> = rest.by_ref().take(MAX_PER_PROPOSAL).collect();
-            let (keys, actions): (Vec<_>, Vec<_>) =
-                chunk.into_iter().map(|(id, s, a)| ((id, s), a)).unzip();
-            chunks.push(keys);
-            proposals.push(store.propose_each(actions));
+    let mut proposals = Vec::new();
+    let mut rest = merged.into_iter().peekable();
+    while rest.peek().is_some() {
+        let actions = rest
+            .by_ref()
+            .take(MAX_PER_PROPOSAL)
+            .map(|(task_id, status)| Action::Report { task_id, status })
+            .collect();
+        proposals.push(store.propose_each(actions));
+    }
+    for result in join_all(proposals).await {
+        for (_, err) in result?.refused {
+            tracing::debug!(error = %err, "status report dropped");
         }
-        let mut conflicted = Vec::new();
-        for (keys, result) in chunks.into_iter().zip(join_all(proposals).await) {
-            for (pos, err) in result?.refused {
-                match err {
-                    StoreError::Conflict { .. } => conflicted.push(keys[pos].clone()),
-                    // NotFound: the task was reaped meanwhile; nothing to report on.
-                    other => {
-                        tracing::debug!(task.id = %keys[pos].0, error = %other, "status update dropped")
-                    }
-                }
-            }
-        }
-        if conflicted.is_empty() {
-            return Ok(());
-        }
-        if attempt == 1 {
-            for (id, _) in &conflicted {
-                tracing::warn!(task.id = %id, "status update lost to repeated concurrent writes");
-            }
-        }
-        todo = conflicted;
     }
     Ok(())
-}
-
-fn log_transition(task_id: &str, from: Option<&TaskStatus>, to: &TaskStatus) {
-    let from = from.map(|s| s.state()).unwrap_or(TaskState::New);
-    if from != to.state() {
-        tracing::debug!(
-            task.id = %task_id,
-            from = shoal_proto::state::name(from),
-            to = shoal_proto::state::name(to.state()),
-            "task state reported"
-        );
-    }
 }
 
 #[cfg(test)]
 mod unit {
     use super::*;
+    use crate::store::Object;
+    use shoal_proto::Task;
 
     fn status(state: TaskState, message: &str) -> TaskStatus {
         TaskStatus {

@@ -66,7 +66,7 @@ impl Dirty {
                         if !t.node_id.is_empty() {
                             self.note_assigned(t);
                         }
-                    } else if change.kind != ChangeKind::Updated
+                    } else if !change.kind.is_update()
                         || old.is_none_or(|old| affects_reconcile(old, t))
                     {
                         self.services.insert(t.service_id.clone());
@@ -77,7 +77,7 @@ impl Dirty {
                         Some(Stored::Node(old)) => Some(old),
                         _ => None,
                     };
-                    if change.kind != ChangeKind::Updated
+                    if !change.kind.is_update()
                         || old.is_none_or(|old| node_affects_reconcile(old, n))
                     {
                         self.nodes.insert(n.id.clone());
@@ -221,19 +221,15 @@ mod tests {
     #[test]
     fn progress_reports_do_not_make_a_service_dirty_but_endings_do() {
         use TaskState::*;
-        let update = |from, to| {
-            dirty_after(
-                ChangeKind::Updated,
-                reported("t", to),
-                Some(reported("t", from)),
-            )
-        };
-        assert!(!update(Assigned, Accepted));
-        assert!(!update(Preparing, Running));
-        assert!(
-            update(Running, Failed),
-            "a task that ended needs a replacement"
-        );
+        for kind in [ChangeKind::Updated, ChangeKind::Reported] {
+            let update = |from, to| dirty_after(kind, reported("t", to), Some(reported("t", from)));
+            assert!(!update(Assigned, Accepted), "{kind:?}");
+            assert!(!update(Preparing, Running), "{kind:?}");
+            assert!(
+                update(Running, Failed),
+                "{kind:?}: a task that ended needs a replacement"
+            );
+        }
         let mut pending = reported("t", Pending);
         pending.node_id.clear();
         let mut dirty = Dirty::default();

@@ -519,9 +519,7 @@ fn batches(actions: Vec<(String, Action)>) -> Vec<(Vec<String>, Vec<Action>)> {
     let mut out: Vec<(Vec<String>, Vec<Action>)> = Vec::new();
     let mut bytes = 0;
     for (owner, action) in actions {
-        let size = match &action {
-            Action::Create(o) | Action::Update(o) | Action::Delete(o) => o.encoded_len(),
-        };
+        let size = action.encoded_len();
         let full = out.last().is_none_or(|(_, chunk)| {
             chunk.len() >= WRITE_BATCH || (!chunk.is_empty() && bytes + size > WRITE_BATCH_BYTES)
         });

@@ -109,6 +109,7 @@ mod unit {
             object: Some(StoreObject {
                 object: Some(object),
             }),
+            report: None,
         };
         let original = Proposal {
             id: u64::MAX,
@@ -117,6 +118,18 @@ mod unit {
             actions: vec![
                 action(Object::Service(Box::new(service))),
                 action(Object::Task(Box::new(task))),
+                StoreAction {
+                    kind: ActionKind::Report as i32,
+                    object: None,
+                    report: Some(shoal_proto::TaskStatusUpdate {
+                        task_id: "t1".into(),
+                        status: Some(shoal_proto::TaskStatus {
+                            state: TaskState::Running as i32,
+                            message: "started".into(),
+                            ..Default::default()
+                        }),
+                    }),
+                },
                 StoreAction::default(),
             ],
         };

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::nodeinfo::report_matters;
 use super::placer::PlaceRequest;
 use super::state::SchedulerState;
 use crate::store::{Action, Applied, ChangeBatch, ChangeKind, Object, Store, StoreError, Stored};
@@ -205,6 +206,13 @@ impl Driver {
                 Stored::Node(n) if deleted => self.state.remove_node(&n.id),
                 Stored::Node(n) => self.state.upsert_node(n),
                 Stored::Task(t) if deleted => self.state.remove_task(&t.id),
+                // An agent's report: it matters only when the task stops or
+                // starts holding its node's resources.
+                Stored::Task(t)
+                    if change.kind == ChangeKind::Reported
+                        && change.old.as_ref().is_some_and(
+                            |old| matches!(old, Stored::Task(old) if !report_matters(old, t)),
+                        ) => {}
                 Stored::Task(t) => self.state.upsert_task(t),
                 Stored::Service(_) | Stored::Cluster(_) | Stored::Secret(_) | Stored::Config(_) => {
                 }

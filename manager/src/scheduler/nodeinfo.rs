@@ -79,6 +79,13 @@ pub fn is_counted(task: &Task) -> bool {
     holds_resources(task) && task.desired_state() <= TaskState::Running
 }
 
+/// True when an agent's report, which changed only the task's status from
+/// `old` to `new`, can change what the scheduler keeps of it: whether it
+/// holds its node's resources (and so counts there), or waits to be placed.
+pub fn report_matters(old: &Task, new: &Task) -> bool {
+    holds_resources(old) != holds_resources(new) || is_schedulable(old) || is_schedulable(new)
+}
+
 /// True when the scheduler should place the task.
 pub fn is_schedulable(task: &Task) -> bool {
     observed(task) == TaskState::Pending && task.desired_state() <= TaskState::Running
@@ -314,5 +321,18 @@ mod tests {
         assert!(!info.port_in_use(&port));
         assert_eq!(info.reserved(), (0, 0));
         assert_eq!(info.task_count(), 0);
+    }
+
+    #[test]
+    fn only_reports_that_start_or_stop_holding_resources_matter() {
+        use TaskState::*;
+        let report = |from, to| report_matters(&task("t", from, Running), &task("t", to, Running));
+        assert!(
+            !report(Assigned, Running),
+            "it held its node's resources already"
+        );
+        assert!(!report(Starting, Running));
+        assert!(report(Running, Failed), "a task that ended frees them");
+        assert!(report(Pending, Assigned), "a task waiting to be placed");
     }
 }

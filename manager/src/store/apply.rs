@@ -9,7 +9,12 @@
 //! applies all of its actions or none; a non-atomic one applies those that pass
 //! and reports the rest.
 
-use shoal_proto::{ActionKind, Proposal, PublishMode, Service, StoreAction};
+use std::sync::Arc;
+
+use shoal_proto::state::{may_advance, name};
+use shoal_proto::{
+    ActionKind, Proposal, PublishMode, Service, StoreAction, Task, TaskState, TaskStatusUpdate,
+};
 
 use super::object::{Kind, Object, ObjectExt, Stored};
 use super::tables::{MemState, service_name};
@@ -81,6 +86,9 @@ fn apply_action(
     timestamp: i64,
 ) -> Result<Change, StoreError> {
     let kind = ActionKind::try_from(action.kind).unwrap_or(ActionKind::Create);
+    if kind == ActionKind::Report {
+        return apply_report(state, action.report, index, timestamp);
+    }
     let mut object = action
         .object
         .and_then(|o| o.object)
@@ -137,6 +145,7 @@ fn apply_action(
                 old,
             })
         }
+        ActionKind::Report => unreachable!("handled above"),
         ActionKind::Delete => {
             let current = current.ok_or(StoreError::NotFound {
                 kind: k,
@@ -160,6 +169,48 @@ fn apply_action(
             })
         }
     }
+}
+
+/// An agent's report: the task as it is now, with the reported status. No
+/// version check (the agent owns the observed status, and the report was
+/// screened against the node's own tasks); the state only moves forward.
+fn apply_report(
+    state: &mut MemState,
+    report: Option<TaskStatusUpdate>,
+    index: u64,
+    timestamp: i64,
+) -> Result<Change, StoreError> {
+    let invalid = |what: &str| StoreError::Invalid(format!("status report without {what}"));
+    let report = report.ok_or_else(|| invalid("a task and a status"))?;
+    let status = report.status.ok_or_else(|| invalid("a status"))?;
+    let id = report.task_id;
+    let current = state.task(&id).ok_or_else(|| StoreError::NotFound {
+        kind: Kind::Task,
+        id: id.clone(),
+    })?;
+    let from = current
+        .status
+        .as_ref()
+        .map_or(TaskState::New, |s| s.state());
+    if !may_advance(from, status.state()) {
+        return Err(StoreError::StaleReport {
+            id,
+            current: name(from),
+            reported: name(status.state()),
+        });
+    }
+    let mut task = Task::clone(current);
+    task.status = Some(status);
+    let meta = task.meta.get_or_insert_with(Default::default);
+    meta.version = index;
+    meta.updated_at = timestamp;
+    let object = Stored::Task(Arc::new(task));
+    let old = state.put(object.clone());
+    Ok(Change {
+        kind: ChangeKind::Reported,
+        object,
+        old,
+    })
 }
 
 /// Store-wide invariants that concurrent writers could otherwise break.

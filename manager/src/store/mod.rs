@@ -18,7 +18,9 @@ mod tables;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use shoal_proto::{ActionKind, Cluster, Proposal, StoreAction, StoreObject};
+use shoal_proto::{
+    ActionKind, Cluster, Proposal, StoreAction, StoreObject, TaskStatus, TaskStatusUpdate,
+};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use apply::{Outcome, ingress_ports};
@@ -38,20 +40,44 @@ pub enum Action {
     Update(Object),
     /// Fails if absent, or if `meta.version` is non-zero and not the stored one.
     Delete(Object),
+    /// A task's status as its agent reported it: replaces the status of the
+    /// task as it is when the entry applies. Fails if the task is gone or the
+    /// report would move its state backwards.
+    Report { task_id: String, status: TaskStatus },
 }
 
 impl Action {
+    /// About the bytes it takes in a proposal.
+    pub fn encoded_len(&self) -> usize {
+        use prost::Message as _;
+        match self {
+            Action::Create(o) | Action::Update(o) | Action::Delete(o) => o.encoded_len(),
+            Action::Report { task_id, status } => task_id.len() + status.encoded_len(),
+        }
+    }
+
     fn into_proto(self) -> StoreAction {
         let (kind, object) = match self {
             Action::Create(o) => (ActionKind::Create, o),
             Action::Update(o) => (ActionKind::Update, o),
             Action::Delete(o) => (ActionKind::Delete, o),
+            Action::Report { task_id, status } => {
+                return StoreAction {
+                    kind: ActionKind::Report as i32,
+                    object: None,
+                    report: Some(TaskStatusUpdate {
+                        task_id,
+                        status: Some(status),
+                    }),
+                };
+            }
         };
         StoreAction {
             kind: kind as i32,
             object: Some(StoreObject {
                 object: Some(object),
             }),
+            report: None,
         }
     }
 }
@@ -61,6 +87,16 @@ pub enum ChangeKind {
     Created,
     Updated,
     Deleted,
+    /// A task updated by its agent's report ([`Action::Report`]): only its
+    /// status (and `meta`) differ from `old`. Its agent knows it already.
+    Reported,
+}
+
+impl ChangeKind {
+    /// An update of an existing object, whoever wrote it.
+    pub fn is_update(self) -> bool {
+        matches!(self, ChangeKind::Updated | ChangeKind::Reported)
+    }
 }
 
 /// One applied change. `object` is the new value (the removed value for a
@@ -109,6 +145,12 @@ pub enum StoreError {
     },
     #[error("invalid store action: {0}")]
     Invalid(String),
+    #[error("task {id} is {current}: a report of {reported} comes too late")]
+    StaleReport {
+        id: String,
+        current: &'static str,
+        reported: &'static str,
+    },
     #[error("this manager is not the leader")]
     NotLeader,
     #[error("leadership changed before the write committed; it may or may not have been applied")]

@@ -294,3 +294,108 @@ async fn a_committed_change_shares_the_tables_copy_of_each_version() {
         assert!(Arc::ptr_eq(&now, new));
     });
 }
+
+#[tokio::test]
+async fn a_report_changes_only_the_status_and_never_moves_it_back() {
+    use shoal_proto::{TaskState, TaskStatus};
+    let report = |id: &str, state: TaskState, message: &str| Action::Report {
+        task_id: id.into(),
+        status: TaskStatus {
+            state: state as i32,
+            message: message.into(),
+            ..Default::default()
+        },
+    };
+    let store = Store::in_memory();
+    let created = store
+        .propose(vec![Action::Create(task("t1", "s1", "n1"))])
+        .await
+        .unwrap();
+    let before = store.read(|s| s.task("t1").unwrap().clone());
+
+    let applied = store
+        .propose_each(vec![
+            report("t1", TaskState::Running, "started"),
+            report("gone", TaskState::Running, ""),
+        ])
+        .await
+        .unwrap();
+    let change = &applied.batch.changes[0];
+    assert_eq!(change.kind, ChangeKind::Reported);
+    let Stored::Task(old) = change.old.as_ref().expect("the version it replaced") else {
+        panic!("a task change");
+    };
+    assert_eq!(**old, before);
+    let after = store.read(|s| s.task("t1").unwrap().clone());
+    let meta = after.meta.as_ref().unwrap();
+    assert_eq!(meta.version, applied.index, "versioned by its entry");
+    assert_eq!(meta.created_at, before.meta.as_ref().unwrap().created_at);
+    assert!(applied.index > created.index);
+    assert_eq!(after.status.as_ref().unwrap().message, "started");
+    assert_eq!(
+        Task {
+            status: None,
+            meta: None,
+            ..after.clone()
+        },
+        Task {
+            status: None,
+            meta: None,
+            ..before
+        },
+        "nothing but the status and meta changed"
+    );
+    assert!(matches!(
+        applied.refused.as_slice(),
+        [(1, StoreError::NotFound { .. })]
+    ));
+
+    // A late report of an earlier state is refused; the same state again is
+    // taken (it may carry a newer message).
+    let applied = store
+        .propose_each(vec![
+            report("t1", TaskState::Starting, "late"),
+            report("t1", TaskState::Running, "still up"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        applied.refused,
+        vec![(
+            0,
+            StoreError::StaleReport {
+                id: "t1".into(),
+                current: "running",
+                reported: "starting",
+            }
+        )]
+    );
+    store.read(|s| {
+        let status = s.task("t1").unwrap().status.as_ref().unwrap();
+        assert_eq!(
+            (status.state(), status.message.as_str()),
+            (TaskState::Running, "still up")
+        );
+    });
+}
+
+#[test]
+fn a_report_survives_its_encoding() {
+    let action = Action::Report {
+        task_id: "t1".into(),
+        status: shoal_proto::TaskStatus {
+            state: shoal_proto::TaskState::Failed as i32,
+            message: "exit 3".into(),
+            ..Default::default()
+        },
+    };
+    let proto = action.clone().into_proto();
+    assert!(proto.object.is_none());
+    let report = proto.report.expect("a report");
+    assert_eq!(report.task_id, "t1");
+    assert_eq!(report.status.unwrap().message, "exit 3");
+    assert!(
+        action.encoded_len() < 40,
+        "a report costs bytes, not a task"
+    );
+}
