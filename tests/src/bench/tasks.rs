@@ -193,7 +193,9 @@ pub async fn count_in_agents(
 }
 
 /// Check with the manager what the hollow nodes counted: it holds exactly
-/// `expected` tasks, all RUNNING.
+/// `expected` tasks RUNNING. Tasks beyond those are ones placed again after
+/// their node was marked DOWN (`nodes_marked_down_*` counts such nodes);
+/// their old copies count in the hollow nodes too, as they did on the watch.
 pub async fn check_all_running(
     addr: SocketAddr,
     admin: &std::path::Path,
@@ -205,10 +207,17 @@ pub async fn check_all_running(
         .filter(|t| t.status.as_ref().map(|s| s.state()) == Some(TaskState::Running))
         .count();
     anyhow::ensure!(
-        tasks.len() == expected && running == expected,
+        running == expected,
         "the hollow nodes counted {expected} tasks running, but the manager holds {} tasks of which {running} RUNNING",
         tasks.len()
     );
+    if tasks.len() > expected {
+        note(format!(
+            "the manager holds {} tasks: {} were placed again after their node was marked DOWN",
+            tasks.len(),
+            tasks.len() - expected
+        ));
+    }
     Ok(())
 }
 
