@@ -197,8 +197,26 @@ fn start_agent(
     CancellationToken,
     tokio::task::JoinHandle<Result<(), crate::error::AgentError>>,
 ) {
+    start_counted(addr, dir, runtime, Arc::default())
+}
+
+/// [`start_agent`], counting into `stats`.
+fn start_counted(
+    addr: &str,
+    dir: &std::path::Path,
+    runtime: Arc<FakeRuntime>,
+    stats: Arc<crate::AgentStats>,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), crate::error::AgentError>>,
+) {
     let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(crate::run(config(addr, dir), runtime, shutdown.clone()));
+    let agent = tokio::spawn(crate::run_counted(
+        config(addr, dir),
+        runtime,
+        shutdown.clone(),
+        stats,
+    ));
     (shutdown, agent)
 }
 
@@ -276,13 +294,12 @@ async fn the_counters_see_a_task_received_and_its_running_report_acknowledged() 
     let addr = serve(dispatcher.clone(), server_stop.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let stats = Arc::new(crate::AgentStats::new());
-    let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(crate::run_counted(
-        config(&addr, dir.path()),
+    let (shutdown, agent) = start_counted(
+        &addr,
+        dir.path(),
         Arc::new(FakeRuntime::default()),
-        shutdown.clone(),
         stats.clone(),
-    ));
+    );
 
     tokio::time::timeout(
         Duration::from_secs(30),
