@@ -58,6 +58,11 @@ impl Disk {
             path: path.to_path_buf(),
             source,
         };
+        // A handle dropped a moment ago in this process (the rewrite of
+        // `--force-new-cluster`, tests) may still be held by sled's I/O
+        // threads: wait for them. A database another process holds stays
+        // held, and sled's open below fails naming its lock.
+        wait_closed(path, CLOSE_TIMEOUT);
         let db = sled::Config::new()
             .path(path)
             .segment_size(SEGMENT_SIZE)
@@ -220,6 +225,10 @@ impl Disk {
         Ok(applied)
     }
 }
+
+/// How long a store being closed may take to let go of its files, as a
+/// stopping node and an open wait for it.
+pub(crate) const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Wait until nothing holds the database at `path` open: sled's I/O threads
 /// may keep it a moment after the last handle is dropped, and an open in that

@@ -53,8 +53,6 @@ use storage::SledStorage;
 
 /// Proposals queued before `Store::propose` waits.
 const PROPOSAL_QUEUE: usize = 4096;
-/// How long a stopping node waits for sled to let go of its files.
-const STORE_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Peer messages queued before new ones are dropped.
 const INBOX_QUEUE: usize = 4096;
 /// Largest append message to a follower.
@@ -351,7 +349,7 @@ fn open(
             // stopped once sled's threads have let go of the files too.
             runtime.block_on(node.run(token));
             drop(runtime);
-            if !disk::wait_closed(&store_path, STORE_CLOSE_TIMEOUT) {
+            if !disk::wait_closed(&store_path, disk::CLOSE_TIMEOUT) {
                 tracing::warn!(path = %store_path.display(), "the raft store is still held open after the raft node stopped");
             }
             let _ = stopped_tx.send(true);
