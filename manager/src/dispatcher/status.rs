@@ -135,7 +135,11 @@ pub(super) async fn run_batcher(
                 Err(_) => break,
             }
         }
-        let merged = merge(round.iter().flat_map(|r| r.updates.iter().cloned()));
+        let merged = merge(
+            round
+                .iter_mut()
+                .flat_map(|r| std::mem::take(&mut r.updates)),
+        );
         let result = tokio::select! {
             _ = token.cancelled() => Err(StoreError::Stopped),
             r = commit(&store, merged) => r,

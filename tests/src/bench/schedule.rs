@@ -12,7 +12,7 @@
 //! ([`AgentStats`]). A last `ListTasks` checks that the manager holds all M
 //! tasks RUNNING. With `--watch` the harness follows the leader's `Watch`
 //! stream instead, as it did before: that observer costs the manager about a
-//! fifth of its CPU. With K > 1 every placement is committed by a majority,
+//! tenth of its CPU. With K > 1 every placement is committed by a majority,
 //! and the followers apply it on the same cores.
 
 use std::sync::Arc;
