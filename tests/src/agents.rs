@@ -24,7 +24,7 @@ pub struct HollowAgent {
     token: String,
     labels: HashMap<String, String>,
     /// What the agent did: its own counters, or ones shared with other agents.
-    pub stats: Arc<AgentStats>,
+    stats: Arc<AgentStats>,
 }
 
 impl HollowAgent {

@@ -231,22 +231,22 @@ async fn measure(
         (Some(out), Some(pid)) => Some(Profiler::start(pid, out)?),
         _ => None,
     };
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let follower = if args.watch {
-        tokio::spawn(follow(
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let follower = tokio::spawn(follow(
             manager.addr,
             manager.admin_dir(),
             args.tasks,
             args.timeout,
             ready_tx,
-        ))
+        ));
+        ready_rx
+            .await
+            .map_err(|_| anyhow::anyhow!("the task watch did not start"))?;
+        follower
     } else {
-        let _ = ready_tx.send(());
         tokio::spawn(count_in_agents(stats.clone(), args.tasks, args.timeout))
     };
-    ready_rx
-        .await
-        .map_err(|_| anyhow::anyhow!("the task watch did not start"))?;
 
     // The phase figures come from the log lines written from here on.
     let log_start = manager.log().len();
