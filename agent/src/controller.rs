@@ -36,13 +36,14 @@ enum Outcome<T> {
 pub struct TaskController<R> {
     runtime: Arc<R>,
     reporter: Arc<Reporter>,
-    /// Boxed, like the engine calls in [`TaskController::run`]: the
-    /// controller sits in its future for the task's whole life.
-    task: Box<Task>,
+    /// Shared with the worker's channel, never copied: the controller sits
+    /// in its future for the task's whole life, and each engine call takes
+    /// the task along.
+    task: Arc<Task>,
     observed: TaskState,
     /// The engine's container id: from adoption or from `prepare`.
     container_id: String,
-    updates: watch::Receiver<Task>,
+    updates: watch::Receiver<Arc<Task>>,
     updates_open: bool,
     shutdown: CancellationToken,
     /// Where to pick the task up, and whether its container was adopted;
@@ -58,11 +59,11 @@ impl<R: Runtime> TaskController<R> {
     pub fn new(
         runtime: Arc<R>,
         reporter: Arc<Reporter>,
-        mut updates: watch::Receiver<Task>,
+        mut updates: watch::Receiver<Arc<Task>>,
         container: Option<ContainerInfo>,
         shutdown: CancellationToken,
     ) -> Self {
-        let task = Box::new(updates.borrow_and_update().clone());
+        let task = updates.borrow_and_update().clone();
         let reported = task.status.as_ref().map_or(TaskState::New, |s| s.state());
         let adopted = container.is_some();
         let resume = resume(reported, container.as_ref().map(|c| c.state));
@@ -264,7 +265,7 @@ impl<R: Runtime> TaskController<R> {
 
     fn take_update(&mut self, open: bool) {
         if open {
-            *self.task = self.updates.borrow_and_update().clone();
+            self.task = self.updates.borrow_and_update().clone();
         } else {
             self.updates_open = false;
         }

@@ -27,8 +27,9 @@ use crate::vault::Vault;
 pub struct Worker<R> {
     runtime: Arc<R>,
     reporter: Arc<Reporter>,
-    /// The latest version of each assigned task, watched by its controller.
-    controllers: HashMap<String, watch::Sender<Task>>,
+    /// The latest version of each assigned task, watched by its controller,
+    /// which shares it rather than holding a copy.
+    controllers: HashMap<String, watch::Sender<Arc<Task>>>,
     adopted: bool,
     /// The secret and config values the node's tasks use, in memory only.
     vault: Vault,
@@ -171,13 +172,13 @@ impl<R: Runtime> Worker<R> {
             // Only the desired state changes in an assigned task; skip no-op
             // updates so a repeated full set does not wake every controller.
             if tx.borrow().desired_state != task.desired_state {
-                tx.send_replace(task);
+                tx.send_replace(Arc::new(task));
             }
             return;
         }
         let id = task.id.clone();
         let files = Arc::new(self.vault.files_for(&task));
-        let (tx, rx) = watch::channel(task);
+        let (tx, rx) = watch::channel(Arc::new(task));
         let controller = TaskController::new(
             self.runtime.clone(),
             self.reporter.clone(),
@@ -194,7 +195,7 @@ impl<R: Runtime> Worker<R> {
     /// The task is no longer assigned: its controller stops and removes it, then ends.
     fn unassign(&mut self, id: &str) {
         if let Some(tx) = self.controllers.remove(id) {
-            tx.send_modify(|t| t.desired_state = TaskState::Remove as i32);
+            tx.send_modify(|t| Arc::make_mut(t).desired_state = TaskState::Remove as i32);
         }
     }
 }

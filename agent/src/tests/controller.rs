@@ -18,7 +18,7 @@ use crate::runtime::{ContainerState, Runtime};
 struct Harness {
     fake: Arc<FakeRuntime>,
     reporter: Arc<Reporter>,
-    updates: watch::Sender<Task>,
+    updates: watch::Sender<Arc<Task>>,
     handle: JoinHandle<()>,
     shutdown: CancellationToken,
 }
@@ -27,7 +27,7 @@ fn start(task: Task) -> Harness {
     let fake = Arc::new(FakeRuntime::default());
     let reporter = Arc::new(Reporter::new());
     let shutdown = CancellationToken::new();
-    let (updates, rx) = watch::channel(task);
+    let (updates, rx) = watch::channel(Arc::new(task));
     let controller =
         TaskController::new(fake.clone(), reporter.clone(), rx, None, shutdown.clone());
     let handle = tokio::spawn(controller.run());
@@ -42,7 +42,8 @@ fn start(task: Task) -> Harness {
 
 impl Harness {
     fn desire(&self, state: TaskState) {
-        self.updates.send_modify(|t| t.desired_state = state as i32);
+        self.updates
+            .send_modify(|t| Arc::make_mut(t).desired_state = state as i32);
     }
 }
 
@@ -146,7 +147,7 @@ async fn an_adopted_running_container_is_watched_not_recreated() {
     t.status.as_mut().unwrap().state = TaskState::Running as i32;
     let container = fake.list(NODE).await.unwrap().pop();
     let reporter = Arc::new(Reporter::new());
-    let (_updates, rx) = watch::channel(t);
+    let (_updates, rx) = watch::channel(Arc::new(t));
     let controller = TaskController::new(
         fake.clone(),
         reporter.clone(),
@@ -170,7 +171,7 @@ async fn an_adopted_running_container_is_watched_not_recreated() {
 async fn a_controllers_future_does_not_hold_its_engine_calls_inline() {
     let fake = Arc::new(FakeRuntime::default());
     let reporter = Arc::new(Reporter::new());
-    let (_updates, rx) = watch::channel(Task::default());
+    let (_updates, rx) = watch::channel(Arc::new(Task::default()));
     let controller = TaskController::new(fake, reporter, rx, None, CancellationToken::new());
     let future = controller.run();
     let size = std::mem::size_of_val(&future);
