@@ -4,18 +4,25 @@
 //! entry is durable in the log, and a restart re-applies the entries after the
 //! checkpoint's applied index. A checkpoint is the whole state (see
 //! `super::storage`), so its cost grows with the state, not with what changed:
-//! one is written once the changes since the last one are as many as the
-//! objects the state holds (or [`MIN_CHANGES`]), which spends at most about
-//! one object's encoding per change, or once [`MAX_AGE`] has passed since the
-//! oldest unwritten entry, or once as many entries as the snapshot interval
-//! wait, so that compaction keeps its pace. A restart then replays at most
-//! about as many changes as it loads objects. The log is compacted only behind
-//! a durable checkpoint, so deferring one never loses an entry.
+//! one is written once the changes since the last one are [`CHANGES_PER_OBJECT`]
+//! times the objects the state holds (or [`MIN_CHANGES`]), which spends at
+//! most about a quarter of an object's encoding per change, or once
+//! [`MAX_AGE`] has passed since the oldest unwritten entry, or once as many
+//! entries as the snapshot interval wait, so that compaction keeps its pace.
+//! A restart then replays at most four changes per object it loads; replaying
+//! a change costs about half of loading an object (docs/BENCHMARKS.md, restart
+//! with 100,000 tasks), so a restart takes at most about three times as long
+//! as loading the checkpoint alone, and a burst of writes, which is when the
+//! Raft thread is busiest, pays for a quarter of the checkpoints. The log is
+//! compacted only behind a durable checkpoint, so deferring one never loses an
+//! entry.
 
 use std::time::{Duration, Instant};
 
 /// Changes that make a checkpoint due even while the state is small.
 const MIN_CHANGES: usize = 16_384;
+/// Changes per object of the state that make a checkpoint due.
+const CHANGES_PER_OBJECT: usize = 4;
 /// Age of the oldest unwritten entry that makes a checkpoint due: a quiet
 /// cluster's trickle of changes still reaches the state tree.
 pub(crate) const MAX_AGE: Duration = Duration::from_secs(30);
@@ -49,7 +56,7 @@ impl Unwritten {
         let Some((index, since)) = self.applied else {
             return false;
         };
-        self.changes >= objects.max(MIN_CHANGES)
+        self.changes >= objects.saturating_mul(CHANGES_PER_OBJECT).max(MIN_CHANGES)
             || index.saturating_sub(written) >= max_entries.max(1)
             || now.saturating_duration_since(since) >= MAX_AGE
     }
@@ -106,14 +113,18 @@ mod unit {
         );
         u.applied(2, 1, t0);
         assert!(u.is_due(t0, 0, 100, 10));
+        let objects = 4 * MIN_CHANGES;
+        u.applied(3, objects - MIN_CHANGES, t0);
         assert!(
-            !u.is_due(t0, 0, 100, 4 * MIN_CHANGES),
-            "a large state waits longer"
+            !u.is_due(t0, 0, 100, objects),
+            "as many changes as objects: a large state waits longer"
         );
-        u.applied(3, 3 * MIN_CHANGES, t0);
+        u.applied(4, (CHANGES_PER_OBJECT - 1) * objects - 1, t0);
+        assert!(!u.is_due(t0, 0, 100, objects));
+        u.applied(5, 1, t0);
         assert!(
-            u.is_due(t0, 0, 100, 4 * MIN_CHANGES),
-            "as many changes as objects"
+            u.is_due(t0, 0, 100, objects),
+            "CHANGES_PER_OBJECT changes per object"
         );
         u.clear();
         assert!(!u.is_due(t0 + MAX_AGE, 0, 1, 0));
