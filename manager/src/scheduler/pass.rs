@@ -10,6 +10,7 @@
 
 use shoal_proto::{Task, TaskState};
 
+use std::borrow::Cow;
 use std::hash::{BuildHasher, BuildHasherDefault};
 
 use super::fasthash::{FastHasher, FastMap};
@@ -77,34 +78,49 @@ impl SchedulerState {
     /// if their creation had been seen: a refused creation must be taken out
     /// again with [`SchedulerState::remove_task`].
     pub fn place_new(&mut self, tasks: Vec<Task>, now_ms: i64) -> (Vec<Task>, Decisions) {
-        for t in &tasks {
-            self.upsert_task(t);
+        // Each new task by position: a schedulable one moves into the pending
+        // map (no copy) and comes back as the pass decides; the others stay.
+        let mut placed: Vec<Option<Task>> = Vec::with_capacity(tasks.len());
+        let mut position: FastMap<String, usize> = FastMap::default();
+        position.reserve(tasks.len());
+        for (i, t) in tasks.into_iter().enumerate() {
+            position.insert(t.id.clone(), i);
+            placed.push(self.upsert_owned(Cow::Owned(t)).err().map(Cow::into_owned));
         }
         let mut decisions = self.schedule(now_ms);
-        // The pass's decision for each new task, if it made one.
-        let mut decided: FastMap<String, Option<Task>> =
-            tasks.iter().map(|t| (t.id.clone(), None)).collect();
+        let mut undecided = placed.iter().filter(|t| t.is_none()).count();
         let mut others = Vec::with_capacity(decisions.assigned.len());
         for t in decisions.assigned.drain(..) {
-            match decided.get_mut(&t.id) {
-                Some(slot) => *slot = Some(*t),
+            match position.get(&t.id) {
+                Some(&i) => {
+                    placed[i] = Some(*t);
+                    undecided -= 1;
+                }
                 None => others.push(t),
             }
         }
         decisions.assigned = others;
         decisions
             .messages
-            .retain_mut(|t| match decided.get_mut(&t.id) {
-                Some(slot) => {
-                    *slot = Some(std::mem::take(t));
+            .retain_mut(|t| match position.get(&t.id) {
+                Some(&i) => {
+                    placed[i] = Some(std::mem::take(t));
+                    undecided -= 1;
                     false
                 }
                 None => true,
             });
-        let placed = tasks
+        // Left PENDING with its message unchanged: created as it waits.
+        if undecided > 0 {
+            for (id, &i) in &position {
+                if placed[i].is_none() {
+                    placed[i] = self.pending.get(id).map(|p| Task::clone(&p.task));
+                }
+            }
+        }
+        let placed = placed
             .into_iter()
-            // Undecided: not schedulable, or left PENDING with its message unchanged.
-            .map(|t| decided.remove(&t.id).flatten().unwrap_or(t))
+            .map(|t| t.expect("the pass assigns each task it takes or leaves it pending"))
             .collect();
         (placed, decisions)
     }

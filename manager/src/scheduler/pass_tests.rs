@@ -339,6 +339,28 @@ fn tasks_being_stopped_keep_their_host_port() {
 /// placed in one pass, evenly. Not timed (debug builds are slow); the timing
 /// lives in the benchmark harness.
 #[test]
+fn new_tasks_the_pass_leaves_as_they_are_come_back_unchanged() {
+    let mut s = state(&[node("a", &[])], &[]);
+    let mut waiting = with_placement(pending("w", "svc"), &["node.labels.zone==east"], &[], 0);
+    waiting.status.as_mut().unwrap().message =
+        "no suitable node (1 node does not satisfy constraint node.labels.zone==east)".into();
+    let mut stopped = pending("s", "svc");
+    stopped.desired_state = TaskState::Shutdown as i32;
+    let (placed, decisions) = s.place_new(vec![waiting.clone(), stopped.clone()], 7);
+    assert_eq!(
+        placed,
+        [waiting, stopped],
+        "still pending, and not to schedule"
+    );
+    assert!(decisions.assigned.is_empty());
+    assert!(
+        decisions.messages.is_empty(),
+        "the message was already said"
+    );
+    assert_eq!(s.pending.len(), 1, "the waiting task stays pending");
+}
+
+#[test]
 fn new_tasks_come_back_placed_in_their_order_and_the_others_as_decisions() {
     let mut s = state(&[node("a", &[]), node("b", &[])], &[pending("old", "svc")]);
     let fresh = vec![

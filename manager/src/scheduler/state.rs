@@ -7,6 +7,7 @@
 //! always tried; tasks that already failed are retried only after something that
 //! could let them fit (a node appears or changes, a task ends or stops counting).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use shoal_proto::{Node, Placement, ResourceRequirements, Task};
@@ -134,32 +135,44 @@ impl SchedulerState {
 
     /// A task was created or updated.
     pub fn upsert_task(&mut self, task: &Task) {
-        self.update_footprint(task);
-        if nodeinfo::is_schedulable(task) {
-            match self.pending.get_mut(&task.id) {
-                Some(p) => {
-                    if !same_placement_inputs(&p.task, task) {
-                        p.tried = false;
-                        self.has_untried = true;
-                    }
-                    *p.task = task.clone();
-                    p.proposed_message = None;
-                }
-                None => {
-                    self.has_untried = true;
-                    self.pending.insert(
-                        task.id.clone(),
-                        PendingTask {
-                            task: Box::new(task.clone()),
-                            tried: false,
-                            proposed_message: None,
-                        },
-                    );
-                }
+        // Not kept: nothing to hand back, the caller still has it.
+        let _ = self.upsert_owned(Cow::Borrowed(task));
+    }
+
+    /// [`SchedulerState::upsert_task`] for a task the caller may give away:
+    /// a schedulable one is kept as it is, not copied. Returns the task when
+    /// it is not kept.
+    pub(crate) fn upsert_owned<'a>(&mut self, task: Cow<'a, Task>) -> Result<(), Cow<'a, Task>> {
+        self.update_footprint(&task);
+        if !nodeinfo::is_schedulable(&task) {
+            if !self.pending.is_empty() {
+                self.pending.remove(&task.id);
             }
-        } else if !self.pending.is_empty() {
-            self.pending.remove(&task.id);
+            return Err(task);
         }
+        match self.pending.get_mut(&task.id) {
+            Some(p) => {
+                if !same_placement_inputs(&p.task, &task) {
+                    p.tried = false;
+                    self.has_untried = true;
+                }
+                *p.task = task.into_owned();
+                p.proposed_message = None;
+            }
+            None => {
+                self.has_untried = true;
+                let task = Box::new(task.into_owned());
+                self.pending.insert(
+                    task.id.clone(),
+                    PendingTask {
+                        task,
+                        tried: false,
+                        proposed_message: None,
+                    },
+                );
+            }
+        }
+        Ok(())
     }
 
     /// A task was deleted.
