@@ -85,7 +85,7 @@ impl SchedulerState {
         position.reserve(tasks.len());
         for (i, t) in tasks.into_iter().enumerate() {
             position.insert(t.id.clone(), i);
-            placed.push(self.upsert_owned(Cow::Owned(t)).err().map(Cow::into_owned));
+            placed.push(self.upsert_owned(Cow::Owned(t)).map(Cow::into_owned));
         }
         let mut decisions = self.schedule(now_ms);
         let mut undecided = placed.iter().filter(|t| t.is_none()).count();

@@ -335,9 +335,6 @@ fn tasks_being_stopped_keep_their_host_port() {
     assert_eq!(s.schedule(0).assigned.len(), 1);
 }
 
-/// The core's throughput shape: 100 000 tasks of 10 services on 1 000 nodes,
-/// placed in one pass, evenly. Not timed (debug builds are slow); the timing
-/// lives in the benchmark harness.
 #[test]
 fn new_tasks_the_pass_leaves_as_they_are_come_back_unchanged() {
     let mut s = state(&[node("a", &[])], &[]);
@@ -404,6 +401,9 @@ fn new_tasks_come_back_placed_in_their_order_and_the_others_as_decisions() {
     );
 }
 
+/// The core's throughput shape: 100 000 tasks of 10 services on 1 000 nodes,
+/// placed in one pass, evenly. Not timed (debug builds are slow); the timing
+/// lives in the benchmark harness.
 #[test]
 fn places_100k_tasks_on_1k_nodes_evenly() {
     let nodes: Vec<Node> = (0..1000)

@@ -140,15 +140,15 @@ impl SchedulerState {
     }
 
     /// [`SchedulerState::upsert_task`] for a task the caller may give away:
-    /// a schedulable one is kept as it is, not copied. Returns the task when
-    /// it is not kept.
-    pub(crate) fn upsert_owned<'a>(&mut self, task: Cow<'a, Task>) -> Result<(), Cow<'a, Task>> {
+    /// a schedulable one is kept as it is, not copied. Hands the task back
+    /// when it is not kept.
+    pub(crate) fn upsert_owned<'a>(&mut self, task: Cow<'a, Task>) -> Option<Cow<'a, Task>> {
         self.update_footprint(&task);
         if !nodeinfo::is_schedulable(&task) {
             if !self.pending.is_empty() {
                 self.pending.remove(&task.id);
             }
-            return Err(task);
+            return Some(task);
         }
         match self.pending.get_mut(&task.id) {
             Some(p) => {
@@ -172,7 +172,7 @@ impl SchedulerState {
                 );
             }
         }
-        Ok(())
+        None
     }
 
     /// A task was deleted.
