@@ -13,9 +13,10 @@
 //! a change costs about half of loading an object (docs/BENCHMARKS.md, restart
 //! with 100,000 tasks), so a restart takes at most about three times as long
 //! as loading the checkpoint alone, and a burst of writes, which is when the
-//! Raft thread is busiest, pays for a quarter of the checkpoints. The log is
-//! compacted only behind a durable checkpoint, so deferring one never loses an
-//! entry.
+//! Raft thread is busiest, pays for at most a quarter of the checkpoints (none
+//! in the benchmark's burst of new tasks, where each task makes about two
+//! changes: its creation and one report). The log is compacted only behind a
+//! durable checkpoint, so deferring one never loses an entry.
 
 use std::time::{Duration, Instant};
 
