@@ -226,14 +226,21 @@ fn assigned_task(id: &str) -> Task {
     t
 }
 
-#[tokio::test]
-async fn an_agent_registers_runs_its_task_and_survives_a_lost_session() {
+/// A dispatcher serving one task, t1, assigned to this node; stopped with the
+/// token.
+async fn serve_t1() -> (Arc<TestDispatcher>, CancellationToken, String) {
     let dispatcher = Arc::new(TestDispatcher {
         tasks: vec![assigned_task("t1")],
         ..Default::default()
     });
     let server_stop = CancellationToken::new();
     let addr = serve(dispatcher.clone(), server_stop.clone()).await;
+    (dispatcher, server_stop, addr)
+}
+
+#[tokio::test]
+async fn an_agent_registers_runs_its_task_and_survives_a_lost_session() {
+    let (dispatcher, server_stop, addr) = serve_t1().await;
     let dir = tempfile::tempdir().unwrap();
     let fake = Arc::new(FakeRuntime::with_resources(
         "host-a",
@@ -286,12 +293,7 @@ async fn an_agent_registers_runs_its_task_and_survives_a_lost_session() {
 
 #[tokio::test]
 async fn the_counters_see_a_task_received_and_its_running_report_acknowledged() {
-    let dispatcher = Arc::new(TestDispatcher {
-        tasks: vec![assigned_task("t1")],
-        ..Default::default()
-    });
-    let server_stop = CancellationToken::new();
-    let addr = serve(dispatcher.clone(), server_stop.clone()).await;
+    let (dispatcher, server_stop, addr) = serve_t1().await;
     let dir = tempfile::tempdir().unwrap();
     let stats = Arc::new(crate::AgentStats::new());
     let (shutdown, agent) = start_counted(
@@ -357,12 +359,7 @@ async fn a_slow_heartbeat_keeps_the_session_until_the_grace_runs_out() {
 
 #[tokio::test]
 async fn tasks_keep_running_when_the_agent_stops() {
-    let dispatcher = Arc::new(TestDispatcher {
-        tasks: vec![assigned_task("t1")],
-        ..Default::default()
-    });
-    let server_stop = CancellationToken::new();
-    let addr = serve(dispatcher.clone(), server_stop.clone()).await;
+    let (dispatcher, server_stop, addr) = serve_t1().await;
     let dir = tempfile::tempdir().unwrap();
     let fake = Arc::new(FakeRuntime::default());
     let (shutdown, agent) = start_agent(&addr, dir.path(), fake.clone());
