@@ -17,7 +17,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for kind in ["node", "service", "task", "cluster", "secret", "config"] {
         cfg.boxed(format!(".shoal.v1.StoreObject.object.{kind}"));
     }
+    // A task spec is shared between a service and its tasks, and between a
+    // task's versions (src/spec.rs): the fields that hold one are a
+    // `SharedTaskSpec`, and the message itself is written by hand there.
+    cfg.extern_path(".shoal.v1.TaskSpec", "crate::spec::SharedTaskSpec");
+    check_task_spec(&cfg.load_fds(&["proto/shoal.proto"], &["proto"])?)?;
     tonic_prost_build::configure().compile_with_config(cfg, &["proto/shoal.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/shoal.proto");
+    Ok(())
+}
+
+/// The fields of the hand-written `TaskSpec` (src/spec.rs), by number: the
+/// build stops when the schema's message no longer has exactly these.
+const TASK_SPEC_FIELDS: [(&str, i32); 4] = [
+    ("container", 1),
+    ("resources", 2),
+    ("restart", 3),
+    ("placement", 4),
+];
+
+fn check_task_spec(fds: &prost_types::FileDescriptorSet) -> Result<(), Box<dyn std::error::Error>> {
+    let message = fds
+        .file
+        .iter()
+        .flat_map(|f| &f.message_type)
+        .find(|m| m.name() == "TaskSpec")
+        .ok_or("proto/shoal.proto has no message TaskSpec; src/spec.rs writes one")?;
+    let fields: Vec<(&str, i32)> = message
+        .field
+        .iter()
+        .map(|f| (f.name(), f.number()))
+        .collect();
+    if fields != TASK_SPEC_FIELDS {
+        return Err(format!(
+            "TaskSpec in proto/shoal.proto has the fields {fields:?}; the hand-written \
+             struct in src/spec.rs has {TASK_SPEC_FIELDS:?}: change both together"
+        )
+        .into());
+    }
     Ok(())
 }

@@ -216,13 +216,16 @@ mod tests {
     fn stop_grace_defaults_to_ten_seconds() {
         let mut task = Task::default();
         assert_eq!(stop_grace(&task), DEFAULT_STOP_GRACE);
-        task.spec = Some(shoal_proto::TaskSpec {
-            container: Some(shoal_proto::ContainerSpec {
-                stop_grace_period_ms: Some(1500),
+        task.spec = Some(
+            shoal_proto::TaskSpec {
+                container: Some(shoal_proto::ContainerSpec {
+                    stop_grace_period_ms: Some(1500),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        });
+            }
+            .into(),
+        );
         assert_eq!(stop_grace(&task), Duration::from_millis(1500));
     }
 

@@ -127,26 +127,29 @@ mod tests {
     fn task() -> Task {
         Task {
             id: "t1".into(),
-            spec: Some(TaskSpec {
-                container: Some(ContainerSpec {
-                    secrets: vec![SecretReference {
-                        secret_id: "x1".into(),
-                        secret_name: "db".into(),
-                        target: "password".into(),
-                        uid: 1000,
-                        gid: 1001,
-                        mode: Some(0o400),
-                    }],
-                    configs: vec![ConfigReference {
-                        config_id: "g1".into(),
-                        config_name: "app".into(),
-                        target: "/etc/app.conf".into(),
+            spec: Some(
+                TaskSpec {
+                    container: Some(ContainerSpec {
+                        secrets: vec![SecretReference {
+                            secret_id: "x1".into(),
+                            secret_name: "db".into(),
+                            target: "password".into(),
+                            uid: 1000,
+                            gid: 1001,
+                            mode: Some(0o400),
+                        }],
+                        configs: vec![ConfigReference {
+                            config_id: "g1".into(),
+                            config_name: "app".into(),
+                            target: "/etc/app.conf".into(),
+                            ..Default::default()
+                        }],
                         ..Default::default()
-                    }],
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }),
+                }
+                .into(),
+            ),
             ..Default::default()
         }
     }

@@ -71,7 +71,7 @@ pub fn service_spec(spec: &ServiceSpec) -> Value {
         "labels": spec.labels,
         "mode": mode_name(spec.mode),
         "replicas": spec.replicas,
-        "task": spec.task.as_ref().map(task_spec),
+        "task": spec.task.as_deref().map(task_spec),
         "update": update,
         "endpoint": { "ports": ports },
     })

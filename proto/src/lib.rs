@@ -2,6 +2,8 @@
 //!
 //! - [`v1`] (re-exported at the root): the generated prost messages and tonic
 //!   clients/servers for the `Control`, `Watch`, `Dispatcher` and `Raft` services.
+//! - [`spec`]: a task's spec, shared between a service, its tasks and their
+//!   versions ([`SharedTaskSpec`]).
 //! - [`ids`]: object ids and prefixes.
 //! - [`state`]: the forward-only order of task states.
 //! - [`constraint`]: placement constraints (`node.labels.zone==east`), parsed and matched.
@@ -17,6 +19,7 @@ pub mod constraint;
 pub mod ids;
 mod redact;
 pub mod rfc3339;
+pub mod spec;
 pub mod state;
 pub mod tls;
 pub mod validate;
@@ -27,6 +30,7 @@ pub mod v1 {
     tonic::include_proto!("shoal.v1");
 }
 
+pub use spec::{SharedTaskSpec, TaskSpec};
 pub use v1::*;
 
 /// gRPC metadata a follower adds when it refuses a call only the leader

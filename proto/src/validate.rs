@@ -21,10 +21,11 @@ pub use parse::{
 use std::collections::{HashMap, HashSet};
 
 use crate::constraint;
+use crate::spec::TaskSpec;
 use crate::v1::{
     ContainerSpec, HealthConfig, MountType, NodeAvailability, NodeRole, NodeSpec, PortProtocol,
-    PublishMode, ResourceRequirements, RestartCondition, ServiceMode, ServiceSpec, TaskSpec,
-    UpdateConfig, UpdateFailureAction, UpdateOrder,
+    PublishMode, ResourceRequirements, RestartCondition, ServiceMode, ServiceSpec, UpdateConfig,
+    UpdateFailureAction, UpdateOrder,
 };
 
 /// A spec field with a bad value.

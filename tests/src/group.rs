@@ -192,13 +192,16 @@ pub fn tiny_service(name: String) -> ServiceSpec {
     ServiceSpec {
         name,
         replicas: 0,
-        task: Some(TaskSpec {
-            container: Some(ContainerSpec {
-                image: "img:v1".into(),
+        task: Some(
+            TaskSpec {
+                container: Some(ContainerSpec {
+                    image: "img:v1".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }),
+            }
+            .into(),
+        ),
         ..Default::default()
     }
 }

@@ -17,10 +17,13 @@ fn task(container: ContainerSpec) -> Task {
         service_name: "web".into(),
         slot: 2,
         node_id: "node0123456789abcdef".into(),
-        spec: Some(TaskSpec {
-            container: Some(container),
-            ..Default::default()
-        }),
+        spec: Some(
+            TaskSpec {
+                container: Some(container),
+                ..Default::default()
+            }
+            .into(),
+        ),
         ..Default::default()
     }
 }

@@ -49,13 +49,16 @@ impl Fixture {
             service_name: "shoaltest".into(),
             slot,
             node_id: self.node_id.clone(),
-            spec: Some(TaskSpec {
-                container: Some(ContainerSpec {
-                    image: self.image.clone(),
-                    ..container
-                }),
-                ..Default::default()
-            }),
+            spec: Some(
+                TaskSpec {
+                    container: Some(ContainerSpec {
+                        image: self.image.clone(),
+                        ..container
+                    }),
+                    ..Default::default()
+                }
+                .into(),
+            ),
             ..Default::default()
         }
     }

@@ -23,14 +23,17 @@ pub fn task(id: &str, image: &str, desired: TaskState) -> Task {
         service_name: "web".into(),
         node_id: NODE.into(),
         slot: 1,
-        spec: Some(TaskSpec {
-            container: Some(ContainerSpec {
-                image: image.into(),
-                stop_grace_period_ms: Some(100),
+        spec: Some(
+            TaskSpec {
+                container: Some(ContainerSpec {
+                    image: image.into(),
+                    stop_grace_period_ms: Some(100),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }),
+            }
+            .into(),
+        ),
         desired_state: desired as i32,
         status: Some(TaskStatus {
             state: TaskState::Assigned as i32,

@@ -50,21 +50,24 @@ fn service(name: &str, secrets: &[&str], configs: &[&str]) -> ServiceSpec {
     ServiceSpec {
         name: name.into(),
         replicas: 1,
-        task: Some(TaskSpec {
-            container: Some(ContainerSpec {
-                image: "busybox".into(),
-                secrets: secrets
-                    .iter()
-                    .map(|s| validate::parse_secret_ref(s).unwrap())
-                    .collect(),
-                configs: configs
-                    .iter()
-                    .map(|c| validate::parse_config_ref(c).unwrap())
-                    .collect(),
+        task: Some(
+            TaskSpec {
+                container: Some(ContainerSpec {
+                    image: "busybox".into(),
+                    secrets: secrets
+                        .iter()
+                        .map(|s| validate::parse_secret_ref(s).unwrap())
+                        .collect(),
+                    configs: configs
+                        .iter()
+                        .map(|c| validate::parse_config_ref(c).unwrap())
+                        .collect(),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }),
+            }
+            .into(),
+        ),
         ..Default::default()
     }
 }
@@ -190,7 +193,14 @@ async fn services_refer_to_secrets_and_configs_by_name_and_id() {
     let svc = create_service(&api, service("web", &["source=db,target=pw"], &["app"]))
         .await
         .unwrap();
-    let c = svc.spec.unwrap().task.unwrap().container.unwrap();
+    let c = svc
+        .spec
+        .unwrap()
+        .task
+        .unwrap()
+        .into_inner()
+        .container
+        .unwrap();
     assert_eq!(c.secrets[0].secret_id, secret.id);
     assert_eq!(c.secrets[0].secret_name, "db");
     assert_eq!(c.configs[0].config_id, config.id);

@@ -9,13 +9,16 @@ fn spec(name: &str, image: &str, replicas: u64) -> ServiceSpec {
     ServiceSpec {
         name: name.into(),
         replicas,
-        task: Some(TaskSpec {
-            container: Some(ContainerSpec {
-                image: image.into(),
+        task: Some(
+            TaskSpec {
+                container: Some(ContainerSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }),
+            }
+            .into(),
+        ),
         ..Default::default()
     }
 }
@@ -131,6 +134,7 @@ async fn scaling_keeps_spec_version_and_an_image_change_bumps_it() {
             .unwrap()
             .task
             .unwrap()
+            .into_inner()
             .container
             .unwrap()
             .image,

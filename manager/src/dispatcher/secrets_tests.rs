@@ -23,28 +23,31 @@ fn task(
             state: state as i32,
             ..Default::default()
         }),
-        spec: Some(TaskSpec {
-            container: Some(ContainerSpec {
-                secrets: secrets
-                    .iter()
-                    .map(|s| SecretReference {
-                        secret_id: s.to_string(),
-                        target: s.to_string(),
-                        ..Default::default()
-                    })
-                    .collect(),
-                configs: configs
-                    .iter()
-                    .map(|c| ConfigReference {
-                        config_id: c.to_string(),
-                        target: format!("/{c}"),
-                        ..Default::default()
-                    })
-                    .collect(),
+        spec: Some(
+            TaskSpec {
+                container: Some(ContainerSpec {
+                    secrets: secrets
+                        .iter()
+                        .map(|s| SecretReference {
+                            secret_id: s.to_string(),
+                            target: s.to_string(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    configs: configs
+                        .iter()
+                        .map(|c| ConfigReference {
+                            config_id: c.to_string(),
+                            target: format!("/{c}"),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }),
+            }
+            .into(),
+        ),
         ..Default::default()
     }
 }

@@ -545,13 +545,16 @@ mod unit {
         let task = Task {
             id: id.into(),
             service_id: service.into(),
-            spec: Some(TaskSpec {
-                container: Some(ContainerSpec {
-                    env: vec!["X".repeat(env_bytes)],
+            spec: Some(
+                TaskSpec {
+                    container: Some(ContainerSpec {
+                        env: vec!["X".repeat(env_bytes)],
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }),
+                }
+                .into(),
+            ),
             ..Default::default()
         };
         (

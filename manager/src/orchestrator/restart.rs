@@ -43,7 +43,7 @@ impl RestartTracker {
     /// Decide for `task`, a task with desired state <= RUNNING whose observed
     /// state is terminal, and record the attempt when it is a restart.
     pub fn decide(&mut self, task: &Task, key: &SlotKey, now: Instant) -> Verdict {
-        let spec = task.spec.as_ref();
+        let spec = task.spec.as_deref();
         let history = self
             .slots
             .entry((task.service_id.clone(), key.clone()))
@@ -98,7 +98,7 @@ impl RestartTracker {
 
 /// The restart condition applied to how the task ended.
 fn condition_allows(task: &Task) -> bool {
-    match restart_condition(task.spec.as_ref()) {
+    match restart_condition(task.spec.as_deref()) {
         RestartCondition::Any => true,
         RestartCondition::None => false,
         RestartCondition::OnFailure => {

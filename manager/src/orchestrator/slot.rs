@@ -186,7 +186,7 @@ fn gate_start(task: &Task, all: &[&Task], ctx: &Ctx<'_>, ops: &mut Vec<Op>) {
         Some(at) => *at,
         None => {
             // No timer known (a new leader): the full restart delay starts now.
-            let at = ctx.now + restart_delay(task.spec.as_ref());
+            let at = ctx.now + restart_delay(task.spec.as_deref());
             ops.push(Op::StartAt {
                 task_id: task.id.clone(),
                 at,

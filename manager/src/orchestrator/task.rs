@@ -161,15 +161,17 @@ pub fn new_task(
     desired: TaskState,
     now_ms: i64,
 ) -> Task {
-    let spec = service.spec.clone().unwrap_or_default();
+    // Borrowed, not copied: a creation pass makes thousands of tasks from
+    // one service, and the task spec is shared with each of them.
+    let spec = service.spec.as_ref();
     Task {
         id: shoal_proto::ids::new_id(),
         meta: None,
         service_id: service.id.clone(),
-        service_name: spec.name.clone(),
+        service_name: spec.map(|s| s.name.clone()).unwrap_or_default(),
         slot,
         node_id: node_id.to_string(),
-        spec: spec.task.clone(),
+        spec: spec.and_then(|s| s.task.clone()),
         spec_version: service.spec_version,
         desired_state: desired as i32,
         status: Some(TaskStatus {
@@ -178,8 +180,11 @@ pub fn new_task(
             message: PENDING_MESSAGE.to_string(),
             ..Default::default()
         }),
-        ports: spec.endpoint.map(|e| e.ports).unwrap_or_default(),
-        service_labels: spec.labels,
+        ports: spec
+            .and_then(|s| s.endpoint.as_ref())
+            .map(|e| e.ports.clone())
+            .unwrap_or_default(),
+        service_labels: spec.map(|s| s.labels.clone()).unwrap_or_default(),
     }
 }
 
@@ -210,7 +215,7 @@ pub(crate) mod fixtures {
             spec: Some(ServiceSpec {
                 name: format!("svc-{id}"),
                 replicas,
-                task: Some(TaskSpec::default()),
+                task: Some(TaskSpec::default().into()),
                 ..Default::default()
             }),
             spec_version: 1,

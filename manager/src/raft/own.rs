@@ -93,16 +93,19 @@ mod unit {
         let spec = service.spec.as_mut().unwrap();
         spec.labels.insert("tier".into(), "web".into());
         spec.labels.insert("empty".into(), String::new());
-        spec.task = Some(TaskSpec {
-            container: Some(ContainerSpec {
-                image: "busybox:local".into(),
-                args: vec!["sleep".into(), "3600".into()],
-                env: vec!["A=1".into(), String::new()],
-                stop_grace_period_ms: Some(0),
+        spec.task = Some(
+            TaskSpec {
+                container: Some(ContainerSpec {
+                    image: "busybox:local".into(),
+                    args: vec!["sleep".into(), "3600".into()],
+                    env: vec!["A=1".into(), String::new()],
+                    stop_grace_period_ms: Some(0),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        });
+            }
+            .into(),
+        );
         let task = crate::orchestrator::task::new_task(&service, 2, "", TaskState::Running, 7);
         let action = |object| StoreAction {
             kind: ActionKind::Update as i32,

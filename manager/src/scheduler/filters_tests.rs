@@ -55,21 +55,24 @@ fn task(cpus: i64, memory: i64, host_port: u32, constraints: &[&str], max_replic
             state: TaskState::Pending as i32,
             ..Default::default()
         }),
-        spec: Some(TaskSpec {
-            resources: Some(ResourceRequirements {
-                limits: None,
-                reservations: Some(Resources {
-                    nano_cpus: cpus,
-                    memory_bytes: memory,
+        spec: Some(
+            TaskSpec {
+                resources: Some(ResourceRequirements {
+                    limits: None,
+                    reservations: Some(Resources {
+                        nano_cpus: cpus,
+                        memory_bytes: memory,
+                    }),
                 }),
-            }),
-            placement: Some(Placement {
-                constraints: constraints.iter().map(|s| s.to_string()).collect(),
-                preferences: vec![],
-                max_replicas,
-            }),
-            ..Default::default()
-        }),
+                placement: Some(Placement {
+                    constraints: constraints.iter().map(|s| s.to_string()).collect(),
+                    preferences: vec![],
+                    max_replicas,
+                }),
+                ..Default::default()
+            }
+            .into(),
+        ),
         ports: if host_port == 0 {
             vec![]
         } else {

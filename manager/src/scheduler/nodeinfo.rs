@@ -262,16 +262,19 @@ mod tests {
                 state: state as i32,
                 ..Default::default()
             }),
-            spec: Some(TaskSpec {
-                resources: Some(ResourceRequirements {
-                    limits: None,
-                    reservations: Some(Resources {
-                        nano_cpus: 500_000_000,
-                        memory_bytes: 1 << 20,
+            spec: Some(
+                TaskSpec {
+                    resources: Some(ResourceRequirements {
+                        limits: None,
+                        reservations: Some(Resources {
+                            nano_cpus: 500_000_000,
+                            memory_bytes: 1 << 20,
+                        }),
                     }),
-                }),
-                ..Default::default()
-            }),
+                    ..Default::default()
+                }
+                .into(),
+            ),
             ports: vec![PortConfig {
                 protocol: PortProtocol::Tcp as i32,
                 target_port: 80,

@@ -46,7 +46,7 @@ pub(crate) fn pending(id: &str, service: &str) -> Task {
         service_id: service.into(),
         spec_version: 1,
         desired_state: TaskState::Running as i32,
-        spec: Some(TaskSpec::default()),
+        spec: Some(TaskSpec::default().into()),
         status: Some(TaskStatus {
             state: TaskState::Pending as i32,
             ..Default::default()

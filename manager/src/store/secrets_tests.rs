@@ -37,29 +37,32 @@ fn service(id: &str, name: &str, secrets: &[&str], configs: &[&str]) -> Object {
         id: id.into(),
         spec: Some(ServiceSpec {
             name: name.into(),
-            task: Some(TaskSpec {
-                container: Some(ContainerSpec {
-                    image: "busybox".into(),
-                    secrets: secrets
-                        .iter()
-                        .map(|id| SecretReference {
-                            secret_id: id.to_string(),
-                            target: id.to_string(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    configs: configs
-                        .iter()
-                        .map(|id| ConfigReference {
-                            config_id: id.to_string(),
-                            target: format!("/{id}"),
-                            ..Default::default()
-                        })
-                        .collect(),
+            task: Some(
+                TaskSpec {
+                    container: Some(ContainerSpec {
+                        image: "busybox".into(),
+                        secrets: secrets
+                            .iter()
+                            .map(|id| SecretReference {
+                                secret_id: id.to_string(),
+                                target: id.to_string(),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        configs: configs
+                            .iter()
+                            .map(|id| ConfigReference {
+                                config_id: id.to_string(),
+                                target: format!("/{id}"),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }),
+                }
+                .into(),
+            ),
             ..Default::default()
         }),
         ..Default::default()

@@ -1,7 +1,8 @@
 //! Secrets and configs: specs, references and the flag syntax.
 
 use super::*;
-use crate::v1::{ContainerSpec, ServiceSpec, TaskSpec};
+use crate::TaskSpec;
+use crate::v1::{ContainerSpec, ServiceSpec};
 
 fn secret(name: &str, data: &[u8]) -> SecretSpec {
     SecretSpec {
@@ -112,14 +113,17 @@ fn no_two_references_share_a_target() {
 fn a_service_spec_checks_its_references() {
     let spec = ServiceSpec {
         name: "web".into(),
-        task: Some(TaskSpec {
-            container: Some(ContainerSpec {
-                image: "busybox".into(),
-                secrets: vec![sref("a", "../x")],
+        task: Some(
+            TaskSpec {
+                container: Some(ContainerSpec {
+                    image: "busybox".into(),
+                    secrets: vec![sref("a", "../x")],
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }),
+            }
+            .into(),
+        ),
         ..Default::default()
     };
     assert_eq!(

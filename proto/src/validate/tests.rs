@@ -11,14 +11,17 @@ fn valid() -> ServiceSpec {
     ServiceSpec {
         name: "web".into(),
         replicas: 2,
-        task: Some(TaskSpec {
-            container: Some(ContainerSpec {
-                image: "nginx:1.27".into(),
-                env: vec!["A=1".into(), "EMPTY=".into(), "BARE".into()],
+        task: Some(
+            TaskSpec {
+                container: Some(ContainerSpec {
+                    image: "nginx:1.27".into(),
+                    env: vec!["A=1".into(), "EMPTY=".into(), "BARE".into()],
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }),
+            }
+            .into(),
+        ),
         ..Default::default()
     }
 }

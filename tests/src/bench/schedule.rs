@@ -255,14 +255,17 @@ async fn measure(
         let spec = ServiceSpec {
             name: format!("bench-{i}"),
             replicas: replicas as u64,
-            task: Some(TaskSpec {
-                container: Some(ContainerSpec {
-                    image: "bench/noop:latest".into(),
-                    command: vec!["sleep".into(), "3600".into()],
+            task: Some(
+                TaskSpec {
+                    container: Some(ContainerSpec {
+                        image: "bench/noop:latest".into(),
+                        command: vec!["sleep".into(), "3600".into()],
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }),
+                }
+                .into(),
+            ),
             ..Default::default()
         };
         control

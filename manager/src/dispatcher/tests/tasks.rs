@@ -216,13 +216,16 @@ async fn an_agent_that_falls_behind_gets_a_fresh_complete_set() {
             TaskState::Assigned,
             TaskState::Running,
         );
-        t.spec = Some(shoal_proto::TaskSpec {
-            container: Some(shoal_proto::ContainerSpec {
-                env: big.clone(),
+        t.spec = Some(
+            shoal_proto::TaskSpec {
+                container: Some(shoal_proto::ContainerSpec {
+                    env: big.clone(),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        });
+            }
+            .into(),
+        );
         h.write(Action::Create(Object::Task(t.into()))).await;
     }
 

@@ -270,13 +270,16 @@ pub(super) fn replicated(replicas: u64) -> ServiceSpec {
     ServiceSpec {
         name: format!("web-{}", shoal_proto::ids::new_id()),
         replicas,
-        task: Some(TaskSpec {
-            container: Some(ContainerSpec {
-                image: "nginx:1".into(),
+        task: Some(
+            TaskSpec {
+                container: Some(ContainerSpec {
+                    image: "nginx:1".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }),
+            }
+            .into(),
+        ),
         ..Default::default()
     }
 }
