@@ -31,6 +31,7 @@ pub mod logs;
 pub mod reporter;
 pub mod runtime;
 mod session;
+mod specs;
 pub mod stats;
 pub mod step;
 pub mod vault;

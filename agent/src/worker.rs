@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use crate::controller::TaskController;
 use crate::reporter::Reporter;
 use crate::runtime::{ContainerInfo, Runtime, RuntimeError};
+use crate::specs::Specs;
 use crate::step::DEFAULT_STOP_GRACE;
 use crate::vault::Vault;
 
@@ -33,6 +34,8 @@ pub struct Worker<R> {
     adopted: bool,
     /// The secret and config values the node's tasks use, in memory only.
     vault: Vault,
+    /// One copy of each service's task spec, shared by its tasks.
+    specs: Specs,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -47,6 +50,7 @@ impl<R: Runtime> Worker<R> {
             controllers: HashMap::new(),
             adopted: false,
             vault: Vault::default(),
+            specs: Specs::default(),
             tracker: TaskTracker::new(),
             shutdown,
         }
@@ -167,15 +171,17 @@ impl<R: Runtime> Worker<R> {
     }
 
     /// Starts a controller for a new task, or hands a changed one to its controller.
-    fn assign(&mut self, task: Task, container: Option<ContainerInfo>) {
+    fn assign(&mut self, mut task: Task, container: Option<ContainerInfo>) {
         if let Some(tx) = self.controllers.get(&task.id) {
             // Only the desired state changes in an assigned task; skip no-op
             // updates so a repeated full set does not wake every controller.
             if tx.borrow().desired_state != task.desired_state {
+                self.specs.share(&mut task);
                 tx.send_replace(Arc::new(task));
             }
             return;
         }
+        self.specs.share(&mut task);
         let id = task.id.clone();
         let files = Arc::new(self.vault.files_for(&task));
         let (tx, rx) = watch::channel(Arc::new(task));

@@ -47,6 +47,11 @@ impl SharedTaskSpec {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
+    /// True when nothing else holds this spec.
+    pub fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+    }
+
     /// The spec itself, copied only if it is shared.
     pub fn into_inner(self) -> TaskSpec {
         Arc::unwrap_or_clone(self.0)
@@ -149,6 +154,8 @@ mod tests {
             copy.spec.as_ref().unwrap(),
         );
         assert!(a.same(b) && b.same(c));
+        assert!(!a.is_unique());
+        assert!(SharedTaskSpec::from(spec("web:1")).is_unique());
     }
 
     #[test]
