@@ -145,6 +145,7 @@ pub(crate) async fn send_loop(
             session_id: session_id.clone(),
             updates: batch.updates.clone(),
         };
+        reporter.stats.sent_statuses();
         if let Err(status) = client.update_task_status(request).await {
             return status;
         }

@@ -15,6 +15,8 @@ use tokio::sync::Notify;
 pub struct AgentStats {
     tasks_received: AtomicU64,
     running_confirmed: AtomicU64,
+    assignment_messages: AtomicU64,
+    status_requests: AtomicU64,
     changed: Notify,
 }
 
@@ -36,6 +38,17 @@ impl AgentStats {
         self.running_confirmed.load(Ordering::Relaxed)
     }
 
+    /// Messages received on the assignments stream, the first complete set
+    /// included: with `tasks_received`, how well the manager coalesces.
+    pub fn assignment_messages(&self) -> u64 {
+        self.assignment_messages.load(Ordering::Relaxed)
+    }
+
+    /// Status reports sent to the manager (each a batch of task statuses).
+    pub fn status_requests(&self) -> u64 {
+        self.status_requests.load(Ordering::Relaxed)
+    }
+
     /// Returns once `done` holds, checking it again after every change of a
     /// counter (no polling, and no change slips between check and wait).
     pub async fn wait_until(&self, mut done: impl FnMut(&Self) -> bool) {
@@ -53,6 +66,14 @@ impl AgentStats {
     pub(crate) fn received_task(&self) {
         self.tasks_received.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_waiters();
+    }
+
+    pub(crate) fn received_message(&self) {
+        self.assignment_messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sent_statuses(&self) {
+        self.status_requests.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn confirmed_running(&self, count: u64) {

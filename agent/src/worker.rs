@@ -71,6 +71,7 @@ impl<R: Runtime> Worker<R> {
         debug!(node.id = %node_id, sequence = msg.sequence, tasks = msg.tasks.len(),
             removed = msg.removed.len(), secrets = msg.secrets.len(), configs = msg.configs.len(),
             "assignments");
+        self.reporter.stats().received_message();
         // Values first: the tasks of the same message use them.
         self.vault.absorb(&mut msg);
         match msg.r#type() {

@@ -226,6 +226,7 @@ async fn measure(
     let cpu_before = manager.pid().and_then(cpu_seconds);
     let faults_before = manager.pid().and_then(minor_faults);
     let harness_cpu_before = cpu_seconds(std::process::id());
+    let (messages_before, reports_before) = (stats.assignment_messages(), stats.status_requests());
 
     let perf = match (&args.perf_out, manager.pid()) {
         (Some(out), Some(pid)) => Some(Profiler::start(pid, out)?),
@@ -324,6 +325,13 @@ async fn measure(
         let mib = after.saturating_sub(before) as f64 * 4096.0 / (1 << 20) as f64;
         figure("manager_minor_faults_mib", format!("{mib:.0}"));
     }
+    // How many messages carried the tasks to their nodes, and their reports
+    // back: each costs both sides a frame, a TLS record and a syscall or two.
+    figure(
+        "assignment_messages",
+        stats.assignment_messages() - messages_before,
+    );
+    figure("status_requests", stats.status_requests() - reports_before);
     // The hollow agents and the watch share the cores with the manager: what
     // they used is CPU the manager did not have.
     if let (Some(before), Some(after)) = (harness_cpu_before, cpu_seconds(std::process::id())) {
