@@ -86,7 +86,10 @@ pub(crate) fn restore<'a>(
             .chain(snap.clusters.into_iter().map(Box::new).map(Object::Cluster))
             .chain(snap.secrets.into_iter().map(Box::new).map(Object::Secret))
             .chain(snap.configs.into_iter().map(Box::new).map(Object::Config));
-        for object in objects {
+        // Services come before their tasks (see `encode`), so each task
+        // can take its service's spec instead of keeping the copy decoded.
+        for mut object in objects {
+            crate::store::share_spec(&state, &mut object);
             state.put(object);
         }
     }
@@ -126,6 +129,45 @@ mod tests {
         assert_eq!(restored.find_service("web").unwrap().id, "s1");
         assert_eq!(restored.tasks_of_service("s1").count(), 3);
         assert_eq!(restored.tasks_on_node("n1").count(), 3);
+    }
+
+    #[test]
+    fn restored_tasks_share_their_services_spec_when_it_is_theirs() {
+        let spec = |image: &str| {
+            shoal_proto::TaskSpec {
+                container: Some(shoal_proto::ContainerSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+            .into()
+        };
+        let mut state = MemState::default();
+        state.put(Object::Service(Box::new(Service {
+            id: "s1".into(),
+            spec: Some(ServiceSpec {
+                name: "web".into(),
+                task: Some(spec("web:2")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })));
+        for (id, image) in [("t1", "web:2"), ("t2", "web:2"), ("old", "web:1")] {
+            state.put(Object::Task(Box::new(Task {
+                id: id.into(),
+                service_id: "s1".into(),
+                spec: Some(spec(image)),
+                ..Default::default()
+            })));
+        }
+        let restored = restore([&encode(&state, usize::MAX)[0][..]], 7).unwrap();
+        let service = restored.service("s1").unwrap();
+        let of = |id: &str| restored.task(id).unwrap().spec.as_ref().unwrap();
+        let shared = service.spec.as_ref().unwrap().task.as_ref().unwrap();
+        assert!(of("t1").same(shared) && of("t2").same(shared));
+        assert!(!of("old").same(shared));
+        assert_eq!(of("old").container.as_ref().unwrap().image, "web:1");
     }
 
     #[test]

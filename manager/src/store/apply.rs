@@ -105,6 +105,7 @@ fn apply_action(
                 return Err(StoreError::AlreadyExists { kind: k, what: id });
             }
             check_invariants(state, &object)?;
+            share_spec(state, &mut object);
             let meta = object.meta_mut();
             meta.version = index;
             meta.created_at = timestamp;
@@ -132,6 +133,7 @@ fn apply_action(
                 });
             }
             check_invariants(state, &object)?;
+            share_spec(state, &mut object);
             let created_at = current_meta.map_or(timestamp, |m| m.created_at);
             let meta = object.meta_mut();
             meta.version = index;
@@ -211,6 +213,24 @@ fn apply_report(
         object,
         old,
     })
+}
+
+/// A task whose spec equals its service's current one holds the service's
+/// copy. Tasks the orchestrator makes already do; a task decoded from the log
+/// (a follower, a restart) would otherwise keep a copy of its own.
+pub(crate) fn share_spec(state: &MemState, object: &mut Object) {
+    let Object::Task(task) = object else {
+        return;
+    };
+    let Some(spec) = task.spec.as_mut() else {
+        return;
+    };
+    let service = state.service(&task.service_id);
+    if let Some(shared) = service.and_then(|s| s.spec.as_ref()?.task.as_ref())
+        && shared == spec
+    {
+        *spec = shared.clone();
+    }
 }
 
 /// Store-wide invariants that concurrent writers could otherwise break.

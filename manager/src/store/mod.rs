@@ -23,6 +23,7 @@ use shoal_proto::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+pub(crate) use apply::share_spec;
 pub use apply::{Outcome, ingress_ports};
 pub use object::{Kind, Object, ObjectExt, Stored, decode, encode};
 pub use tables::{LookupError, MemState, service_name};

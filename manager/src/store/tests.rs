@@ -399,3 +399,45 @@ fn a_report_survives_its_encoding() {
         "a report costs bytes, not a task"
     );
 }
+
+#[tokio::test]
+async fn a_created_task_with_its_services_spec_holds_the_services_copy() {
+    let spec = |image: &str| -> shoal_proto::SharedTaskSpec {
+        shoal_proto::TaskSpec {
+            container: Some(shoal_proto::ContainerSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .into()
+    };
+    let with_spec = |object: Object, image: &str| match object {
+        Object::Service(mut s) => {
+            s.spec.as_mut().unwrap().task = Some(spec(image));
+            Object::Service(s)
+        }
+        Object::Task(mut t) => {
+            t.spec = Some(spec(image));
+            Object::Task(t)
+        }
+        other => other,
+    };
+    let store = Store::in_memory();
+    // Equal specs, each its own copy: as a follower decodes them.
+    store
+        .propose(vec![
+            Action::Create(with_spec(service("s1", "web"), "web:1")),
+            Action::Create(with_spec(task("t1", "s1", "n1"), "web:1")),
+            Action::Create(with_spec(task("t2", "s1", "n1"), "web:0")),
+        ])
+        .await
+        .unwrap();
+    store.read(|s| {
+        let shared = s.service("s1").unwrap().spec.as_ref().unwrap().task.clone();
+        let of = |id: &str| s.task(id).unwrap().spec.clone().unwrap();
+        assert!(of("t1").same(shared.as_ref().unwrap()));
+        assert!(!of("t2").same(shared.as_ref().unwrap()));
+        assert_eq!(of("t2").container.as_ref().unwrap().image, "web:0");
+    });
+}

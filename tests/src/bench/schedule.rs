@@ -298,6 +298,11 @@ async fn measure(
             (args.tasks as f64 / d.as_secs_f64().max(1e-3)).round(),
         );
     }
+    for (name, at) in ["10", "50", "90"].iter().zip(marks.assigned_share) {
+        if let Some(d) = since(at) {
+            figure(&format!("time_to_assigned_{name}pct_ms"), ms(d));
+        }
+    }
     if let Some(d) = running {
         figure("time_to_running_ms", ms(d));
     }

@@ -59,6 +59,9 @@ pub struct Milestones {
     pub created: Option<Instant>,
     pub assigned: Option<Instant>,
     pub running: Option<Instant>,
+    /// When a tenth, half and nine tenths of the tasks had reached their
+    /// nodes (the hollow nodes' count only): the shape of the burst.
+    pub assigned_share: [Option<Instant>; 3],
     pub resyncs: u32,
     /// Task events the watch delivered: the manager's writes per task, in all.
     pub events: u64,
@@ -164,6 +167,9 @@ async fn watch_tasks(
         .into_inner())
 }
 
+/// The shares of the tasks at which `Milestones::assigned_share` is marked.
+pub const ASSIGNED_SHARES: [(u64, u64); 3] = [(1, 10), (1, 2), (9, 10)];
+
 /// The milestones as the hollow nodes count them into `stats`: every task
 /// received by its node (the dispatcher sends committed assignments only) and
 /// every task's RUNNING report acknowledged (the manager acknowledges once it
@@ -175,8 +181,15 @@ pub async fn count_in_agents(
 ) -> anyhow::Result<Milestones> {
     let expected = expected as u64;
     let mut marks = Milestones::default();
+    let shares = ASSIGNED_SHARES.map(|(n, d)| expected * n / d);
     let all_running = stats.wait_until(|s| {
-        if marks.assigned.is_none() && s.tasks_received() >= expected {
+        let received = s.tasks_received();
+        for (mark, share) in marks.assigned_share.iter_mut().zip(shares) {
+            if mark.is_none() && received >= share {
+                *mark = Some(Instant::now());
+            }
+        }
+        if marks.assigned.is_none() && received >= expected {
             marks.assigned = Some(Instant::now());
         }
         s.running_confirmed() >= expected
