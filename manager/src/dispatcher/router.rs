@@ -26,8 +26,11 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use shoal_proto::Task;
+use shoal_proto::state::is_terminal;
+
 use crate::scheduler::fasthash::FastMap;
-use crate::store::{Change, ChangeBatch, Store, Stored};
+use crate::store::{Change, ChangeBatch, ChangeKind, Store, Stored};
 
 /// Routed batches buffered towards one feed before it is made to start over.
 /// At ~100 committed batches a second this is seconds of slack for a feed
@@ -226,6 +229,12 @@ impl Routes {
 /// The task changes of `batch` as (node id, position) pairs: each change under
 /// its task's node, and also under the node of the value it replaced when
 /// that differs. Unassigned tasks and other objects concern no node.
+///
+/// An agent's report on a task still under way concerns no node either: the
+/// observed status is the agent's own, so the feed would drop it (see
+/// `NodeView::absorb`), having woken for nothing once per node and commit. A
+/// report that ends the task is routed: the task releases its secrets and
+/// configs.
 fn by_node(batch: &ChangeBatch) -> impl Iterator<Item = (&str, u32)> {
     batch
         .changes
@@ -235,6 +244,9 @@ fn by_node(batch: &ChangeBatch) -> impl Iterator<Item = (&str, u32)> {
             let Stored::Task(task) = &change.object else {
                 return [None, None];
             };
+            if change.kind == ChangeKind::Reported && !has_ended(task) {
+                return [None, None];
+            }
             let new = &task.node_id;
             let old = match &change.old {
                 Some(Stored::Task(old)) if old.node_id != *new => Some(old.node_id.as_str()),
@@ -246,12 +258,16 @@ fn by_node(batch: &ChangeBatch) -> impl Iterator<Item = (&str, u32)> {
         .flatten()
 }
 
+fn has_ended(task: &Task) -> bool {
+    task.status.as_ref().is_some_and(|s| is_terminal(s.state()))
+}
+
 #[cfg(test)]
 mod unit {
-    use shoal_proto::{Node, Task};
+    use shoal_proto::{Node, TaskState, TaskStatus};
 
     use super::*;
-    use crate::store::{ChangeKind, ObjectExt};
+    use crate::store::ObjectExt;
 
     fn task(id: &str, node: &str) -> Task {
         Task {
@@ -319,6 +335,35 @@ mod unit {
         assert_eq!(ids(&routed), vec!["a", "c"]);
         assert!(rx1.try_recv().is_err(), "one message per batch");
         assert!(rx3.try_recv().is_err(), "nothing for n3");
+    }
+
+    #[test]
+    fn only_reports_that_end_a_task_reach_its_node() {
+        let reported = |id: &str, state: TaskState| {
+            let at = |state: TaskState| Task {
+                status: Some(TaskStatus {
+                    state: state as i32,
+                    ..Default::default()
+                }),
+                ..task(id, "n1")
+            };
+            Change {
+                kind: ChangeKind::Reported,
+                object: Stored::Task(at(state).into()),
+                old: Some(Stored::Task(at(TaskState::Assigned).into())),
+            }
+        };
+        let b = batch(
+            3,
+            vec![
+                reported("starting", TaskState::Starting),
+                reported("running", TaskState::Running),
+                reported("failed", TaskState::Failed),
+                reported("complete", TaskState::Complete),
+            ],
+        );
+        let pairs: Vec<_> = by_node(&b).collect();
+        assert_eq!(pairs, vec![("n1", 2), ("n1", 3)]);
     }
 
     #[test]
