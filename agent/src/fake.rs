@@ -183,10 +183,7 @@ impl FakeState {
 }
 
 fn image(task: &Task) -> &str {
-    task.spec
-        .as_ref()
-        .and_then(|s| s.container.as_ref())
-        .map_or("", |c| c.image.as_str())
+    task.spec.as_ref().map_or("", |s| s.image())
 }
 
 impl Runtime for FakeRuntime {

@@ -47,7 +47,7 @@ impl Specs {
 
 #[cfg(test)]
 mod tests {
-    use shoal_proto::{ContainerSpec, TaskSpec};
+    use shoal_proto::TaskSpec;
 
     use super::*;
 
@@ -55,16 +55,7 @@ mod tests {
         Task {
             id: id.into(),
             service_id: service.into(),
-            spec: Some(
-                TaskSpec {
-                    container: Some(ContainerSpec {
-                        image: image.into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }
-                .into(),
-            ),
+            spec: Some(TaskSpec::for_image(image).into()),
             ..Default::default()
         }
     }
@@ -94,8 +85,7 @@ mod tests {
         for t in [&mut old, &mut new, &mut newer] {
             specs.share(t);
         }
-        assert_eq!(spec(&old).container.as_ref().unwrap().image, "web:1");
-        assert_eq!(spec(&new).container.as_ref().unwrap().image, "web:2");
+        assert_eq!((spec(&old).image(), spec(&new).image()), ("web:1", "web:2"));
         assert!(spec(&new).same(spec(&newer)));
         // Another service's equal spec is not mixed in.
         let mut other = task("d", "s2", "web:2");

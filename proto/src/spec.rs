@@ -37,6 +37,24 @@ pub struct TaskSpec {
     pub placement: Option<Placement>,
 }
 
+impl TaskSpec {
+    /// A spec that runs `image`, every other field at its default.
+    pub fn for_image(image: impl Into<String>) -> TaskSpec {
+        TaskSpec {
+            container: Some(ContainerSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The image it runs ("" when it names no container).
+    pub fn image(&self) -> &str {
+        self.container.as_ref().map_or("", |c| c.image.as_str())
+    }
+}
+
 /// A [`TaskSpec`] that clones by reference count and unshares on write.
 #[derive(Clone, Default)]
 pub struct SharedTaskSpec(Arc<TaskSpec>);
@@ -167,35 +185,9 @@ mod tests {
         let mut second = first.clone();
         let container = second.spec.as_mut().unwrap().container.as_mut().unwrap();
         container.image = "web:2".into();
-        assert_eq!(
-            first
-                .spec
-                .as_ref()
-                .unwrap()
-                .container
-                .as_ref()
-                .unwrap()
-                .image,
-            "web:1"
-        );
-        assert_eq!(
-            second
-                .spec
-                .as_ref()
-                .unwrap()
-                .container
-                .as_ref()
-                .unwrap()
-                .image,
-            "web:2"
-        );
-        assert!(
-            !first
-                .spec
-                .as_ref()
-                .unwrap()
-                .same(second.spec.as_ref().unwrap())
-        );
+        let (a, b) = (first.spec.unwrap(), second.spec.unwrap());
+        assert_eq!((a.image(), b.image()), ("web:1", "web:2"));
+        assert!(!a.same(&b));
     }
 
     #[test]

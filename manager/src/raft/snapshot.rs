@@ -133,16 +133,7 @@ mod tests {
 
     #[test]
     fn restored_tasks_share_their_services_spec_when_it_is_theirs() {
-        let spec = |image: &str| {
-            shoal_proto::TaskSpec {
-                container: Some(shoal_proto::ContainerSpec {
-                    image: image.into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }
-            .into()
-        };
+        let spec = |image: &str| shoal_proto::TaskSpec::for_image(image).into();
         let mut state = MemState::default();
         state.put(Object::Service(Box::new(Service {
             id: "s1".into(),
@@ -167,7 +158,7 @@ mod tests {
         let shared = service.spec.as_ref().unwrap().task.as_ref().unwrap();
         assert!(of("t1").same(shared) && of("t2").same(shared));
         assert!(!of("old").same(shared));
-        assert_eq!(of("old").container.as_ref().unwrap().image, "web:1");
+        assert_eq!(of("old").image(), "web:1");
     }
 
     #[test]

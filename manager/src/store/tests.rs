@@ -403,14 +403,7 @@ fn a_report_survives_its_encoding() {
 #[tokio::test]
 async fn a_created_task_with_its_services_spec_holds_the_services_copy() {
     let spec = |image: &str| -> shoal_proto::SharedTaskSpec {
-        shoal_proto::TaskSpec {
-            container: Some(shoal_proto::ContainerSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-        .into()
+        shoal_proto::TaskSpec::for_image(image).into()
     };
     let with_spec = |object: Object, image: &str| match object {
         Object::Service(mut s) => {
@@ -438,6 +431,6 @@ async fn a_created_task_with_its_services_spec_holds_the_services_copy() {
         let of = |id: &str| s.task(id).unwrap().spec.clone().unwrap();
         assert!(of("t1").same(shared.as_ref().unwrap()));
         assert!(!of("t2").same(shared.as_ref().unwrap()));
-        assert_eq!(of("t2").container.as_ref().unwrap().image, "web:0");
+        assert_eq!(of("t2").image(), "web:0");
     });
 }
