@@ -22,12 +22,11 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use shoal_proto::Task;
+use shoal_proto::state::is_terminal;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-use shoal_proto::Task;
-use shoal_proto::state::is_terminal;
 
 use crate::scheduler::fasthash::FastMap;
 use crate::store::{Change, ChangeBatch, ChangeKind, Store, Stored};
