@@ -47,6 +47,8 @@ pub struct ScheduleArgs {
     /// Follow the tasks on the manager's `Watch` stream (the observer of
     /// earlier runs) instead of counting in the hollow nodes.
     pub watch: bool,
+    /// Niceness the harness gives itself once the nodes are ready (0: none).
+    pub harness_nice: i32,
 }
 
 impl Default for ScheduleArgs {
@@ -60,6 +62,7 @@ impl Default for ScheduleArgs {
             timeout: Duration::from_secs(900),
             perf_out: None,
             watch: false,
+            harness_nice: 0,
         }
     }
 }
@@ -101,6 +104,10 @@ pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
     let down_joining = nodes_marked_down(&manager.log());
     figure("nodes_marked_down_joining", down_joining);
     figure("harness_timer_lag_max_ms_joining", lag.take());
+    if args.harness_nice > 0 {
+        lower_own_priority(args.harness_nice)?;
+    }
+    figure("harness_nice", args.harness_nice);
 
     let followers: Vec<&BenchManager> = cluster
         .managers
@@ -349,6 +356,26 @@ async fn measure(
     Ok(())
 }
 
+/// Raise every thread of this process to niceness `nice` (Linux keeps it
+/// per thread; threads started later inherit it from their parent).
+fn lower_own_priority(nice: i32) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let name = entry?.file_name();
+        let tid = name
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw);
+        let Some(tid) = tid else { continue };
+        match rustix::process::setpriority_process(Some(tid), nice) {
+            Ok(()) => {}
+            // A thread that ended since the directory was read.
+            Err(rustix::io::Errno::SRCH) => {}
+            Err(err) => anyhow::bail!("cannot set thread {tid:?} to nice {nice}: {err}"),
+        }
+    }
+    Ok(())
+}
+
 /// The per-phase breakdown, from the manager's log lines of the measured
 /// phase: the orchestrator's passes (deciding, then awaiting its writes'
 /// commits), the Raft task's work (summed per second, so the first and last
@@ -498,5 +525,33 @@ mod tests {
         std::hint::black_box(&pages);
         // 4,096 faults of 4 KiB pages; 8 if the kernel hands out 2 MiB ones.
         assert!(minor_faults(pid).expect("readable") >= before + 8);
+    }
+
+    #[test]
+    fn lowering_priority_reaches_every_thread() {
+        // nextest runs each test in a process of its own; niceness only rises.
+        let before = rustix::process::getpriority_process(None).expect("readable");
+        let nice = (before + 2).min(19);
+        let (started, stop) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        std::thread::scope(|scope| {
+            let other = scope.spawn(|| {
+                started.wait();
+                stop.wait();
+                rustix::process::getpriority_process(None).expect("readable")
+            });
+            started.wait();
+            lower_own_priority(nice).expect("allowed: it only lowers");
+            stop.wait();
+            assert_eq!(
+                other.join().expect("thread"),
+                nice,
+                "a thread already running"
+            );
+        });
+        assert_eq!(
+            rustix::process::getpriority_process(None).expect("readable"),
+            nice,
+            "this thread"
+        );
     }
 }

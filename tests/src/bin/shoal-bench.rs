@@ -56,6 +56,12 @@ enum Scenario {
         /// also prints task_writes_per_task.
         #[arg(long)]
         watch: bool,
+        /// Lower the harness's own CPU priority by this much (nice 1-19) once
+        /// the nodes are ready: the hollow nodes stand in for other machines,
+        /// so they yield the shared cores to the manager. 0 (the default)
+        /// leaves it as it is.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+        harness_nice: i32,
     },
     /// Convergence on the real engine: shoal, Docker Swarm, plain `docker run`.
     Converge {
@@ -115,6 +121,7 @@ fn main() -> anyhow::Result<()> {
                 timeout_s,
                 perf_out,
                 watch,
+                harness_nice,
             } => {
                 schedule::run(schedule::ScheduleArgs {
                     nodes,
@@ -125,6 +132,7 @@ fn main() -> anyhow::Result<()> {
                     timeout: Duration::from_secs(timeout_s),
                     perf_out,
                     watch,
+                    harness_nice,
                 })
                 .await
             }
