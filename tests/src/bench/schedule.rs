@@ -356,7 +356,7 @@ async fn measure(
     Ok(())
 }
 
-/// Raise every thread of this process to niceness `nice` (Linux keeps it
+/// Set every thread of this process to niceness `nice` (Linux keeps it
 /// per thread; threads started later inherit it from their parent).
 fn lower_own_priority(nice: i32) -> anyhow::Result<()> {
     for entry in std::fs::read_dir("/proc/self/task")? {

@@ -56,10 +56,9 @@ enum Scenario {
         /// also prints task_writes_per_task.
         #[arg(long)]
         watch: bool,
-        /// Lower the harness's own CPU priority by this much (nice 1-19) once
-        /// the nodes are ready: the hollow nodes stand in for other machines,
-        /// so they yield the shared cores to the manager. 0 (the default)
-        /// leaves it as it is.
+        /// Set the harness's niceness to this (1-19) once the nodes are
+        /// ready: the hollow nodes stand in for other machines, so they yield
+        /// the shared cores to the manager. 0 (the default) leaves it as it is.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
         harness_nice: i32,
     },
