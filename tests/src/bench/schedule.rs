@@ -328,8 +328,11 @@ async fn measure(
     figure("scheduler_pass_max_ms", passes.max_pass_ms);
     let log = manager.log();
     phase_figures(log.get(log_start..).unwrap_or(""), assigned, running);
-    if let (Some(before), Some(after)) = (cpu_before, manager.pid().and_then(cpu_seconds)) {
-        figure("manager_cpu_s", format!("{:.1}", after - before));
+    let manager_cpu = cpu_before
+        .zip(manager.pid().and_then(cpu_seconds))
+        .map(|(before, after)| after - before);
+    if let Some(cpu) = manager_cpu {
+        figure("manager_cpu_s", format!("{cpu:.1}"));
     }
     // In MiB of 4 KiB pages, to set beside the peak RSS: more than it means
     // memory handed back to the kernel and faulted in again.
@@ -346,14 +349,33 @@ async fn measure(
     figure("status_requests", stats.status_requests() - reports_before);
     // The hollow agents and the watch share the cores with the manager: what
     // they used is CPU the manager did not have.
-    if let (Some(before), Some(after)) = (harness_cpu_before, cpu_seconds(std::process::id())) {
-        figure("harness_cpu_s", format!("{:.1}", after - before));
+    let harness_cpu = harness_cpu_before
+        .zip(cpu_seconds(std::process::id()))
+        .map(|(before, after)| after - before);
+    if let Some(cpu) = harness_cpu {
+        figure("harness_cpu_s", format!("{cpu:.1}"));
+    }
+    // On shared cores, placements/s follows the cores divided by what a task
+    // costs both processes (docs/BENCHMARKS.md, stop 26).
+    if let (Some(m), Some(h), Some(r)) = (manager_cpu, harness_cpu, running) {
+        let (per_task_us, busy) = cpu_share(m + h, args.tasks, r);
+        figure("cpu_us_per_task", format!("{per_task_us:.1}"));
+        figure("busy_cores_until_running", format!("{busy:.2}"));
     }
     if !args.watch {
         // After the figures: the manager's answer is no part of the phase.
         check_all_running(manager.addr, &manager.admin_dir(), args.tasks).await?;
     }
     Ok(())
+}
+
+/// CPU microseconds per task, and the cores kept busy on average until
+/// every task ran, from `cpu_s` seconds of CPU both processes spent.
+fn cpu_share(cpu_s: f64, tasks: usize, running: Duration) -> (f64, f64) {
+    (
+        cpu_s * 1e6 / tasks.max(1) as f64,
+        cpu_s / running.as_secs_f64().max(1e-3),
+    )
 }
 
 /// Set every thread of this process to niceness `nice` (Linux keeps it
@@ -525,6 +547,14 @@ mod tests {
         std::hint::black_box(&pages);
         // 4,096 faults of 4 KiB pages; 8 if the kernel hands out 2 MiB ones.
         assert!(minor_faults(pid).expect("readable") >= before + 8);
+    }
+
+    #[test]
+    fn cpu_per_task_and_busy_cores() {
+        let (per_task, busy) = cpu_share(4.0, 100_000, Duration::from_secs(2));
+        assert_eq!((per_task, busy), (40.0, 2.0));
+        let (per_task, busy) = cpu_share(1.0, 0, Duration::ZERO);
+        assert_eq!((per_task, busy), (1e6, 1000.0));
     }
 
     #[test]
