@@ -356,8 +356,9 @@ async fn measure(
         figure("harness_cpu_s", format!("{cpu:.1}"));
     }
     // On shared cores, placements/s follows the cores divided by what a task
-    // costs both processes (docs/BENCHMARKS.md, stop 26).
-    if let (Some(m), Some(h), Some(r)) = (manager_cpu, harness_cpu, running) {
+    // costs both processes (docs/BENCHMARKS.md, stop 26). With several
+    // managers the followers' CPU is measured apart, after the phase.
+    if let (1, Some(m), Some(h), Some(r)) = (args.managers, manager_cpu, harness_cpu, running) {
         let (per_task_us, busy) = cpu_share(m + h, args.tasks, r);
         figure("cpu_us_per_task", format!("{per_task_us:.1}"));
         figure("busy_cores_until_running", format!("{busy:.2}"));
