@@ -38,8 +38,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// written cost 2,048 page faults of zeroed pages. Above 32 MiB only (a
 /// whole-state snapshot, say) keeps that arena for what is truly huge.
 /// `_RJEM_MALLOC_CONF` in the environment still overrides it.
-// The only unsafe in the workspace: exporting a symbol that jemalloc's C
-// code looks up is unsafe by nature; nothing else touches it.
+// The only unsafe in the product (shoal-bench exports the same symbol for
+// itself): exporting a symbol that jemalloc's C code looks up is unsafe by
+// nature; nothing else touches it.
 #[allow(unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: MallocConf = MallocConf(c"oversize_threshold:33554432".as_ptr());

@@ -15,6 +15,7 @@
 //! - [`swarm`]: Docker Swarm on the local engine, and extra `dockerd` daemons.
 //! - [`footprint`]: resident memory of the daemons.
 //! - [`figures`]: printing figures and the small pure computations behind them.
+//! - [`warm`]: faulting the harness's heap in before it measures.
 
 pub mod cluster;
 pub mod converge;
@@ -26,3 +27,4 @@ pub mod recover;
 pub mod schedule;
 pub mod swarm;
 pub mod tasks;
+pub mod warm;

@@ -29,6 +29,7 @@ use super::figures::{
     sum_fields,
 };
 use super::tasks::{check_all_running, count_in_agents, follow};
+use super::warm::{default_warm_mib, warm_heap};
 use crate::agents::HollowAgent;
 use crate::process::channel_patiently;
 
@@ -49,6 +50,9 @@ pub struct ScheduleArgs {
     pub watch: bool,
     /// Niceness the harness gives itself once the nodes are ready (0: none).
     pub harness_nice: i32,
+    /// MiB of heap the harness faults in and frees before the measured phase
+    /// (None: [`default_warm_mib`] of the tasks; 0: none).
+    pub harness_warm_mib: Option<usize>,
 }
 
 impl Default for ScheduleArgs {
@@ -63,6 +67,7 @@ impl Default for ScheduleArgs {
             perf_out: None,
             watch: false,
             harness_nice: 0,
+            harness_warm_mib: None,
         }
     }
 }
@@ -108,6 +113,11 @@ pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
         lower_own_priority(args.harness_nice)?;
     }
     figure("harness_nice", args.harness_nice);
+    let warm_mib = args
+        .harness_warm_mib
+        .unwrap_or_else(|| default_warm_mib(args.tasks));
+    warm_heap(warm_mib);
+    figure("harness_warm_mib", warm_mib);
 
     let followers: Vec<&BenchManager> = cluster
         .managers
@@ -232,6 +242,7 @@ async fn measure(
     let mut control = ControlClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
     let cpu_before = manager.pid().and_then(cpu_seconds);
     let faults_before = manager.pid().and_then(minor_faults);
+    let harness_faults_before = minor_faults(std::process::id());
     let harness_cpu_before = cpu_seconds(std::process::id());
     let (messages_before, reports_before) = (stats.assignment_messages(), stats.status_requests());
 
@@ -337,8 +348,11 @@ async fn measure(
     // In MiB of 4 KiB pages, to set beside the peak RSS: more than it means
     // memory handed back to the kernel and faulted in again.
     if let (Some(before), Some(after)) = (faults_before, manager.pid().and_then(minor_faults)) {
-        let mib = after.saturating_sub(before) as f64 * 4096.0 / (1 << 20) as f64;
-        figure("manager_minor_faults_mib", format!("{mib:.0}"));
+        figure("manager_minor_faults_mib", faulted_mib(before, after));
+    }
+    // The harness's own: near zero when its warm heap covered its growth.
+    if let (Some(before), Some(after)) = (harness_faults_before, minor_faults(std::process::id())) {
+        figure("harness_minor_faults_mib", faulted_mib(before, after));
     }
     // How many messages carried the tasks to their nodes, and their reports
     // back: each costs both sides a frame, a TLS record and a syscall or two.
@@ -493,6 +507,14 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 /// find (and zero, if fresh) on first touch.
 pub fn minor_faults(pid: u32) -> Option<u64> {
     stat_field(pid, 7)?.parse().ok()
+}
+
+/// Minor faults between two readings, in MiB of 4 KiB pages.
+fn faulted_mib(before: u64, after: u64) -> String {
+    format!(
+        "{:.0}",
+        after.saturating_sub(before) as f64 * 4096.0 / f64::from(1 << 20)
+    )
 }
 
 /// Field `n` of `/proc/PID/stat`, counted from "state" (0), which follows

@@ -15,6 +15,26 @@ use shoal_tests::bench::{converge, failover, footprint, recover, schedule};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The harness's jemalloc options, read before `main`: one arena, freed pages
+/// kept mapped, and small slabs carved from any free extent, so that the
+/// heap `schedule` warms before it measures is the one the hollow nodes grow
+/// into (`shoal_tests::bench::warm`). The `shoal` processes it starts have
+/// their own options (cli/src/main.rs).
+// Exporting a symbol that jemalloc's C code looks up is unsafe by nature;
+// nothing else here is.
+#[allow(unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: MallocConf = MallocConf(
+    c"narenas:1,dirty_decay_ms:-1,muzzy_decay_ms:-1,lg_extent_max_active_fit:24".as_ptr(),
+);
+
+/// A C string pointer that jemalloc reads; it points into static memory.
+#[repr(transparent)]
+struct MallocConf(*const std::ffi::c_char);
+// SAFETY: the pointer is to an immutable static string.
+#[allow(unsafe_code)]
+unsafe impl Sync for MallocConf {}
+
 #[derive(Parser)]
 #[command(
     name = "shoal-bench",
@@ -61,6 +81,11 @@ enum Scenario {
         /// the shared cores to the manager. 0 (the default) leaves it as it is.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
         harness_nice: i32,
+        /// MiB of heap the harness faults in and frees before it measures, so
+        /// the hollow nodes grow into pages already touched (default: 4 KiB
+        /// per task; 0 turns it off).
+        #[arg(long)]
+        harness_warm_mib: Option<usize>,
     },
     /// Convergence on the real engine: shoal, Docker Swarm, plain `docker run`.
     Converge {
@@ -121,6 +146,7 @@ fn main() -> anyhow::Result<()> {
                 perf_out,
                 watch,
                 harness_nice,
+                harness_warm_mib,
             } => {
                 schedule::run(schedule::ScheduleArgs {
                     nodes,
@@ -132,6 +158,7 @@ fn main() -> anyhow::Result<()> {
                     perf_out,
                     watch,
                     harness_nice,
+                    harness_warm_mib,
                 })
                 .await
             }
@@ -146,4 +173,24 @@ fn main() -> anyhow::Result<()> {
             Scenario::Footprint { nodes } => footprint::run(nodes).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_tests::bench::schedule::minor_faults;
+    use shoal_tests::bench::warm::warm_heap;
+
+    /// With this binary's allocator options, memory warmed and freed serves
+    /// later small allocations: fresh, 32 MiB of them would fault in more
+    /// than 8,000 pages.
+    #[test]
+    fn a_warmed_heap_serves_small_allocations_without_fresh_pages() {
+        let pid = std::process::id();
+        warm_heap(64);
+        let before = minor_faults(pid).expect("readable");
+        let pieces: Vec<Vec<u8>> = (0..32 * 1024).map(|i| vec![i as u8 | 1; 1000]).collect();
+        std::hint::black_box(&pieces);
+        let faulted = minor_faults(pid).expect("readable") - before;
+        assert!(faulted < 1024, "{faulted} pages faulted in");
+    }
 }
