@@ -1,5 +1,6 @@
 //! Task status reporting: controllers drop their latest [`TaskStatus`] here, and
-//! the session sends what accumulated as one `UpdateTaskStatus` per batch.
+//! the session sends what accumulated as one request per batch, on its
+//! `ReportTaskStatus` stream.
 //!
 //! Only the latest status of each task is kept (states only move forward, so
 //! the newest one says everything). Updates survive a lost session: a batch the
@@ -12,8 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_proto::dispatcher_client::DispatcherClient;
-use shoal_proto::{TaskState, TaskStatus, TaskStatusUpdate, UpdateTaskStatusRequest};
-use tokio::sync::Notify;
+use shoal_proto::{
+    TaskState, TaskStatus, TaskStatusUpdate, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
+};
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::stats::AgentStats;
@@ -124,11 +128,19 @@ impl Reporter {
 /// Sends queued statuses to the manager for as long as the session lives;
 /// returns the error that ended it. A batch in flight when the session ends (the
 /// error, or this future being dropped) goes back to the queue.
+///
+/// The batches go on one `ReportTaskStatus` stream, opened with the first:
+/// each is answered once committed, and the next goes out after the answer,
+/// as with one `UpdateTaskStatus` call per batch but without a new HTTP/2
+/// stream, header block and authentication each time. A manager that does not
+/// know the stream gets one `UpdateTaskStatus` call per batch instead.
 pub(crate) async fn send_loop(
     reporter: &Reporter,
     mut client: DispatcherClient<Channel>,
     session_id: String,
 ) -> tonic::Status {
+    let mut stream: Option<StatusStream> = None;
+    let mut unary = false;
     loop {
         if reporter.is_empty() {
             reporter.changed().await;
@@ -146,7 +158,19 @@ pub(crate) async fn send_loop(
             updates: batch.updates.clone(),
         };
         reporter.stats.sent_statuses();
-        if let Err(status) = client.update_task_status(request).await {
+        let sent = match stream.as_mut() {
+            _ if unary => client.update_task_status(request).await.map(|_| ()),
+            Some(open) => open.send(request).await,
+            None => match StatusStream::open(&mut client).await {
+                Ok(open) => stream.insert(open).send(request).await,
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    unary = true;
+                    client.update_task_status(request).await.map(|_| ())
+                }
+                Err(status) => Err(status),
+            },
+        };
+        if let Err(status) = sent {
             return status;
         }
         let running = batch
@@ -156,6 +180,33 @@ pub(crate) async fn send_loop(
             .count();
         reporter.stats.confirmed_running(running as u64);
         batch.acknowledged();
+    }
+}
+
+/// An open `ReportTaskStatus` stream: requests out, one answer each back.
+struct StatusStream {
+    requests: mpsc::Sender<UpdateTaskStatusRequest>,
+    answers: tonic::Streaming<UpdateTaskStatusResponse>,
+}
+
+impl StatusStream {
+    async fn open(client: &mut DispatcherClient<Channel>) -> Result<Self, tonic::Status> {
+        let (requests, outgoing) = mpsc::channel(1);
+        let answers = client
+            .report_task_status(ReceiverStream::new(outgoing))
+            .await?
+            .into_inner();
+        Ok(StatusStream { requests, answers })
+    }
+
+    /// Send one batch and wait for its answer: Ok once it is committed.
+    async fn send(&mut self, request: UpdateTaskStatusRequest) -> Result<(), tonic::Status> {
+        let closed = || tonic::Status::unavailable("the manager closed the status stream");
+        self.requests.send(request).await.map_err(|_| closed())?;
+        match self.answers.message().await? {
+            Some(_) => Ok(()),
+            None => Err(closed()),
+        }
     }
 }
 

@@ -35,7 +35,10 @@ struct TestDispatcher {
     heartbeat_delay: Mutex<Duration>,
     /// The grace the sessions announce (0: none, as an older manager).
     grace_ms: i64,
-    updates: Mutex<Vec<TaskStatusUpdate>>,
+    /// Refuse `ReportTaskStatus` as unknown, as an older manager.
+    unary_only: bool,
+    /// Shared with the tasks that serve status streams.
+    updates: Arc<Mutex<Vec<TaskStatusUpdate>>>,
     // Held to keep the streams open; dropping them ends the session.
     open_sessions: Mutex<Vec<Sender<SessionMessage>>>,
     open_assignments: Mutex<Vec<Sender<AssignmentsMessage>>>,
@@ -62,6 +65,7 @@ impl TestDispatcher {
 impl Dispatcher for TestDispatcher {
     type SessionStream = ReceiverStream<Result<SessionMessage, Status>>;
     type AssignmentsStream = ReceiverStream<Result<AssignmentsMessage, Status>>;
+    type ReportTaskStatusStream = ReceiverStream<Result<UpdateTaskStatusResponse, Status>>;
     type LogSubscriptionsStream = ReceiverStream<Result<shoal_proto::LogSubscription, Status>>;
 
     async fn log_subscriptions(
@@ -135,6 +139,27 @@ impl Dispatcher for TestDispatcher {
             .unwrap()
             .extend(request.into_inner().updates);
         Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+
+    async fn report_task_status(
+        &self,
+        request: Request<tonic::Streaming<UpdateTaskStatusRequest>>,
+    ) -> Result<Response<Self::ReportTaskStatusStream>, Status> {
+        if self.unary_only {
+            return Err(Status::unimplemented("an older manager"));
+        }
+        let mut requests = request.into_inner();
+        let updates = self.updates.clone();
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            while let Ok(Some(request)) = requests.message().await {
+                updates.lock().unwrap().extend(request.updates);
+                if tx.send(Ok(UpdateTaskStatusResponse {})).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
@@ -314,6 +339,39 @@ async fn the_counters_see_a_task_received_and_its_running_report_acknowledged() 
         dispatcher.latest_state("t1"),
         Some(TaskState::Running),
         "confirmed only once the manager has it"
+    );
+
+    shutdown.cancel();
+    agent.await.unwrap().unwrap();
+    server_stop.cancel();
+}
+
+#[tokio::test]
+async fn statuses_reach_a_manager_without_the_status_stream_one_call_each() {
+    let dispatcher = Arc::new(TestDispatcher {
+        tasks: vec![assigned_task("t1")],
+        unary_only: true,
+        ..Default::default()
+    });
+    let server_stop = CancellationToken::new();
+    let addr = serve(dispatcher.clone(), server_stop.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeRuntime::default());
+    let (shutdown, agent) = start_agent(&addr, dir.path(), fake.clone());
+
+    eventually("t1 reported running", || async {
+        (dispatcher.latest_state("t1") == Some(TaskState::Running)).then_some(())
+    })
+    .await;
+    fake.exit("t1", 1);
+    eventually("t1 reported failed", || async {
+        (dispatcher.latest_state("t1") == Some(TaskState::Failed)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        dispatcher.sessions.lock().unwrap().len(),
+        1,
+        "one session throughout"
     );
 
     shutdown.cancel();

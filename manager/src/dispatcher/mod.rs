@@ -34,7 +34,7 @@ use shoal_proto::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{self, Caller};
 use crate::config::DispatcherConfig;
@@ -174,6 +174,18 @@ impl Dispatcher {
         Ok((node_id, token))
     }
 
+    /// One batch of status reports from `caller`: screened, committed, then
+    /// answered (`UpdateTaskStatus`, and each request of `ReportTaskStatus`).
+    async fn report(
+        &self,
+        caller: &Caller,
+        request: UpdateTaskStatusRequest,
+    ) -> Result<(), Status> {
+        let running = self.running()?;
+        let (node_id, _) = self.session_of(caller, &request.session_id)?;
+        status::update(&self.inner.store, &running, &node_id, request.updates).await
+    }
+
     /// The active run, or the error agents get from a manager that cannot serve them.
     fn running(&self) -> Result<Running, Status> {
         let running = lock(&self.inner.running).clone();
@@ -228,6 +240,7 @@ fn store_status(err: StoreError) -> Status {
 impl dispatcher_server::Dispatcher for Dispatcher {
     type SessionStream = ReceiverStream<Result<SessionMessage, Status>>;
     type AssignmentsStream = ReceiverStream<Result<AssignmentsMessage, Status>>;
+    type ReportTaskStatusStream = ReceiverStream<Result<UpdateTaskStatusResponse, Status>>;
     type LogSubscriptionsStream = SubscriptionStream;
 
     async fn log_subscriptions(
@@ -306,11 +319,19 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         &self,
         request: Request<UpdateTaskStatusRequest>,
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
-        let running = self.running()?;
         let caller = Caller::of(&request);
-        let request = request.into_inner();
-        let (node_id, _) = self.session_of(&caller, &request.session_id)?;
-        status::update(&self.inner.store, &running, &node_id, request.updates).await?;
+        self.report(&caller, request.into_inner()).await?;
         Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+
+    async fn report_task_status(
+        &self,
+        request: Request<Streaming<UpdateTaskStatusRequest>>,
+    ) -> Result<Response<Self::ReportTaskStatusStream>, Status> {
+        let caller = Caller::of(&request);
+        let reports = request.into_inner();
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(status::serve_stream(self.clone(), caller, reports, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -13,12 +13,15 @@
 use std::collections::HashMap;
 
 use futures::future::join_all;
-use shoal_proto::{TaskState, TaskStatus, TaskStatusUpdate};
+use shoal_proto::{
+    TaskState, TaskStatus, TaskStatusUpdate, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
+use tonic::{Status, Streaming};
 
-use super::{Running, store_status};
+use super::{Dispatcher, Running, store_status};
+use crate::auth::Caller;
 use crate::store::{Action, MemState, Store, StoreError};
 
 /// Reports (RPCs) queued towards the batcher before senders wait.
@@ -34,6 +37,52 @@ const MAX_PER_PROPOSAL: usize = 1024;
 pub(super) struct StatusRequest {
     updates: Vec<(String, TaskStatus)>,
     reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Serve one `ReportTaskStatus` stream: answer each request in order once it
+/// is committed, until the agent closes the stream, the reply cannot be sent,
+/// a request fails (its error is the stream's last message), or the session
+/// the first request named ends.
+pub(super) async fn serve_stream(
+    dispatcher: Dispatcher,
+    caller: Caller,
+    mut reports: Streaming<UpdateTaskStatusRequest>,
+    replies: mpsc::Sender<Result<UpdateTaskStatusResponse, Status>>,
+) {
+    let mut session: Option<CancellationToken> = None;
+    loop {
+        let ended = async {
+            match &session {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let request = tokio::select! {
+            biased;
+            _ = ended => {
+                let _ = replies.send(Err(Status::unavailable("the session ended"))).await;
+                return;
+            }
+            r = reports.message() => match r {
+                Ok(Some(request)) => request,
+                // The agent closed the stream, or went away.
+                Ok(None) | Err(_) => return,
+            },
+        };
+        if session.is_none()
+            && let Ok((_, token)) = dispatcher.session_of(&caller, &request.session_id)
+        {
+            session = Some(token);
+        }
+        let reply = dispatcher
+            .report(&caller, request)
+            .await
+            .map(|()| UpdateTaskStatusResponse {});
+        let failed = reply.is_err();
+        if replies.send(reply).await.is_err() || failed {
+            return;
+        }
+    }
 }
 
 /// The `UpdateTaskStatus` RPC for `node_id`: queue the acceptable updates,

@@ -14,7 +14,7 @@ use shoal_proto::dispatcher_server::DispatcherServer;
 use shoal_proto::{
     AssignmentsMessage, AssignmentsRequest, AssignmentsType, HeartbeatRequest, Node,
     NodeDescription, NodeRole, NodeState, NodeStatus, SessionMessage, SessionRequest, Task,
-    TaskState, TaskStatus, TaskStatusUpdate, UpdateTaskStatusRequest,
+    TaskState, TaskStatus, TaskStatusUpdate, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
 };
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -167,21 +167,25 @@ impl Harness {
         session_id: &str,
         updates: &[(&str, TaskState)],
     ) -> Result<(), tonic::Status> {
-        let updates = updates
-            .iter()
-            .map(|(id, state)| TaskStatusUpdate {
-                task_id: id.to_string(),
-                status: Some(TaskStatus {
-                    state: *state as i32,
-                    ..Default::default()
-                }),
-            })
-            .collect();
-        let request = UpdateTaskStatusRequest {
-            session_id: session_id.into(),
-            updates,
-        };
+        let request = status_request(session_id, updates);
         self.client.update_task_status(request).await.map(|_| ())
+    }
+
+    /// Open a `ReportTaskStatus` stream: requests go in through the sender.
+    async fn status_stream(
+        &mut self,
+    ) -> (
+        tokio::sync::mpsc::Sender<UpdateTaskStatusRequest>,
+        Streaming<UpdateTaskStatusResponse>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let answers = self
+            .client
+            .report_task_status(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("status stream")
+            .into_inner();
+        (tx, answers)
     }
 
     fn node(&self, id: &str) -> Node {
@@ -226,6 +230,31 @@ fn task(id: &str, node: &str, state: TaskState, desired: TaskState) -> Task {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// A status report of `updates` for `session_id`.
+fn status_request(session_id: &str, updates: &[(&str, TaskState)]) -> UpdateTaskStatusRequest {
+    UpdateTaskStatusRequest {
+        session_id: session_id.into(),
+        updates: updates
+            .iter()
+            .map(|(id, state)| TaskStatusUpdate {
+                task_id: id.to_string(),
+                status: Some(TaskStatus {
+                    state: *state as i32,
+                    ..Default::default()
+                }),
+            })
+            .collect(),
+    }
+}
+
+/// The next answer of a stream, errors included; None when it ended.
+async fn answer<T>(stream: &mut Streaming<T>) -> Option<Result<T, tonic::Status>> {
+    match tokio::time::timeout(DEADLINE, stream.message()).await {
+        Ok(result) => result.transpose(),
+        Err(_) => panic!("no stream message within {DEADLINE:?}"),
     }
 }
 

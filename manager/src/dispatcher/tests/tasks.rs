@@ -127,6 +127,77 @@ async fn status_updates_only_move_forward_and_only_on_their_own_node() {
 }
 
 #[tokio::test]
+async fn reports_on_one_stream_are_answered_in_order_once_committed_until_one_fails() {
+    let mut h = Harness::start_patient().await;
+    let (first, _session) = h.open("n1", "host-a").await;
+    for (id, node) in [("a", "n1"), ("b", "n1"), ("theirs", "n2")] {
+        h.write(Action::Create(Object::Task(Box::new(task(
+            id,
+            node,
+            TaskState::Assigned,
+            TaskState::Running,
+        )))))
+        .await;
+    }
+    let sid = first.session_id.clone();
+    let (requests, mut answers) = h.status_stream().await;
+
+    for id in ["a", "b"] {
+        let request = status_request(&sid, &[(id, TaskState::Running)]);
+        requests.send(request).await.expect("stream open");
+        answer(&mut answers)
+            .await
+            .expect("an answer")
+            .expect("accepted");
+        // Answered after the commit, as the unary call is.
+        assert_eq!(task_state(&h.task(id)), TaskState::Running, "task {id}");
+    }
+
+    let request = status_request(&sid, &[("theirs", TaskState::Running)]);
+    requests.send(request).await.expect("stream open");
+    let err = answer(&mut answers)
+        .await
+        .expect("an answer")
+        .expect_err("another node's task");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("theirs"), "{}", err.message());
+    assert_eq!(task_state(&h.task("theirs")), TaskState::Assigned);
+    assert!(
+        answer(&mut answers).await.is_none(),
+        "the error ends the stream"
+    );
+}
+
+#[tokio::test]
+async fn a_status_stream_ends_with_its_session() {
+    let mut h = Harness::start_patient().await;
+    let (old, _old_session) = h.open("n1", "host-a").await;
+    h.write(Action::Create(Object::Task(Box::new(task(
+        "a",
+        "n1",
+        TaskState::Assigned,
+        TaskState::Running,
+    )))))
+    .await;
+    let (requests, mut answers) = h.status_stream().await;
+    let request = status_request(&old.session_id, &[("a", TaskState::Starting)]);
+    requests.send(request).await.expect("stream open");
+    answer(&mut answers)
+        .await
+        .expect("an answer")
+        .expect("accepted");
+
+    // A second session for the node ends the first, and its stream with it.
+    let (_new, _new_session) = h.open("n1", "host-a").await;
+    let err = answer(&mut answers)
+        .await
+        .expect("a last answer")
+        .expect_err("the session ended");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert_eq!(task_state(&h.task("a")), TaskState::Starting);
+}
+
+#[tokio::test]
 async fn many_concurrent_reports_are_all_committed() {
     let mut h = Harness::start_patient().await;
     let (first, _session) = h.open("n1", "host-a").await;
