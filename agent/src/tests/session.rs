@@ -55,6 +55,14 @@ impl TestDispatcher {
         Some(update.status.as_ref()?.state())
     }
 
+    /// Wait until the latest status reported for `task_id` is `state`.
+    async fn wait_reported(&self, task_id: &str, state: TaskState) {
+        eventually(&format!("{task_id} reported {state:?}"), || async {
+            (self.latest_state(task_id) == Some(state)).then_some(())
+        })
+        .await;
+    }
+
     fn close_sessions(&self) {
         self.open_sessions.lock().unwrap().clear();
         self.open_assignments.lock().unwrap().clear();
@@ -254,9 +262,16 @@ fn assigned_task(id: &str) -> Task {
 /// A dispatcher serving one task, t1, assigned to this node; stopped with the
 /// token.
 async fn serve_t1() -> (Arc<TestDispatcher>, CancellationToken, String) {
+    serve_t1_with(TestDispatcher::default()).await
+}
+
+/// [`serve_t1`] from a dispatcher set up otherwise as the test likes.
+async fn serve_t1_with(
+    dispatcher: TestDispatcher,
+) -> (Arc<TestDispatcher>, CancellationToken, String) {
     let dispatcher = Arc::new(TestDispatcher {
         tasks: vec![assigned_task("t1")],
-        ..Default::default()
+        ..dispatcher
     });
     let server_stop = CancellationToken::new();
     let addr = serve(dispatcher.clone(), server_stop.clone()).await;
@@ -274,10 +289,7 @@ async fn an_agent_registers_runs_its_task_and_survives_a_lost_session() {
     ));
     let (shutdown, agent) = start_agent(&addr, dir.path(), fake.clone());
 
-    eventually("t1 reported running", || async {
-        (dispatcher.latest_state("t1") == Some(TaskState::Running)).then_some(())
-    })
-    .await;
+    dispatcher.wait_reported("t1", TaskState::Running).await;
     {
         let sessions = dispatcher.sessions.lock().unwrap();
         assert_eq!(
@@ -305,10 +317,7 @@ async fn an_agent_registers_runs_its_task_and_survives_a_lost_session() {
     .await;
     assert_eq!(dispatcher.sessions.lock().unwrap()[1].node_id, NODE_ID);
     fake.exit("t1", 1);
-    eventually("t1 reported failed", || async {
-        (dispatcher.latest_state("t1") == Some(TaskState::Failed)).then_some(())
-    })
-    .await;
+    dispatcher.wait_reported("t1", TaskState::Failed).await;
     assert_eq!(fake.created_count(), 1);
 
     shutdown.cancel();
@@ -348,26 +357,19 @@ async fn the_counters_see_a_task_received_and_its_running_report_acknowledged() 
 
 #[tokio::test]
 async fn statuses_reach_a_manager_without_the_status_stream_one_call_each() {
-    let dispatcher = Arc::new(TestDispatcher {
-        tasks: vec![assigned_task("t1")],
+    let (dispatcher, server_stop, addr) = serve_t1_with(TestDispatcher {
         unary_only: true,
         ..Default::default()
-    });
-    let server_stop = CancellationToken::new();
-    let addr = serve(dispatcher.clone(), server_stop.clone()).await;
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let fake = Arc::new(FakeRuntime::default());
     let (shutdown, agent) = start_agent(&addr, dir.path(), fake.clone());
 
-    eventually("t1 reported running", || async {
-        (dispatcher.latest_state("t1") == Some(TaskState::Running)).then_some(())
-    })
-    .await;
+    // RUNNING, then FAILED: two batches, each its own call.
+    dispatcher.wait_reported("t1", TaskState::Running).await;
     fake.exit("t1", 1);
-    eventually("t1 reported failed", || async {
-        (dispatcher.latest_state("t1") == Some(TaskState::Failed)).then_some(())
-    })
-    .await;
+    dispatcher.wait_reported("t1", TaskState::Failed).await;
     assert_eq!(
         dispatcher.sessions.lock().unwrap().len(),
         1,
@@ -421,10 +423,7 @@ async fn tasks_keep_running_when_the_agent_stops() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Arc::new(FakeRuntime::default());
     let (shutdown, agent) = start_agent(&addr, dir.path(), fake.clone());
-    eventually("t1 reported running", || async {
-        (dispatcher.latest_state("t1") == Some(TaskState::Running)).then_some(())
-    })
-    .await;
+    dispatcher.wait_reported("t1", TaskState::Running).await;
     shutdown.cancel();
     agent.await.unwrap().unwrap();
     assert_eq!(fake.running(), vec!["t1".to_string()]);
@@ -437,10 +436,7 @@ async fn tasks_keep_running_when_the_agent_stops() {
     .await;
     assert_eq!(dispatcher.sessions.lock().unwrap()[1].node_id, NODE_ID);
     fake.exit("t1", 0);
-    eventually("t1 reported complete", || async {
-        (dispatcher.latest_state("t1") == Some(TaskState::Complete)).then_some(())
-    })
-    .await;
+    dispatcher.wait_reported("t1", TaskState::Complete).await;
     assert_eq!(fake.created_count(), 1);
     shutdown.cancel();
     agent.await.unwrap().unwrap();

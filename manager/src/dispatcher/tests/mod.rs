@@ -200,6 +200,13 @@ impl Harness {
             .expect("task in the store")
     }
 
+    /// Create task `id` on `node` in `state`, desired RUNNING.
+    async fn create_task(&self, id: &str, node: &str, state: TaskState) {
+        let task = task(id, node, state, TaskState::Running);
+        self.write(Action::Create(Object::Task(Box::new(task))))
+            .await;
+    }
+
     async fn write(&self, action: Action) {
         self.store.propose(vec![action]).await.expect("store write");
     }

@@ -6,27 +6,9 @@ use super::*;
 async fn assignments_arrive_complete_then_as_changes() {
     let mut h = Harness::start_patient().await;
     let (first, _session) = h.open("n1", "host-a").await;
-    h.write(Action::Create(Object::Task(Box::new(task(
-        "t1",
-        "n1",
-        TaskState::Assigned,
-        TaskState::Running,
-    )))))
-    .await;
-    h.write(Action::Create(Object::Task(Box::new(task(
-        "other",
-        "n2",
-        TaskState::Assigned,
-        TaskState::Running,
-    )))))
-    .await;
-    h.write(Action::Create(Object::Task(Box::new(task(
-        "waiting",
-        "n1",
-        TaskState::Pending,
-        TaskState::Running,
-    )))))
-    .await;
+    h.create_task("t1", "n1", TaskState::Assigned).await;
+    h.create_task("other", "n2", TaskState::Assigned).await;
+    h.create_task("waiting", "n1", TaskState::Pending).await;
 
     let mut stream = h.assignments(&first.session_id).await;
     let complete = next(&mut stream).await.expect("complete");
@@ -34,13 +16,7 @@ async fn assignments_arrive_complete_then_as_changes() {
     let ids: Vec<_> = complete.tasks.iter().map(|t| t.id.as_str()).collect();
     assert_eq!(ids, vec!["t1"]);
 
-    h.write(Action::Create(Object::Task(Box::new(task(
-        "t2",
-        "n1",
-        TaskState::Assigned,
-        TaskState::Running,
-    )))))
-    .await;
+    h.create_task("t2", "n1", TaskState::Assigned).await;
     let added = next(&mut stream).await.expect("incremental");
     assert_eq!(added.r#type(), AssignmentsType::Incremental);
     assert!(added.sequence > complete.sequence);
@@ -67,20 +43,8 @@ async fn assignments_arrive_complete_then_as_changes() {
 async fn status_updates_only_move_forward_and_only_on_their_own_node() {
     let mut h = Harness::start_patient().await;
     let (first, _session) = h.open("n1", "host-a").await;
-    h.write(Action::Create(Object::Task(Box::new(task(
-        "mine",
-        "n1",
-        TaskState::Assigned,
-        TaskState::Running,
-    )))))
-    .await;
-    h.write(Action::Create(Object::Task(Box::new(task(
-        "theirs",
-        "n2",
-        TaskState::Assigned,
-        TaskState::Running,
-    )))))
-    .await;
+    h.create_task("mine", "n1", TaskState::Assigned).await;
+    h.create_task("theirs", "n2", TaskState::Assigned).await;
     let sid = first.session_id.clone();
 
     // The reply comes after the commit: no polling needed.
@@ -131,13 +95,7 @@ async fn reports_on_one_stream_are_answered_in_order_once_committed_until_one_fa
     let mut h = Harness::start_patient().await;
     let (first, _session) = h.open("n1", "host-a").await;
     for (id, node) in [("a", "n1"), ("b", "n1"), ("theirs", "n2")] {
-        h.write(Action::Create(Object::Task(Box::new(task(
-            id,
-            node,
-            TaskState::Assigned,
-            TaskState::Running,
-        )))))
-        .await;
+        h.create_task(id, node, TaskState::Assigned).await;
     }
     let sid = first.session_id.clone();
     let (requests, mut answers) = h.status_stream().await;
@@ -172,13 +130,7 @@ async fn reports_on_one_stream_are_answered_in_order_once_committed_until_one_fa
 async fn a_status_stream_ends_with_its_session() {
     let mut h = Harness::start_patient().await;
     let (old, _old_session) = h.open("n1", "host-a").await;
-    h.write(Action::Create(Object::Task(Box::new(task(
-        "a",
-        "n1",
-        TaskState::Assigned,
-        TaskState::Running,
-    )))))
-    .await;
+    h.create_task("a", "n1", TaskState::Assigned).await;
     let (requests, mut answers) = h.status_stream().await;
     let request = status_request(&old.session_id, &[("a", TaskState::Starting)]);
     requests.send(request).await.expect("stream open");
@@ -245,13 +197,7 @@ async fn many_concurrent_reports_are_all_committed() {
 async fn agents_do_not_receive_their_own_status_back() {
     let mut h = Harness::start_patient().await;
     let (first, _session) = h.open("n1", "host-a").await;
-    h.write(Action::Create(Object::Task(Box::new(task(
-        "t1",
-        "n1",
-        TaskState::Assigned,
-        TaskState::Running,
-    )))))
-    .await;
+    h.create_task("t1", "n1", TaskState::Assigned).await;
     let mut stream = h.assignments(&first.session_id).await;
     assert_eq!(next(&mut stream).await.expect("complete").tasks.len(), 1);
 
