@@ -16,7 +16,8 @@ use shoal_proto::{ListNodesRequest, NodeState};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
-use super::figures::{note, proc_mib};
+use super::figures::note;
+use super::procfs::proc_mib;
 use crate::process::{JoinTarget, control, free_addr, wait_leading, wait_node_id, worker_token};
 use crate::wait::eventually;
 

@@ -1,10 +1,15 @@
 //! Printing figures (`key=value` on stdout) and the pure computations behind
-//! them: percentiles, `/proc/PID/status` fields, the manager's scheduler and
-//! Raft log lines.
+//! them: percentiles, the manager's scheduler and Raft log lines.
 
 use std::fmt::Display;
 use std::io::Write;
 use std::time::{Duration, SystemTime};
+
+/// A figure in MiB with one decimal, or `unknown` when it could not be read.
+pub fn mib_figure(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.1}"))
+        .unwrap_or_else(|| "unknown".into())
+}
 
 /// Print one figure as `key=value` and flush, so a script (or a person
 /// watching a long run) sees it at once.
@@ -77,20 +82,6 @@ pub fn percentile(values: &[u128], p: f64) -> Option<u128> {
     sorted.sort_unstable();
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
-/// A `kB` field (`VmRSS`, `VmHWM`, ...) of a `/proc/PID/status` text, in KiB.
-pub fn status_kib(status: &str, field: &str) -> Option<u64> {
-    status.lines().find_map(|line| {
-        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
-}
-
-/// Read a memory field of a live process in MiB (rounded to one decimal).
-pub fn proc_mib(pid: u32, field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status_kib(&status, field).map(|kib| (kib as f64 / 1024.0 * 10.0).round() / 10.0)
 }
 
 /// What the manager's `scheduling pass` log lines add up to.
@@ -268,14 +259,6 @@ mod tests {
                    WARN shoal_manager::dispatcher::monitor: node down: heartbeat failure node.id=b silent_ms=6200\n";
         assert_eq!(nodes_marked_down(log), 2);
         assert_eq!(nodes_marked_down(""), 0);
-    }
-
-    #[test]
-    fn reads_proc_status_fields() {
-        let status = "Name:\tshoal\nVmPeak:\t  900 kB\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n";
-        assert_eq!(status_kib(status, "VmHWM"), Some(204_800));
-        assert_eq!(status_kib(status, "VmRSS"), Some(102_400));
-        assert_eq!(status_kib(status, "VmSwap"), None);
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::converge::ShoalNode;
 use super::daemons::{BenchManager, ensure_test_images};
-use super::figures::{figure, note, proc_mib};
+use super::figures::{figure, mib_figure, note};
+use super::procfs::proc_mib;
 use super::schedule::{BENCH_LOG, start_hollow_nodes, stop_hollow_nodes};
 use super::swarm::wait_running;
 use crate::docker::{IMAGE, engine};
@@ -20,7 +21,7 @@ pub async fn run(nodes: usize) -> anyhow::Result<()> {
 
     let idle = BenchManager::start(&[], BENCH_LOG).await?;
     tokio::time::sleep(SETTLE).await;
-    figure("manager_idle_rss_mib", mib(idle.rss_mib()));
+    figure("manager_idle_rss_mib", mib_figure(idle.rss_mib()));
     drop(idle);
 
     note("agent: a single-node cluster with a 20-replica service");
@@ -44,11 +45,11 @@ pub async fn run(nodes: usize) -> anyhow::Result<()> {
     tokio::time::sleep(SETTLE).await;
     figure(
         "agent_rss_mib_20_tasks",
-        mib(node.agent.pid().and_then(|p| proc_mib(p, "VmRSS"))),
+        mib_figure(node.agent.pid().and_then(|p| proc_mib(p, "VmRSS"))),
     );
     figure(
         "manager_rss_mib_1_node_20_tasks",
-        mib(node.manager.rss_mib()),
+        mib_figure(node.manager.rss_mib()),
     );
     node.manager
         .cli(&["service", "rm", "benchfootprint"])
@@ -61,17 +62,12 @@ pub async fn run(nodes: usize) -> anyhow::Result<()> {
     tokio::time::sleep(SETTLE).await;
     figure(
         &format!("manager_rss_mib_{nodes}_nodes"),
-        mib(manager.rss_mib()),
+        mib_figure(manager.rss_mib()),
     );
     figure(
         &format!("manager_peak_rss_mib_{nodes}_nodes"),
-        mib(manager.peak_rss_mib()),
+        mib_figure(manager.peak_rss_mib()),
     );
     stop_hollow_nodes(agents).await;
     Ok(())
-}
-
-fn mib(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.1}"))
-        .unwrap_or_else(|| "unknown".into())
 }

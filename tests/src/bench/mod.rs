@@ -5,8 +5,9 @@
 //! stderr. Nothing here asserts on timings: the figures are for people and
 //! scripts to judge (docs/BENCHMARKS.md).
 //!
-//! - [`daemons`]: the release `shoal` binary, manager and agent processes,
-//!   memory readings from `/proc`.
+//! - [`daemons`]: the release `shoal` binary, manager and agent processes.
+//! - [`procfs`]: readings of live processes from `/proc` (memory, CPU, page
+//!   faults); the harness's open files limit and priority.
 //! - [`cluster`]: several managers forming one Raft group, and when it is at rest.
 //! - [`schedule`]: hollow nodes at scale, placements per second.
 //! - [`converge`]: N replicas on the real engine via shoal, Swarm and `docker run`.
@@ -23,6 +24,7 @@ pub mod daemons;
 pub mod failover;
 pub mod figures;
 pub mod footprint;
+pub mod procfs;
 pub mod recover;
 pub mod schedule;
 pub mod swarm;

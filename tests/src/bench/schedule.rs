@@ -25,9 +25,10 @@ use shoal_proto::{ContainerSpec, CreateServiceRequest, ServiceSpec, TaskSpec};
 use super::cluster::{BenchCluster, Settled};
 use super::daemons::BenchManager;
 use super::figures::{
-    LagProbe, RaftEventKind, figure, ms, nodes_marked_down, note, raft_events, scheduler_passes,
-    sum_fields,
+    LagProbe, RaftEventKind, figure, mib_figure, ms, nodes_marked_down, note, raft_events,
+    scheduler_passes, sum_fields,
 };
+use super::procfs::{check_open_files, cpu_seconds, faulted_mib, lower_own_priority, minor_faults};
 use super::tasks::{check_all_running, count_in_agents, follow};
 use super::warm::{default_warm_mib, warm_heap};
 use crate::agents::HollowAgent;
@@ -139,7 +140,7 @@ pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
         nodes_marked_down(&manager.log()) - down_joining,
     );
     figure("harness_timer_lag_max_ms_scheduling", lag.take());
-    figure("manager_peak_rss_mib", fmt_mib(manager.peak_rss_mib()));
+    figure("manager_peak_rss_mib", mib_figure(manager.peak_rss_mib()));
     if !followers.is_empty() {
         let cpu: Vec<String> = followers
             .iter()
@@ -154,7 +155,7 @@ pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
         figure("followers_cpu_s", cpu.join(","));
         let rss: Vec<String> = followers
             .iter()
-            .map(|m| fmt_mib(m.peak_rss_mib()))
+            .map(|m| mib_figure(m.peak_rss_mib()))
             .collect();
         figure("followers_peak_rss_mib", rss.join(","));
         report_leadership(&cluster, settled, settled_at).await;
@@ -393,26 +394,6 @@ fn cpu_share(cpu_s: f64, tasks: usize, running: Duration) -> (f64, f64) {
     )
 }
 
-/// Set every thread of this process to niceness `nice` (Linux keeps it
-/// per thread; threads started later inherit it from their parent).
-fn lower_own_priority(nice: i32) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir("/proc/self/task")? {
-        let name = entry?.file_name();
-        let tid = name
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-            .and_then(rustix::process::Pid::from_raw);
-        let Some(tid) = tid else { continue };
-        match rustix::process::setpriority_process(Some(tid), nice) {
-            Ok(()) => {}
-            // A thread that ended since the directory was read.
-            Err(rustix::io::Errno::SRCH) => {}
-            Err(err) => anyhow::bail!("cannot set thread {tid:?} to nice {nice}: {err}"),
-        }
-    }
-    Ok(())
-}
-
 /// The per-phase breakdown, from the manager's log lines of the measured
 /// phase: the orchestrator's passes (deciding, then awaiting its writes'
 /// commits), the Raft task's work (summed per second, so the first and last
@@ -491,58 +472,6 @@ pub fn split(total: usize, parts: usize) -> Vec<usize> {
         .collect()
 }
 
-fn fmt_mib(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.1}"))
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// User + system CPU seconds a process has used (`/proc/PID/stat`, 100 Hz ticks).
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let utime: f64 = stat_field(pid, 11)?.parse().ok()?;
-    let stime: f64 = stat_field(pid, 12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-/// Minor page faults a process has taken: each is a page the kernel had to
-/// find (and zero, if fresh) on first touch.
-pub fn minor_faults(pid: u32) -> Option<u64> {
-    stat_field(pid, 7)?.parse().ok()
-}
-
-/// Minor faults between two readings, in MiB of 4 KiB pages.
-fn faulted_mib(before: u64, after: u64) -> String {
-    format!(
-        "{:.0}",
-        after.saturating_sub(before) as f64 * 4096.0 / f64::from(1 << 20)
-    )
-}
-
-/// Field `n` of `/proc/PID/stat`, counted from "state" (0), which follows
-/// the command name (which may hold spaces).
-fn stat_field(pid: u32, n: usize) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(n).map(str::to_string)
-}
-
-/// Each hollow node holds a socket in this process, and the manager one more:
-/// say so plainly rather than failing with "too many open files" halfway.
-fn check_open_files(nodes: usize) -> anyhow::Result<()> {
-    let out = std::process::Command::new("sh")
-        .args(["-c", "ulimit -n"])
-        .output()?;
-    let limit: usize = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(usize::MAX);
-    anyhow::ensure!(
-        limit >= nodes + 512,
-        "--nodes {nodes} needs at least {} open files, the limit is {limit}: raise it with `ulimit -n`",
-        nodes + 512
-    );
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,56 +484,10 @@ mod tests {
     }
 
     #[test]
-    fn cpu_seconds_of_this_process() {
-        assert!(cpu_seconds(std::process::id()).is_some());
-    }
-
-    #[test]
-    fn touching_fresh_memory_counts_minor_faults() {
-        let pid = std::process::id();
-        let before = minor_faults(pid).expect("readable");
-        let mut pages = vec![0u8; 16 << 20];
-        for i in (0..pages.len()).step_by(4096) {
-            pages[i] = 1;
-        }
-        std::hint::black_box(&pages);
-        // 4,096 faults of 4 KiB pages; 8 if the kernel hands out 2 MiB ones.
-        assert!(minor_faults(pid).expect("readable") >= before + 8);
-    }
-
-    #[test]
     fn cpu_per_task_and_busy_cores() {
         let (per_task, busy) = cpu_share(4.0, 100_000, Duration::from_secs(2));
         assert_eq!((per_task, busy), (40.0, 2.0));
         let (per_task, busy) = cpu_share(1.0, 0, Duration::ZERO);
         assert_eq!((per_task, busy), (1e6, 1000.0));
-    }
-
-    #[test]
-    fn lowering_priority_reaches_every_thread() {
-        // nextest runs each test in a process of its own; niceness only rises.
-        let before = rustix::process::getpriority_process(None).expect("readable");
-        let nice = (before + 2).min(19);
-        let (started, stop) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
-        std::thread::scope(|scope| {
-            let other = scope.spawn(|| {
-                started.wait();
-                stop.wait();
-                rustix::process::getpriority_process(None).expect("readable")
-            });
-            started.wait();
-            lower_own_priority(nice).expect("allowed: it only lowers");
-            stop.wait();
-            assert_eq!(
-                other.join().expect("thread"),
-                nice,
-                "a thread already running"
-            );
-        });
-        assert_eq!(
-            rustix::process::getpriority_process(None).expect("readable"),
-            nice,
-            "this thread"
-        );
     }
 }

@@ -177,7 +177,7 @@ fn main() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use shoal_tests::bench::schedule::minor_faults;
+    use shoal_tests::bench::procfs::minor_faults;
     use shoal_tests::bench::warm::warm_heap;
 
     /// With this binary's allocator options, memory warmed and freed serves
