@@ -40,6 +40,7 @@ pub fn service(s: &Service) -> Value {
         "previous_spec": s.previous_spec.as_ref().map(service_spec),
         "spec_version": s.spec_version,
         "update_status": update_status,
+        "error": (!s.error.is_empty()).then_some(&s.error),
     })
 }
 
@@ -206,6 +207,9 @@ pub fn service_pretty(s: &Service) -> String {
         line(" Replicas:", spec.replicas.to_string());
     }
     line("Image:", c.image.clone());
+    if !s.error.is_empty() {
+        line("Error:", s.error.clone());
+    }
     if !c.command.is_empty() {
         line("Entrypoint:", c.command.join(" "));
     }

@@ -189,7 +189,7 @@ pub async fn watch(
             services: vec![service_id.to_string()],
             ..Default::default()
         };
-        let tasks = client.list_tasks(request).await?.into_inner().tasks;
+        let tasks = crate::service::list_tasks(client, request).await?;
         let progress = summarize(&tasks, goal);
         screen.draw(&progress.lines);
         if progress.last_error.is_some() {

@@ -9,7 +9,8 @@ pub mod spec;
 use anyhow::bail;
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::{
-    CreateServiceRequest, GetServiceRequest, ListServicesRequest, RemoveServiceRequest, Service,
+    CreateServiceRequest, GetServiceRequest, ListServicesRequest, ListTasksRequest,
+    RemoveServiceRequest, Service,
     ServiceMode, UpdateServiceRequest,
 };
 use tonic::transport::Channel;
@@ -70,6 +71,24 @@ pub async fn get(client: &mut Client, reference: &str) -> anyhow::Result<Service
     match response.service {
         Some(service) => Ok(service),
         None => bail!("service {reference} not found"),
+    }
+}
+
+/// Every task that `request` matches, a page at a time: a large service's
+/// tasks may pass any one reply's size limit.
+pub async fn list_tasks(
+    client: &mut Client,
+    mut request: ListTasksRequest,
+) -> anyhow::Result<Vec<shoal_proto::Task>> {
+    request.paged = true;
+    let mut tasks = Vec::new();
+    loop {
+        let page = client.list_tasks(request.clone()).await?.into_inner();
+        tasks.extend(page.tasks);
+        if page.next.is_empty() {
+            return Ok(tasks);
+        }
+        request.after = page.next;
     }
 }
 

@@ -6,7 +6,8 @@
 //! before anything else happens, so two leaders' components never overlap on
 //! one manager.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use shoal_proto::{Cluster, ClusterSpec, DispatcherConfig, OrchestrationConfig};
 use tokio::task::JoinSet;
@@ -20,6 +21,10 @@ use crate::{orchestrator, scheduler};
 
 /// How long leader components get to stop before they are abandoned.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// The first pause before the leader components restart after a failure.
+const RESTART_MIN: Duration = Duration::from_millis(500);
+/// The longest pause between restarts.
+const RESTART_MAX: Duration = Duration::from_secs(30);
 
 /// Follow leadership until `shutdown`, running the leader-only components
 /// whenever this manager leads.
@@ -62,44 +67,139 @@ pub async fn run(
         if let Err(err) = ensure_cluster(&store, &config).await {
             warn!(error = %err, "could not record the cluster object");
         }
-        let unit = shutdown.child_token();
-        let mut tasks = JoinSet::new();
-        // The orchestrator hands its new tasks to the scheduler, which
-        // creates them already placed (scheduler::placer).
-        let (placer, placements) = scheduler::placer();
-        tasks.spawn(orchestrator::run_with_placer(
-            store.clone(),
-            config.orchestrator.clone(),
-            Some(placer),
-            unit.clone(),
-        ));
-        tasks.spawn(scheduler::driver::run_with_placer(
-            store.clone(),
-            Some(placements),
-            unit.clone(),
-        ));
-        let d = dispatcher.clone();
-        let token = unit.clone();
-        tasks.spawn(async move { d.run(token).await });
-
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = leadership.wait_for(|l| !l.is_leader) => {
-                info!("lost leadership: stopping orchestrator, scheduler and dispatcher");
+        let mut backoff = Backoff::default();
+        loop {
+            let ended = lead(&store, &config, &dispatcher, &shutdown, &mut leadership).await;
+            match ended {
+                UnitEnd::Stopped => break,
+                UnitEnd::Failed(component) => {
+                    let pause = backoff.next();
+                    warn!(component, restart_in = ?pause,
+                        "a leader component failed: restarting the orchestrator, scheduler and dispatcher");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = leadership.wait_for(|l| !l.is_leader) => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
             }
-        }
-        unit.cancel();
-        let joined = tokio::time::timeout(STOP_GRACE, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if joined.is_err() {
-            warn!("leader components did not stop within {STOP_GRACE:?}; abandoning them");
-            tasks.abort_all();
         }
         if shutdown.is_cancelled() {
             return;
         }
+    }
+}
+
+/// How a run of the leader components ended.
+enum UnitEnd {
+    /// Leadership ended or the manager shuts down.
+    Stopped,
+    /// This component panicked or returned while still leading; the others
+    /// were stopped with it.
+    Failed(&'static str),
+}
+
+/// Run the orchestrator, the scheduler and the dispatcher's loops until
+/// leadership ends or one of them fails. They share channels (the
+/// orchestrator hands new tasks to the scheduler), so they stop and start
+/// together.
+async fn lead(
+    store: &Store,
+    config: &ManagerConfig,
+    dispatcher: &Dispatcher,
+    shutdown: &CancellationToken,
+    leadership: &mut tokio::sync::watch::Receiver<crate::store::Leadership>,
+) -> UnitEnd {
+    let unit = shutdown.child_token();
+    let mut tasks = JoinSet::new();
+    let mut names = HashMap::new();
+    // The orchestrator hands its new tasks to the scheduler, which
+    // creates them already placed (scheduler::placer).
+    let (placer, placements) = scheduler::placer();
+    let handle = tasks.spawn(orchestrator::run_with_placer(
+        store.clone(),
+        config.orchestrator.clone(),
+        Some(placer),
+        unit.clone(),
+    ));
+    names.insert(handle.id(), "orchestrator");
+    let handle = tasks.spawn(scheduler::driver::run_with_placer(
+        store.clone(),
+        Some(placements),
+        unit.clone(),
+    ));
+    names.insert(handle.id(), "scheduler");
+    let (d, token) = (dispatcher.clone(), unit.clone());
+    let handle = tasks.spawn(async move { d.run(token).await });
+    names.insert(handle.id(), "dispatcher");
+
+    let ended = tokio::select! {
+        _ = shutdown.cancelled() => UnitEnd::Stopped,
+        _ = leadership.wait_for(|l| !l.is_leader) => {
+            info!("lost leadership: stopping orchestrator, scheduler and dispatcher");
+            UnitEnd::Stopped
+        }
+        Some(joined) = tasks.join_next_with_id() => {
+            let (id, outcome) = match joined {
+                Ok((id, ())) => (id, "returned while this manager leads".to_string()),
+                Err(err) => (err.id(), match err.try_into_panic() {
+                    Ok(panic) => format!("panicked: {}", panic_message(&*panic)),
+                    Err(err) => err.to_string(),
+                }),
+            };
+            let component = names.get(&id).copied().unwrap_or("leader component");
+            if shutdown.is_cancelled() {
+                UnitEnd::Stopped
+            } else {
+                tracing::error!(component, %outcome, "leader component failed");
+                UnitEnd::Failed(component)
+            }
+        }
+    };
+    unit.cancel();
+    let joined = tokio::time::timeout(STOP_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if joined.is_err() {
+        warn!("leader components did not stop within {STOP_GRACE:?}; abandoning them");
+        tasks.abort_all();
+    }
+    ended
+}
+
+/// The pause before the leader components start again after a failure:
+/// doubling from [`RESTART_MIN`] to [`RESTART_MAX`], back to the start once
+/// they have run for [`RESTART_MAX`] without failing.
+#[derive(Default)]
+struct Backoff {
+    last: Option<(Instant, Duration)>,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let now = Instant::now();
+        let pause = match self.last {
+            Some((at, pause)) if now.duration_since(at) < pause + RESTART_MAX => {
+                (pause * 2).min(RESTART_MAX)
+            }
+            _ => RESTART_MIN,
+        };
+        self.last = Some((now, pause));
+        pause
+    }
+}
+
+/// The text of a caught panic, at most a few hundred characters.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    match text.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
     }
 }
 

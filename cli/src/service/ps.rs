@@ -15,13 +15,20 @@ pub async fn run(client: &mut ControlClient<Channel>, args: &PsArgs) -> anyhow::
     // empty table.
     let mut ids = Vec::new();
     for reference in &args.services {
-        ids.push(super::get(client, reference).await?.id);
+        let service = super::get(client, reference).await?;
+        // Why the cluster does nothing for it (Docker has no such state; the
+        // table alone would show a service without tasks and no reason).
+        if !service.error.is_empty() && !args.quiet {
+            let name = service.spec.as_ref().map_or("", |s| s.name.as_str());
+            eprintln!("service {name}: {}", service.error);
+        }
+        ids.push(service.id);
     }
     let request = ListTasksRequest {
         services: ids,
         ..Default::default()
     };
-    let mut tasks = client.list_tasks(request).await?.into_inner().tasks;
+    let mut tasks = super::list_tasks(client, request).await?;
     let nodes = client
         .list_nodes(ListNodesRequest {})
         .await?

@@ -165,10 +165,10 @@ impl Control for ControlService {
     }
 
     async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Reply<ListTasksResponse> {
-        let tasks = self
+        let (tasks, next) = self
             .store
             .read(|s| services::list_tasks(s, &req.into_inner()))?;
-        Ok(Response::new(ListTasksResponse { tasks }))
+        Ok(Response::new(ListTasksResponse { tasks, next }))
     }
 
     async fn get_task(&self, req: Request<GetTaskRequest>) -> Reply<GetTaskResponse> {

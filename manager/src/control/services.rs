@@ -16,6 +16,7 @@ pub async fn create(store: &Store, mut spec: ServiceSpec) -> Result<Service, Sta
     if spec.mode() == ServiceMode::Global {
         spec.replicas = 0;
     }
+    store.read(|s| within_cluster_tasks(s, &spec, None))?;
     // A friendly early refusal; the store enforces the same rule on commit.
     if store.read(|s| s.service_by_name(&spec.name).is_some()) {
         return Err(Status::already_exists(format!(
@@ -76,6 +77,9 @@ pub async fn update(
     if spec.mode() == ServiceMode::Global {
         spec.replicas = 0;
     }
+    if spec.replicas > current.replicas {
+        store.read(|s| within_cluster_tasks(s, &spec, Some(&service.id)))?;
+    }
     if spec.task != current.task || spec.endpoint != current.endpoint {
         service.spec_version += 1;
         service.previous_spec = Some(current);
@@ -91,6 +95,42 @@ pub async fn update(
     store
         .read(|s| s.service(&id).cloned())
         .ok_or_else(|| Status::not_found(format!("service {id} was removed meanwhile")))
+}
+
+/// Most tasks the services of a cluster may ask for together: replicas of
+/// the replicated services, plus one task per node for each global service.
+/// The manager is measured with 150,000 tasks over 5,000 nodes (407 MiB);
+/// docs/LIMITS.md has the figures.
+pub const MAX_CLUSTER_TASKS: u64 = 200_000;
+
+/// Refuse `spec` if, with it, the services would ask for more than
+/// [`MAX_CLUSTER_TASKS`] tasks (`replacing`: the service it updates). Checked
+/// before the write, not at commit: two writes racing may pass it together.
+fn within_cluster_tasks(
+    state: &MemState,
+    spec: &ServiceSpec,
+    replacing: Option<&str>,
+) -> Result<(), Status> {
+    let nodes = state.nodes().count() as u64;
+    let asks = |s: &ServiceSpec| match s.mode() {
+        ServiceMode::Global => nodes,
+        _ => s.replicas,
+    };
+    let others: u64 = state
+        .services()
+        .filter(|s| Some(s.id.as_str()) != replacing)
+        .filter_map(|s| s.spec.as_ref())
+        .map(asks)
+        .fold(0, u64::saturating_add);
+    let total = others.saturating_add(asks(spec));
+    if total > MAX_CLUSTER_TASKS {
+        let field = if spec.mode() == ServiceMode::Global { "mode" } else { "replicas" };
+        return Err(Status::resource_exhausted(format!(
+            "{field}: the cluster's services would ask for {total} tasks, more than the limit of \
+             {MAX_CLUSTER_TASKS} (the other services ask for {others}); scale others down first"
+        )));
+    }
+    Ok(())
 }
 
 /// Remove a service; the orchestrator shuts its tasks down.
@@ -156,8 +196,14 @@ fn node_is_up(state: &MemState, node_id: &str) -> bool {
         .is_some_and(|s| s.state() == shoal_proto::NodeState::Ready)
 }
 
-/// Tasks matching the request's filters, ordered by service, slot, then newest first.
-pub fn list_tasks(state: &MemState, req: &ListTasksRequest) -> Result<Vec<Task>, Status> {
+/// Most bytes of tasks one page of `ListTasks` holds: far under a client's
+/// message limit, and large enough that a page holds thousands of tasks.
+pub const TASK_PAGE_BYTES: usize = 2 << 20;
+
+/// Tasks matching the request's filters, ordered by service, slot, node, then
+/// newest first; one page of them if the request asks for pages, with where
+/// the next page starts.
+pub fn list_tasks(state: &MemState, req: &ListTasksRequest) -> Result<(Vec<Task>, String), Status> {
     let services = req
         .services
         .iter()
@@ -170,6 +216,13 @@ pub fn list_tasks(state: &MemState, req: &ListTasksRequest) -> Result<Vec<Task>,
         .map(|r| state.find_node(r).map(|n| n.id.clone()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(lookup_status)?;
+    let after = if req.after.is_empty() {
+        None
+    } else {
+        Some(PageKey::decode(&req.after).ok_or_else(|| {
+            Status::invalid_argument("after: not a page position that this manager gave out")
+        })?)
+    };
     let candidates: Box<dyn Iterator<Item = &Task>> = if !services.is_empty() {
         Box::new(services.iter().flat_map(|id| state.tasks_of_service(id)))
     } else if !nodes.is_empty() {
@@ -177,17 +230,84 @@ pub fn list_tasks(state: &MemState, req: &ListTasksRequest) -> Result<Vec<Task>,
     } else {
         Box::new(state.tasks())
     };
-    let mut tasks: Vec<Task> = candidates
+    // Sorted by reference: a page clones only the tasks it returns.
+    let mut tasks: Vec<&Task> = candidates
         .filter(|t| nodes.is_empty() || nodes.contains(&t.node_id))
         .filter(|t| req.desired_states.is_empty() || req.desired_states.contains(&t.desired_state))
-        .cloned()
+        .filter(|t| after.as_ref().is_none_or(|a| PageKey::of(t) > a.borrowed()))
         .collect();
-    tasks.sort_by(|a, b| {
-        (&a.service_name, a.slot, &a.node_id)
-            .cmp(&(&b.service_name, b.slot, &b.node_id))
-            .then_with(|| created(b).cmp(&created(a)))
-    });
-    Ok(tasks)
+    tasks.sort_by(|a, b| PageKey::of(a).cmp(&PageKey::of(b)));
+    if !req.paged {
+        return Ok((tasks.into_iter().cloned().collect(), String::new()));
+    }
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    for t in &tasks {
+        let size = prost::Message::encoded_len(*t) + 8;
+        if !page.is_empty() && bytes + size > TASK_PAGE_BYTES {
+            break;
+        }
+        bytes += size;
+        page.push((*t).clone());
+    }
+    let next = match page.last() {
+        Some(last) if page.len() < tasks.len() => PageKey::of(last).encode(),
+        _ => String::new(),
+    };
+    Ok((page, next))
+}
+
+/// A task's place in the listing order: service name, slot, node, newest
+/// first, then id (so the order is total and a page position is exact).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct PageKey<'a> {
+    service: std::borrow::Cow<'a, str>,
+    slot: u64,
+    node: std::borrow::Cow<'a, str>,
+    newest_first: std::cmp::Reverse<i64>,
+    id: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> PageKey<'a> {
+    fn of(t: &'a Task) -> PageKey<'a> {
+        PageKey {
+            service: t.service_name.as_str().into(),
+            slot: t.slot,
+            node: t.node_id.as_str().into(),
+            newest_first: std::cmp::Reverse(created(t)),
+            id: t.id.as_str().into(),
+        }
+    }
+
+    fn borrowed(&self) -> PageKey<'_> {
+        PageKey {
+            service: self.service.as_ref().into(),
+            slot: self.slot,
+            node: self.node.as_ref().into(),
+            newest_first: self.newest_first,
+            id: self.id.as_ref().into(),
+        }
+    }
+
+    /// Five fields joined by NUL, which none of them can hold.
+    fn encode(&self) -> String {
+        format!(
+            "{}\0{}\0{}\0{}\0{}",
+            self.service, self.slot, self.node, self.newest_first.0, self.id
+        )
+    }
+
+    fn decode(text: &str) -> Option<PageKey<'static>> {
+        let mut parts = text.split('\0');
+        let key = PageKey {
+            service: parts.next()?.to_string().into(),
+            slot: parts.next()?.parse().ok()?,
+            node: parts.next()?.to_string().into(),
+            newest_first: std::cmp::Reverse(parts.next()?.parse().ok()?),
+            id: parts.next()?.to_string().into(),
+        };
+        parts.next().is_none().then_some(key)
+    }
 }
 
 fn created(t: &Task) -> i64 {

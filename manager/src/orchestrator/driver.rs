@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use shoal_proto::{Node, Service, Task, TaskState, UpdateState};
+use shoal_proto::{Node, Service, ServiceSpec, Task, TaskState, UpdateState};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +72,7 @@ pub async fn run_with_placer(
         done_tx,
         dirty: Dirty::default(),
         placer,
+        quarantined: HashMap::new(),
     };
     tracing::info!("orchestrator started");
     driver.follow(done_rx).await;
@@ -106,6 +107,8 @@ struct Driver {
     dirty: Dirty,
     /// The scheduler, which places and writes batches of new tasks.
     placer: Option<Placer>,
+    /// Services whose reconcile panicked, with the spec it panicked on.
+    quarantined: HashMap<String, ServiceSpec>,
 }
 
 impl Driver {
@@ -244,6 +247,18 @@ impl Driver {
         let mut deciding = Duration::ZERO;
         for (id, service, tasks) in &work {
             let started = Instant::now();
+            if let Some(service) = service
+                && let Some(error) = self.refusal(service)
+            {
+                // Left alone: its tasks run on as they are, nothing is created.
+                if service.error != error {
+                    tracing::warn!(service.id = %id, service.name = %service_name(service),
+                        %error, "service not reconciled");
+                    pass.push(id, mark(service, error));
+                }
+                deciding += started.elapsed();
+                continue;
+            }
             match service {
                 Some(service) => self.manage_updater(service, tasks, &nodes),
                 None => self.forget(id),
@@ -255,14 +270,41 @@ impl Driver {
                 start_at: &start_at,
                 updating: self.updaters.contains_key(id),
             };
-            let planned = reconcile_service(
-                service.as_ref(),
-                tasks,
-                &ctx,
-                &mut self.restarts,
-                self.config.task_history_limit,
-            );
+            let (restarts, history_limit) = (&mut self.restarts, self.config.task_history_limit);
+            // A panic here is a bug deciding for this one service: the service
+            // is marked with it and left alone until its spec changes, and the
+            // other services are served as before.
+            let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                reconcile_service(service.as_ref(), tasks, &ctx, restarts, history_limit)
+            }));
             deciding += started.elapsed();
+            let planned = match (decided, service) {
+                (Ok(planned), _) => planned,
+                (Err(panic), Some(service)) => {
+                    let error = format!(
+                        "the orchestrator failed on this service ({}); it is left alone until its spec changes",
+                        crate::leader::panic_message(&*panic)
+                    );
+                    tracing::error!(service.id = %id, service.name = %service_name(service),
+                        %error, "reconcile panicked");
+                    self.quarantined
+                        .insert(id.clone(), service.spec.clone().unwrap_or_default());
+                    pass.push(id, mark(service, error));
+                    continue;
+                }
+                (Err(panic), None) => {
+                    tracing::error!(service.id = %id, panic = %crate::leader::panic_message(&*panic),
+                        "reconcile of a removed service panicked; its tasks are left as they are");
+                    continue;
+                }
+            };
+            if let Some(service) = service
+                && !service.error.is_empty()
+            {
+                tracing::info!(service.id = %id, service.name = %service_name(service),
+                    "service reconciled again");
+                pass.push(id, mark(service, String::new()));
+            }
             self.queue_ops(&mut pass, id, planned).await;
         }
         let services = work.len();
@@ -300,10 +342,31 @@ impl Driver {
         start_at.clone()
     }
 
+    /// Why `service` must not be reconciled, if it must not: its stored spec
+    /// breaks today's rules (it was stored by an older version, or written
+    /// around the API), or reconciling this very spec panicked before.
+    fn refusal(&mut self, service: &Service) -> Option<String> {
+        let spec = service.spec.clone().unwrap_or_default();
+        if let Err(err) = shoal_proto::validate::service_spec(&spec) {
+            return Some(format!(
+                "the stored spec is not valid ({err}); nothing is done for this service until it is updated or removed"
+            ));
+        }
+        match self.quarantined.get(&service.id) {
+            Some(bad) if *bad == spec => Some(service.error.clone()),
+            Some(_) => {
+                self.quarantined.remove(&service.id);
+                None
+            }
+            None => None,
+        }
+    }
+
     fn forget(&mut self, service_id: &str) {
         if let Some(updater) = self.updaters.remove(service_id) {
             updater.token.cancel();
         }
+        self.quarantined.remove(service_id);
         self.paused.remove(service_id);
         self.restarts.forget_service(service_id);
     }
@@ -511,6 +574,15 @@ impl PassWrites {
         self.pending.push((service_id.to_string(), action));
         self.writes += 1;
     }
+}
+
+/// The write that sets (or, with `""`, clears) a service's error. It carries
+/// the version that was read, so it is refused if the user changed the service
+/// meanwhile (the next pass decides again).
+fn mark(service: &Service, error: String) -> Action {
+    let mut marked = service.clone();
+    marked.error = error;
+    Action::Update(Object::Service(marked.into()))
 }
 
 /// Split `actions` into proposals of at most [`WRITE_BATCH`] actions and about

@@ -15,6 +15,12 @@ use super::slot::{SlotTasks, repair};
 use super::task::{SlotKey, is_live, new_task, observed, replicas};
 use super::{Ctx, Op};
 
+/// Most tasks one pass creates for one service. The validation rules cap
+/// `replicas` well above it ([`shoal_proto::validate::MAX_REPLICAS`]), but a
+/// pass must stay bounded whatever a stored spec says; at this size the
+/// pipeline (scheduler, Raft) is kept busy while the next pass decides.
+pub const CREATE_BATCH: usize = 25_000;
+
 /// The actions that bring a replicated service's tasks in line with its spec.
 pub fn reconcile(
     service: &Service,
@@ -55,6 +61,15 @@ pub fn reconcile(
 
     let occupied: BTreeSet<u64> = slots.keys().copied().collect();
     let missing = wanted.saturating_sub(occupied.len());
+    // Memory follows the tasks that exist, not the number asked for: a pass
+    // creates at most CREATE_BATCH, and the next pass (as soon as these are
+    // written) creates more.
+    let missing = if missing > CREATE_BATCH {
+        ops.push(Op::WakeAt(ctx.now));
+        CREATE_BATCH
+    } else {
+        missing
+    };
     // Sized once: grown by doubling, 10,000 new tasks were copied about
     // twice over into fresh pages.
     ops.reserve(missing);
@@ -169,6 +184,31 @@ mod tests {
             TaskState::Running,
             order,
         )
+    }
+
+    #[test]
+    fn any_number_of_replicas_is_created_a_bounded_batch_per_pass() {
+        let w = World::new();
+        let mut restarts = RestartTracker::default();
+        for wanted in [u64::MAX, 1_000_000_000, CREATE_BATCH as u64 + 1] {
+            let svc = service("s", wanted);
+            let ops = reconcile(&svc, &[], &w.ctx(), &mut restarts);
+            assert_eq!(created(&ops).len(), CREATE_BATCH, "{wanted} replicas");
+            assert!(
+                ops.iter().any(|op| matches!(op, Op::WakeAt(at) if *at == w.now)),
+                "the next batch is asked for at once ({wanted} replicas)"
+            );
+        }
+        // The next pass fills the slots after those that exist.
+        let svc = service("s", CREATE_BATCH as u64 + 3);
+        let existing: Vec<Task> = (1..=CREATE_BATCH as u64)
+            .map(|slot| running(&svc, slot, "a", slot as i64))
+            .collect();
+        let ops = reconcile(&svc, &existing, &w.ctx(), &mut restarts);
+        let slots: Vec<u64> = created(&ops).iter().map(|t| t.slot).collect();
+        let first = CREATE_BATCH as u64 + 1;
+        assert_eq!(slots, vec![first, first + 1, first + 2]);
+        assert!(!ops.iter().any(|op| matches!(op, Op::WakeAt(_))));
     }
 
     #[test]
