@@ -232,3 +232,24 @@ pub(crate) fn default_cluster_spec(config: &ManagerConfig) -> ClusterSpec {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_while_failures_come_quickly_and_start_over_after_a_quiet_spell() {
+        let mut b = Backoff::default();
+        assert_eq!(b.next(), RESTART_MIN);
+        assert_eq!(b.next(), RESTART_MIN * 2);
+        assert_eq!(b.next(), RESTART_MIN * 4);
+        for _ in 0..10 {
+            b.next();
+        }
+        assert_eq!(b.next(), RESTART_MAX, "capped");
+        // The last failure was long ago: start over.
+        let (_, pause) = b.last.unwrap();
+        b.last = Some((Instant::now() - pause - RESTART_MAX - RESTART_MIN, pause));
+        assert_eq!(b.next(), RESTART_MIN);
+    }
+}

@@ -87,6 +87,8 @@ pub fn reconcile_service(
     restarts: &mut RestartTracker,
     history_limit: usize,
 ) -> Vec<Op> {
+    #[cfg(test)]
+    tests::panic_if_asked(service);
     let (mut ops, history_limit) = match service {
         // The REMOVE marks and the history reaping would touch the same dead
         // tasks: for a removed service, reap only what is marked REMOVE.

@@ -6,6 +6,7 @@
 
 mod lifecycle;
 mod placed;
+mod refused;
 mod updates;
 
 use std::collections::{HashMap, HashSet};
@@ -22,6 +23,21 @@ use crate::config::OrchestratorConfig;
 use crate::store::{Action, MemState, Object, Store, StoreError, Stored};
 
 pub(super) const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The name of a service whose reconcile panics (a stand-in for a bug).
+static PANIC_ON: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Make reconciling the service named `name` panic (`None`: none does).
+pub(super) fn panic_on(name: Option<&str>) {
+    *PANIC_ON.lock().unwrap() = name.map(str::to_string);
+}
+
+pub(super) fn panic_if_asked(service: Option<&Service>) {
+    let name = service.and_then(|s| s.spec.as_ref()).map(|s| s.name.as_str());
+    if name.is_some() && PANIC_ON.lock().unwrap().as_deref() == name {
+        panic!("injected failure for {}", name.unwrap_or_default());
+    }
+}
 
 pub(super) struct Harness {
     pub(super) store: Store,
