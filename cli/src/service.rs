@@ -10,8 +10,7 @@ use anyhow::bail;
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::{
     CreateServiceRequest, GetServiceRequest, ListServicesRequest, ListTasksRequest,
-    RemoveServiceRequest, Service,
-    ServiceMode, UpdateServiceRequest,
+    RemoveServiceRequest, Service, ServiceMode, UpdateServiceRequest,
 };
 use tonic::transport::Channel;
 

@@ -124,7 +124,11 @@ fn within_cluster_tasks(
         .fold(0, u64::saturating_add);
     let total = others.saturating_add(asks(spec));
     if total > MAX_CLUSTER_TASKS {
-        let field = if spec.mode() == ServiceMode::Global { "mode" } else { "replicas" };
+        let field = if spec.mode() == ServiceMode::Global {
+            "mode"
+        } else {
+            "replicas"
+        };
         return Err(Status::resource_exhausted(format!(
             "{field}: the cluster's services would ask for {total} tasks, more than the limit of \
              {MAX_CLUSTER_TASKS} (the other services ask for {others}); scale others down first"

@@ -161,3 +161,125 @@ async fn remove_deletes_the_service() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
+
+async fn scale(
+    api: &ControlService,
+    service: &Service,
+    replicas: u64,
+) -> Result<(), tonic::Status> {
+    let mut spec = service.spec.clone().unwrap();
+    spec.replicas = replicas;
+    api.update_service(Request::new(UpdateServiceRequest {
+        service: service.id.clone(),
+        spec: Some(spec),
+        version: 0,
+    }))
+    .await
+    .map(|_| ())
+}
+
+#[tokio::test]
+async fn the_services_together_ask_for_at_most_the_cluster_task_limit() {
+    let store = Store::in_memory();
+    let api = ControlService::new(store.clone(), None);
+    let half = super::services::MAX_CLUSTER_TASKS / 2;
+    let a = create(&api, spec("a", "nginx", half)).await.unwrap();
+    let b = create(&api, spec("b", "nginx", half - 1)).await.unwrap();
+    let err = create(&api, spec("c", "nginx", 2)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().starts_with("replicas: "), "{}", err.message());
+    assert!(
+        err.message()
+            .contains(&super::services::MAX_CLUSTER_TASKS.to_string()),
+        "names the limit: {}",
+        err.message()
+    );
+    assert!(
+        store.read(|s| s.service_by_name("c").is_none()),
+        "nothing written"
+    );
+    create(&api, spec("c", "nginx", 1)).await.unwrap();
+    let err = scale(&api, &b, half).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    // Scaling down is always allowed, and makes room.
+    scale(&api, &a, 10).await.unwrap();
+    scale(&api, &b, half).await.unwrap();
+}
+
+#[tokio::test]
+async fn task_pages_hold_at_most_their_budget_and_add_up_to_the_whole_list() {
+    let store = Store::in_memory();
+    let api = ControlService::new(store.clone(), None);
+    let mut big = spec("big", "nginx", 0);
+    let container = big.task.as_mut().unwrap().container.as_mut().unwrap();
+    container.env = (0..30)
+        .map(|i| format!("V{i}={}", "x".repeat(1000)))
+        .collect();
+    let svc = create(&api, big).await.unwrap();
+    // 300 tasks of about 31 KB each: about 9 MB, over a client's 4 MiB.
+    let tasks: Vec<_> = (0..300u64)
+        .map(|slot| {
+            let mut t = crate::orchestrator::task::new_task(
+                &svc,
+                slot % 100 + 1,
+                "",
+                TaskState::Running,
+                1,
+            );
+            t.meta = Some(Meta {
+                created_at: (slot / 100) as i64,
+                ..Default::default()
+            });
+            crate::store::Action::Create(crate::store::Object::Task(t.into()))
+        })
+        .collect();
+    store.propose(tasks).await.unwrap();
+
+    let list = |paged: bool, after: String| {
+        let api = &api;
+        async move {
+            api.list_tasks(Request::new(ListTasksRequest {
+                services: vec!["big".into()],
+                paged,
+                after,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let whole = list(false, String::new()).await;
+    assert_eq!(whole.tasks.len(), 300);
+    assert!(whole.next.is_empty());
+    let (mut paged, mut after, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = list(true, after).await;
+        let bytes = prost::Message::encoded_len(&page);
+        assert!(
+            bytes <= super::services::TASK_PAGE_BYTES + 64,
+            "page of {bytes} bytes"
+        );
+        assert!(!page.tasks.is_empty());
+        paged.extend(page.tasks);
+        pages += 1;
+        if page.next.is_empty() {
+            break;
+        }
+        after = page.next;
+    }
+    assert!(pages >= 4, "{pages} pages");
+    let ids = |tasks: &[Task]| tasks.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&paged), ids(&whole.tasks), "same tasks, same order");
+
+    let bad = api
+        .list_tasks(Request::new(ListTasksRequest {
+            paged: true,
+            after: "nonsense".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().starts_with("after: "));
+}

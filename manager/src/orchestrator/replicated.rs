@@ -195,7 +195,8 @@ mod tests {
             let ops = reconcile(&svc, &[], &w.ctx(), &mut restarts);
             assert_eq!(created(&ops).len(), CREATE_BATCH, "{wanted} replicas");
             assert!(
-                ops.iter().any(|op| matches!(op, Op::WakeAt(at) if *at == w.now)),
+                ops.iter()
+                    .any(|op| matches!(op, Op::WakeAt(at) if *at == w.now)),
                 "the next batch is asked for at once ({wanted} replicas)"
             );
         }

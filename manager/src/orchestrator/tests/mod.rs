@@ -33,7 +33,9 @@ pub(super) fn panic_on(name: Option<&str>) {
 }
 
 pub(super) fn panic_if_asked(service: Option<&Service>) {
-    let name = service.and_then(|s| s.spec.as_ref()).map(|s| s.name.as_str());
+    let name = service
+        .and_then(|s| s.spec.as_ref())
+        .map(|s| s.name.as_str());
     if name.is_some() && PANIC_ON.lock().unwrap().as_deref() == name {
         panic!("injected failure for {}", name.unwrap_or_default());
     }
