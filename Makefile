@@ -17,5 +17,9 @@ images:
 	tests/images/build-test-images.sh
 
 # cargo-nextest ships with this machine kind; install it only if it is missing.
+# grpcio: the unix socket is tested with a stock Python gRPC client (Debian's
+# python3-grpcio, for the system python3, whatever python3 is first on PATH).
 tools:
 	@command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+	@python3 -c 'import grpc' 2>/dev/null || /usr/bin/python3 -c 'import grpc' 2>/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq python3-grpcio; }

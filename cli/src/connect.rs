@@ -1,6 +1,8 @@
 //! Where the CLI finds its manager: the `--host`/`SHOAL_HOST` address (a unix
 //! socket or a TCP address), else the control socket in the default data
 //! directory — the same directory the daemons use, see [`default_data_dir`].
+//! A manager that refuses the CLI's certificate is reported in plain words
+//! ([`refusal`]), not as the transport error a failed call shows.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +11,7 @@ use std::sync::OnceLock;
 use anyhow::{Context, bail};
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::tls::client::{self, ClientTls};
+use shoal_proto::tls::refusal::{self, RefusalWatch};
 use shoal_proto::tls::{Credentials, SharedCredentials};
 use tonic::transport::{Channel, Endpoint};
 
@@ -113,11 +116,36 @@ async fn channel(target: &Target) -> anyhow::Result<Channel> {
             let endpoint = Endpoint::from_shared(format!("http://{addr}"))
                 .with_context(|| format!("--host: invalid address {addr:?}"))?
                 .connect_timeout(std::time::Duration::from_secs(5));
-            client::connect(endpoint, ClientTls::Node(creds))
+            client::connect_watched(endpoint, ClientTls::Node(creds), watch().clone())
                 .await
-                .map_err(|e| anyhow::anyhow!("{} ({})", unreachable(target), root_cause(&e)))
+                .map_err(|e| match refusal() {
+                    Some(why) => anyhow::anyhow!("{why}"),
+                    None => anyhow::anyhow!("{} ({})", unreachable(target), root_cause(&e)),
+                })
         }
     }
+}
+
+/// The TLS errors of this process's connection to the manager (a CLI talks
+/// to one manager).
+fn watch() -> &'static RefusalWatch {
+    static WATCH: OnceLock<RefusalWatch> = OnceLock::new();
+    WATCH.get_or_init(RefusalWatch::default)
+}
+
+/// Why the manager refused this CLI's certificate, or it the manager's, in
+/// words that say what to do; `None` if nothing was refused. A call on a
+/// refused connection fails with only "operation was canceled", so the
+/// error report asks here first.
+pub fn refusal() -> Option<String> {
+    let why = refusal::explain(watch().get()?)?;
+    let dir = TLS_DIR
+        .get()
+        .cloned()
+        .flatten()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "SHOAL_CERT_PATH".into());
+    Some(format!("{why} (certificates in {dir})"))
 }
 
 /// `--tls-dir`/`SHOAL_CERT_PATH`, set once by `main`.

@@ -106,9 +106,13 @@ fn init_tracing(daemon: bool) {
         .init();
 }
 
-/// One line for the user: a gRPC status shows only its message (the manager
-/// words it for people); anything else shows its chain of causes.
+/// One line for the user: a refused certificate says so (whatever the failed
+/// call shows); a gRPC status shows only its message (the manager words it
+/// for people); anything else shows its chain of causes.
 pub fn describe(err: &anyhow::Error) -> String {
+    if let Some(why) = connect::refusal() {
+        return why;
+    }
     for cause in err.chain() {
         if let Some(status) = cause.downcast_ref::<tonic::Status>() {
             return match status.code() {

@@ -168,10 +168,7 @@ mod tests {
 
     fn request(peer: Option<Arc<PeerIdentity>>) -> Request<()> {
         let mut request = Request::new(());
-        request.extensions_mut().insert(ConnInfo {
-            remote_addr: None,
-            peer,
-        });
+        request.extensions_mut().insert(ConnInfo::new(None, peer));
         request
     }
 

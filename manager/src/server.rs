@@ -1,6 +1,8 @@
 //! Wires the manager onto its listeners: gRPC over mutual TLS on TCP (control,
 //! watch, dispatcher, raft, CA) and the control API on the unix socket `DATA_DIR/shoal.sock`
 //! (mode 0600, like docker.sock), then runs until the shutdown token fires.
+//! Both listeners cap their connections below the open files limit, which
+//! the manager raises to its hard limit first (`shoal_proto::tls::listener`).
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -18,7 +20,6 @@ use shoal_proto::dispatcher_server::DispatcherServer;
 use shoal_proto::raft_server::RaftServer;
 use shoal_proto::watch_server::WatchServer;
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tracing::{info, warn};
@@ -43,6 +44,14 @@ const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long open streams get to finish after shutdown is requested.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// HTTP/2 pings from the server close a connection whose peer is gone: one
+/// is sent after this long without a frame from the peer (agents send a
+/// heartbeat every 500 ms, so their sessions are rarely pinged)...
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// ...and the connection is closed if its answer does not come in this time,
+/// generous for a peer whose runtime lags under load.
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Why the manager could not run.
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +231,10 @@ pub async fn serve_joining(
         .with_membership(membership.clone(), config.raft.read_timeout() * 2);
     let watch = WatchService::new(store.clone(), shutdown.clone());
 
+    let fds = tls::listener::raise_fd_limit();
+    let limits = tls::listener::ConnLimits::for_fd_limit(fds);
+    info!(open_files = fds, ?limits, "connection limits");
+
     let socket_path = config.control_socket();
     let _ = std::fs::remove_file(&socket_path);
     let unix = UnixListener::bind(&socket_path)
@@ -231,6 +244,10 @@ pub async fn serve_joining(
 
     // Every TCP connection is TLS; each service checks the peer's role.
     let tcp_server = Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        // Connections without a certificate close once their calls are done.
+        .layer(tls::anonymous::TrackAnonymousCalls)
         .add_service(InterceptedService::new(
             ForwardWrites::new(control_server(control.clone()), forwarder.clone()),
             Authorize::control(store.clone()),
@@ -252,7 +269,7 @@ pub async fn serve_joining(
         ))
         .add_service(CaServer::new(CaService::new(store.clone(), key.clone())))
         .serve_with_incoming_shutdown(
-            tls::server::incoming(listener, tls),
+            tls::listener::incoming(listener, tls, limits),
             shutdown.clone().cancelled_owned(),
         );
     // The unix socket is the local administrator: its mode (0600) is the check.
@@ -260,7 +277,7 @@ pub async fn serve_joining(
         .add_service(ForwardWrites::new(control_server(control), forwarder))
         .add_service(watch_server(watch))
         .serve_with_incoming_shutdown(
-            UnixListenerStream::new(unix),
+            tls::listener::local_incoming(unix, limits.local),
             shutdown.clone().cancelled_owned(),
         );
 

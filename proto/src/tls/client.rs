@@ -2,21 +2,28 @@
 //!
 //! tonic's own TLS settings cannot take a custom rustls config, so the channel
 //! dials TCP and runs the handshake itself (tokio-rustls) in a connector. That
-//! lets a renewed certificate be used at the next reconnect, and lets a
-//! joining node fetch the CA certificate before it can verify anything.
+//! lets a renewed certificate be used at the next reconnect, lets a
+//! joining node fetch the CA certificate before it can verify anything, and
+//! lets a client learn why a manager refused its certificate
+//! ([`connect_watched`], [`super::refusal`]).
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use super::refusal::RefusalWatch;
 use super::{Credentials, SERVER_NAME, SharedCredentials, TlsError};
 
 /// How a channel authenticates.
@@ -89,27 +96,39 @@ pub async fn connect(
     endpoint: Endpoint,
     tls: ClientTls,
 ) -> Result<Channel, tonic::transport::Error> {
-    endpoint.connect_with_connector(connector(tls)).await
+    connect_watched(endpoint, tls, RefusalWatch::default()).await
+}
+
+/// [`connect`], keeping in `watch` the first TLS error of its connections
+/// (a manager's refusal of our certificate arrives after the handshake,
+/// where a failed call no longer shows it).
+pub async fn connect_watched(
+    endpoint: Endpoint,
+    tls: ClientTls,
+    watch: RefusalWatch,
+) -> Result<Channel, tonic::transport::Error> {
+    endpoint.connect_with_connector(connector(tls, watch)).await
 }
 
 /// Like [`connect`], but connects at the first call.
 pub fn connect_lazy(endpoint: Endpoint, tls: ClientTls) -> Channel {
-    endpoint.connect_with_connector_lazy(connector(tls))
+    endpoint.connect_with_connector_lazy(connector(tls, RefusalWatch::default()))
 }
 
 fn connector(
     tls: ClientTls,
+    watch: RefusalWatch,
 ) -> impl tower::Service<
     Uri,
-    Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+    Response = TokioIo<Watched>,
     Error = io::Error,
-    Future = impl Future<Output = io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>>
-             + Send,
+    Future = impl Future<Output = io::Result<TokioIo<Watched>>> + Send,
 > + Clone
 + Send
 + 'static {
     tower::service_fn(move |uri: Uri| {
         let config = tls.config();
+        let watch = watch.clone();
         async move {
             let host = uri
                 .host()
@@ -133,10 +152,68 @@ fn connector(
             })??;
             tcp.set_nodelay(true)?;
             let name = ServerName::try_from(SERVER_NAME).expect("a valid DNS name");
-            let stream = TlsConnector::from(config).connect(name, tcp).await?;
-            Ok(TokioIo::new(stream))
+            let stream = TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .inspect_err(|e| watch.record(e))?;
+            Ok(TokioIo::new(Watched { stream, watch }))
         }
     })
+}
+
+/// A client TLS stream whose read and write errors go to a [`RefusalWatch`].
+pub struct Watched {
+    stream: TlsStream<TcpStream>,
+    watch: RefusalWatch,
+}
+
+impl Watched {
+    fn seen<T>(&self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(e)) = &poll {
+            self.watch.record(e);
+        }
+        poll
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.stream).poll_read(cx, buf);
+        self.seen(poll)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.seen(poll)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.stream).poll_flush(cx);
+        self.seen(poll)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.seen(poll)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }
 
 /// Accepts any server certificate, but still checks that the server holds

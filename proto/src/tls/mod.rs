@@ -4,16 +4,25 @@
 //! - [`token`]: join tokens that pin the CA and carry a secret.
 //! - [`creds`]: a node's CA + certificate + key, on disk and in a slot that
 //!   renewal swaps while connections keep using it.
-//! - [`server`]: the TLS listener in front of tonic; each request carries the
-//!   peer's identity, read from its certificate and nothing else.
-//! - [`client`]: channels to a manager over TLS.
+//! - [`server`]: the server side of TLS; each request carries the peer's
+//!   identity, read from its certificate and nothing else.
+//! - [`listener`]: the manager's listeners, TCP (TLS) and unix, each with
+//!   capped pools of connections; [`anonymous`]: the short leash of a
+//!   connection without a certificate; [`local`]: the unix socket's
+//!   tolerance of any `:authority`.
+//! - [`client`]: channels to a manager over TLS; [`refusal`]: a refused
+//!   certificate told in plain words.
 //!
 //! rustls with the ring provider, passed explicitly to every config, so no
 //! process-wide default provider is needed.
 
+pub mod anonymous;
 pub mod client;
 pub mod creds;
+pub mod listener;
+pub mod local;
 pub mod pki;
+pub mod refusal;
 pub mod server;
 pub mod token;
 

@@ -1,35 +1,32 @@
-//! The TLS listener in front of tonic.
+//! The TLS side of the manager's listener: the server config and the
+//! connection type tonic serves ([`super::listener`] accepts them).
 //!
 //! Every connection is TLS; a plaintext client fails the handshake and never
 //! reaches a service. A client certificate is asked for and verified against the
 //! cluster CA (expired or foreign ones fail the handshake), but it may be
 //! absent: a node that is joining has none yet and may only call the CA's
-//! join RPCs, which check a token instead. Each request carries a
-//! [`ConnInfo`] with the peer's identity, read from its certificate; the
-//! services authorise from that alone.
+//! join RPCs, which check a token instead, and such a connection is on the
+//! short leash of [`super::anonymous`]. Each request carries a [`ConnInfo`]
+//! with the peer's identity, read from its certificate; the services
+//! authorise from that alone.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use super::anonymous::{Calls, Leash};
 use super::{PeerIdentity, SharedCredentials, TlsError};
-
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a request knows about the connection it came on.
 #[derive(Debug, Clone)]
@@ -38,9 +35,21 @@ pub struct ConnInfo {
     /// The verified client certificate's identity; `None` for a client that
     /// presented no certificate (a node joining).
     pub peer: Option<Arc<PeerIdentity>>,
+    /// The calls in flight on an anonymous connection (its leash reads them).
+    pub(crate) calls: Option<Arc<Calls>>,
 }
 
 impl ConnInfo {
+    /// The info of a connection from `remote_addr` whose certificate names
+    /// `peer` (tests build requests with it).
+    pub fn new(remote_addr: Option<SocketAddr>, peer: Option<Arc<PeerIdentity>>) -> Self {
+        ConnInfo {
+            remote_addr,
+            peer,
+            calls: None,
+        }
+    }
+
     /// The connection info of a request served by [`incoming`].
     pub fn of<T>(request: &tonic::Request<T>) -> Option<&ConnInfo> {
         request.extensions().get::<ConnInfo>()
@@ -76,58 +85,37 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// TLS connections accepted on `listener`, for `Server::serve_with_incoming*`.
-/// Handshakes run concurrently, so a slow or silent client holds up no one;
-/// failed handshakes are logged at debug level and dropped.
+/// TLS connections accepted on `listener`, within the caps that fit this
+/// process's open files limit (see [`super::listener::incoming`]).
 pub fn incoming(
-    listener: TcpListener,
+    listener: tokio::net::TcpListener,
     config: Arc<ServerConfig>,
-) -> ReceiverStream<Result<TlsConn, io::Error>> {
-    let (tx, rx) = mpsc::channel(64);
-    let acceptor = TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = tx.closed() => return,
-                a = listener.accept() => a,
-            };
-            let (tcp, remote) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    // Out of file descriptors and the like: do not spin.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let conn = TlsConn::new(stream, remote);
-                        let _ = tx.send(Ok(conn)).await;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(%remote, error = %e, "TLS handshake refused");
-                    }
-                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, io::Error>> {
+    let limits = super::listener::ConnLimits::for_fd_limit(super::listener::fd_limit());
+    super::listener::incoming(listener, config, limits)
 }
 
-/// One accepted TLS connection.
+/// One accepted TLS connection. It holds its place under the listener's cap
+/// until it is dropped.
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
     info: ConnInfo,
+    /// Set for a connection without a client certificate.
+    leash: Option<Leash>,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl TlsConn {
-    fn new(stream: TlsStream<TcpStream>, remote: SocketAddr) -> Self {
+    /// Whether the client presented a certificate (verified in the handshake).
+    pub(crate) fn has_certificate(stream: &TlsStream<TcpStream>) -> bool {
+        stream.get_ref().1.peer_certificates().is_some()
+    }
+
+    pub(crate) fn new(
+        stream: TlsStream<TcpStream>,
+        remote: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
         let peer = stream
             .get_ref()
             .1
@@ -141,12 +129,17 @@ impl TlsConn {
                     None
                 }
             });
+        let mut info = ConnInfo::new(Some(remote), peer);
+        let leash = (!Self::has_certificate(&stream)).then(|| {
+            let calls = Arc::<Calls>::default();
+            info.calls = Some(calls.clone());
+            Leash::new(calls)
+        });
         TlsConn {
             stream,
-            info: ConnInfo {
-                remote_addr: Some(remote),
-                peer,
-            },
+            info,
+            leash,
+            _permit: permit,
         }
     }
 }
@@ -164,7 +157,17 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        // The leash first, so that a client that never stops sending is cut
+        // at the end of its lifetime too.
+        if let Some(leash) = &mut this.leash
+            && leash.poll_expired(cx).is_ready()
+        {
+            tracing::debug!(remote = ?this.info.remote_addr, "closing a connection without a client certificate: its time is up");
+            // End of file: hyper drops the connection.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
