@@ -165,8 +165,13 @@ impl RaftHandle {
     /// non-zero so that a supervisor restarts it. Never resolves otherwise.
     pub async fn failed(&self) -> String {
         let mut failure = self.failure.clone();
-        match failure.wait_for(Option::is_some).await {
-            Ok(failure) => failure.clone().unwrap_or_default(),
+        // The watch's read guard is not Send: let it go before waiting on.
+        let failed = failure
+            .wait_for(Option::is_some)
+            .await
+            .map(|failure| failure.clone().unwrap_or_default());
+        match failed {
+            Ok(failure) => failure,
             Err(_) => std::future::pending().await,
         }
     }
@@ -421,6 +426,8 @@ fn read_prefix(id: u64) -> [u8; 16] {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_disk;
 #[cfg(test)]
 mod tests_peers;
 #[cfg(test)]

@@ -441,6 +441,7 @@ impl Node {
     fn flush(&mut self) -> Result<(), RaftError> {
         let written = self.written_applied;
         self.raw.store().disk().flush()?;
+        self.space.flushed();
         self.durable_applied = written;
         self.dirty = false;
         Ok(())

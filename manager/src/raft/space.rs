@@ -17,7 +17,10 @@
 //! Invariant: the hot path costs a comparison. The figure is statvfs's,
 //! refreshed at most every [`REFRESH`] by the actor's loop, and lowered by
 //! the bytes of every entry taken since, so a burst between two refreshes
-//! cannot run past the reserve unseen.
+//! cannot run past the reserve unseen. Only a refusal reads statvfs at
+//! once (less what is taken but not flushed yet, which statvfs cannot see):
+//! a refusal then quotes the current figure, and the first write after
+//! space returns is taken.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -42,8 +45,13 @@ pub(crate) const REFRESH: Duration = Duration::from_millis(100);
 
 const MIB: u64 = 1 << 20;
 
+/// Reads the bytes available on the store's filesystem (statvfs, or a fake
+/// in tests).
+type Probe = Box<dyn FnMut() -> std::io::Result<u64> + Send>;
+
 /// The free space of the store's filesystem, as the actor last saw it.
 pub(crate) struct DiskSpace {
+    probe: Probe,
     /// Where statvfs looks: the sled directory.
     store_dir: PathBuf,
     /// What the messages name: the manager's data dir.
@@ -53,6 +61,8 @@ pub(crate) struct DiskSpace {
     /// Bytes available at the last refresh, less those taken since; `None`
     /// when statvfs failed (writes are then not held back on a guess).
     free: Option<u64>,
+    /// Bytes taken since the last flush of the store.
+    unflushed: u64,
     /// When statvfs was last read.
     checked: Instant,
     /// Whether the last look found too little space (logged on each change).
@@ -63,11 +73,23 @@ impl DiskSpace {
     /// Watch the filesystem of `store_dir`; `checkpoint` is the size of the
     /// checkpoint already on disk.
     pub(crate) fn new(data_dir: &Path, store_dir: &Path, checkpoint: u64) -> DiskSpace {
+        let path = store_dir.to_path_buf();
+        let statvfs = move || {
+            rustix::fs::statvfs(&path)
+                .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+                .map_err(std::io::Error::from)
+        };
+        DiskSpace::with_probe(data_dir, store_dir, checkpoint, Box::new(statvfs))
+    }
+
+    fn with_probe(data_dir: &Path, store_dir: &Path, checkpoint: u64, probe: Probe) -> DiskSpace {
         let mut space = DiskSpace {
+            probe,
             store_dir: store_dir.to_path_buf(),
             data_dir: data_dir.display().to_string(),
             checkpoint,
             free: None,
+            unflushed: 0,
             checked: Instant::now(),
             low: false,
         };
@@ -93,18 +115,15 @@ impl DiskSpace {
         }
     }
 
-    fn refresh(&mut self, now: Instant) {
-        let free = rustix::fs::statvfs(&self.store_dir)
-            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-            .map_err(std::io::Error::from);
-        self.observe(free, now);
+    /// Everything taken so far is on disk, and statvfs counts it.
+    pub(crate) fn flushed(&mut self) {
+        self.unflushed = 0;
     }
 
-    /// Take a statvfs result (`Ok(bytes available)`) as the current figure.
-    pub(crate) fn observe(&mut self, free: std::io::Result<u64>, now: Instant) {
+    fn refresh(&mut self, now: Instant) {
         self.checked = now;
-        match free {
-            Ok(bytes) => self.free = Some(bytes),
+        match (self.probe)() {
+            Ok(bytes) => self.free = Some(bytes.saturating_sub(self.unflushed)),
             Err(err) => {
                 if self.free.is_some() {
                     tracing::warn!(path = %self.store_dir.display(), error = %err,
@@ -137,6 +156,10 @@ impl DiskSpace {
     /// appends from the leader)? Counts them as written if so.
     pub(crate) fn room_for(&mut self, bytes: usize) -> bool {
         let bytes = bytes as u64;
+        if !self.has_room(bytes) {
+            // The figure may be up to REFRESH old: look again before refusing.
+            self.refresh(Instant::now());
+        }
         if !self.has_room(bytes) {
             if !self.low {
                 self.low = true;
@@ -175,6 +198,7 @@ impl DiskSpace {
     }
 
     fn take(&mut self, bytes: u64) {
+        self.unflushed = self.unflushed.saturating_add(bytes);
         if let Some(free) = &mut self.free {
             *free = free.saturating_sub(bytes);
         }
@@ -187,60 +211,88 @@ impl DiskSpace {
 
 #[cfg(test)]
 mod unit {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
 
-    fn space(free: u64) -> DiskSpace {
-        let dir = Path::new("/data");
-        let mut space = DiskSpace {
-            store_dir: dir.join("store"),
-            data_dir: dir.display().to_string(),
-            checkpoint: 0,
-            free: None,
-            checked: Instant::now(),
-            low: false,
+    /// A space over a fake disk whose available bytes the test sets.
+    fn space(free: u64) -> (DiskSpace, Arc<AtomicU64>) {
+        let disk = Arc::new(AtomicU64::new(free));
+        let probe = {
+            let disk = disk.clone();
+            Box::new(move || match disk.load(Ordering::SeqCst) {
+                u64::MAX => Err(std::io::Error::other("gone")),
+                free => Ok(free),
+            })
         };
-        space.observe(Ok(free), Instant::now());
-        space
+        let dir = Path::new("/data");
+        (
+            DiskSpace::with_probe(dir, &dir.join("store"), 0, probe),
+            disk,
+        )
     }
 
     #[test]
     fn a_write_that_would_eat_into_the_reserve_is_refused_with_the_figures() {
-        let mut s = space(RESERVE + 10 * MIB);
+        let (mut s, _) = space(RESERVE + 10 * MIB);
         assert!(s.admit(MIB as usize).is_ok());
-        let err = s.admit(10 * MIB as usize).unwrap_err();
+        s.flushed();
+        let err = s.admit(11 * MIB as usize).unwrap_err();
         assert_eq!(
             err,
             StoreError::NoSpace {
                 data_dir: "/data".into(),
-                free_mib: 73,
-                need_mib: 74
-            }
+                free_mib: 74,
+                need_mib: 75
+            },
+            "the fake disk saw nothing written: 74 MiB free"
         );
         assert_eq!(
             err.to_string(),
-            "no space left on the manager's disk (/data): 73 MiB free, writes need at least 74 MiB; free space and retry"
+            "no space left on the manager's disk (/data): 74 MiB free, writes need at least 75 MiB; free space and retry"
         );
     }
 
     #[test]
-    fn writes_taken_since_the_last_refresh_count_against_the_figure() {
-        let mut s = space(RESERVE + 3 * MIB);
+    fn writes_not_flushed_yet_count_against_what_statvfs_says() {
+        let (mut s, disk) = space(RESERVE + 3 * MIB);
         for _ in 0..3 {
             assert!(s.room_for(MIB as usize));
         }
-        assert!(!s.room_for(1), "the three MiB are spent");
-        // statvfs confirms what was written: still full until space is freed.
-        s.observe(Ok(RESERVE), Instant::now());
+        assert!(
+            !s.room_for(1),
+            "the three MiB are spent, though not on disk yet"
+        );
+        // Flushed: statvfs now shows them.
+        disk.store(RESERVE, Ordering::SeqCst);
+        s.flushed();
         assert!(!s.room_for(1));
-        s.observe(Ok(RESERVE + MIB), Instant::now());
-        assert!(s.room_for(1), "space came back: nothing is latched");
+        disk.store(RESERVE + MIB, Ordering::SeqCst);
+        assert!(
+            s.room_for(1),
+            "space came back: a refusal looks again, nothing is latched"
+        );
+    }
+
+    #[test]
+    fn within_a_refresh_the_figure_is_not_read_again_while_there_is_room() {
+        let (mut s, disk) = space(RESERVE + 10 * MIB);
+        let at = s.checked;
+        disk.store(0, Ordering::SeqCst);
+        s.refresh_if_stale(at + REFRESH / 2);
+        assert!(s.room_for(MIB as usize), "the cached figure answers");
+        s.refresh_if_stale(at + REFRESH);
+        assert!(!s.room_for(0), "stale: read again");
     }
 
     #[test]
     fn the_reserve_grows_with_the_checkpoint() {
-        let mut s = space(RESERVE + 20 * MIB);
+        let (mut s, disk) = space(RESERVE + 20 * MIB);
         assert!(s.room_for(0));
         s.checkpoint_written(16 * MIB);
+        s.flushed();
+        disk.store(RESERVE + 4 * MIB, Ordering::SeqCst);
         assert_eq!(s.reserve(), RESERVE + 16 * MIB);
         assert!(
             !s.room_for(0),
@@ -250,23 +302,34 @@ mod unit {
 
     #[test]
     fn an_unreadable_figure_holds_nothing_back() {
-        let mut s = space(0);
+        let (mut s, disk) = space(0);
         assert!(!s.room_for(1));
-        s.observe(Err(std::io::Error::other("gone")), Instant::now());
+        disk.store(u64::MAX, Ordering::SeqCst);
         assert!(s.room_for(usize::MAX));
     }
 
     #[test]
-    fn statvfs_is_read_again_only_once_the_figure_is_stale() {
+    fn only_appends_with_entries_and_snapshots_need_room() {
+        let (mut s, _) = space(0);
+        let mut msg = Message::default();
+        msg.set_msg_type(MessageType::MsgHeartbeat);
+        assert!(s.room_for_message(&msg));
+        msg.set_msg_type(MessageType::MsgAppend);
+        assert!(s.room_for_message(&msg), "an empty append (a probe)");
+        msg.mut_entries().push(raft::eraftpb::Entry {
+            data: vec![1; 10].into(),
+            ..Default::default()
+        });
+        assert!(!s.room_for_message(&msg));
+        msg.set_msg_type(MessageType::MsgSnapshot);
+        msg.clear_entries();
+        assert!(!s.room_for_message(&msg));
+    }
+
+    #[test]
+    fn statvfs_reads_the_real_filesystem() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = DiskSpace::new(dir.path(), dir.path(), 0);
-        let real = s.free.expect("statvfs of a temp dir");
-        assert!(real > 0);
-        let at = s.checked;
-        s.free = Some(1);
-        s.refresh_if_stale(at + REFRESH / 2);
-        assert_eq!(s.free, Some(1), "fresh enough: not read again");
-        s.refresh_if_stale(at + REFRESH);
-        assert!(s.free > Some(1), "stale: read again");
+        let s = DiskSpace::new(dir.path(), dir.path(), 0);
+        assert!(s.free.is_some_and(|free| free > 0));
     }
 }
