@@ -533,7 +533,7 @@ impl Node {
     /// the log, which holds every acknowledged write.
     fn fail(&mut self, err: RaftError) {
         tracing::error!(error = %err, "raft node stopped on a storage error; the manager exits");
-        let message = err.to_string();
+        let message = self.space.describe_failure(&err);
         self.proposals.close();
         while let Ok(req) = self.proposals.try_recv() {
             let _ = req.reply.send(Err(StoreError::Storage(message.clone())));

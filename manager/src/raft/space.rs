@@ -176,6 +176,22 @@ impl DiskSpace {
         true
     }
 
+    /// What a storage error that stopped the node says to the operator: a
+    /// full disk is named as such, with what to do.
+    pub(crate) fn describe_failure(&self, err: &super::RaftError) -> String {
+        match err {
+            super::RaftError::Storage(sled::Error::Io(io))
+                if io.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                format!(
+                    "{err}; the disk under {} is full: free space, then start the manager again",
+                    self.data_dir
+                )
+            }
+            _ => err.to_string(),
+        }
+    }
+
     /// May this node take `msg` from a peer? Appends with entries and
     /// snapshots add to the store; everything else (heartbeats, votes,
     /// replies) is always taken.
