@@ -267,3 +267,59 @@ async fn a_write_that_fails_for_lack_of_space_stops_the_node_and_reports_it() {
     assert!(!store.is_leader());
     raft.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_follower_short_of_space_leaves_appends_unanswered_and_takes_them_once_freed() {
+    use super::tests_peers::{Capture, leader_snapshot, message, next_of};
+    use protobuf::Message as _;
+    use raft::eraftpb::{Entry, MessageType};
+
+    let Some(fs) = Tmpfs::mount(96) else { return };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let capture = std::sync::Arc::new(Capture(std::sync::Mutex::new(tx)));
+    let (store, raft) = start_with_transport(&config(fs.path()), capture)
+        .await
+        .unwrap();
+    // Peer 2 leads term 5 and brings node 1 to index 100 with a snapshot.
+    raft.step(&leader_snapshot()).unwrap();
+    let ack = next_of(&mut rx, MessageType::MsgAppendResponse).await;
+    assert_eq!(ack.index, 100);
+
+    let mut append = message(MessageType::MsgAppend, 5);
+    append.index = 100;
+    append.log_term = 5;
+    append.commit = 100;
+    append.mut_entries().push(Entry {
+        term: 5,
+        index: 101,
+        data: vec![1; 1024].into(),
+        ..Default::default()
+    });
+    let append = append.write_to_bytes().unwrap();
+    let mut heartbeat = message(MessageType::MsgHeartbeat, 5);
+    heartbeat.commit = 100;
+    let heartbeat = heartbeat.write_to_bytes().unwrap();
+
+    let filler = fs.fill_but(8 << 20);
+    raft.step(&append).unwrap();
+    raft.step(&heartbeat).unwrap();
+    // The inbox is handled in order: the heartbeat's answer comes after
+    // whatever the append got, which is nothing.
+    loop {
+        let msg = rx.recv().await.expect("the node answers");
+        match msg.get_msg_type() {
+            MessageType::MsgHeartbeatResponse => break,
+            MessageType::MsgAppendResponse => panic!("a full follower acknowledged {msg:?}"),
+            _ => {}
+        }
+    }
+
+    std::fs::remove_file(filler).unwrap();
+    raft.step(&append).unwrap();
+    let ack = next_of(&mut rx, MessageType::MsgAppendResponse).await;
+    assert!(!ack.reject);
+    assert_eq!(ack.index, 101, "the append is taken once space is back");
+    assert!(raft.failure.borrow().is_none(), "the node never failed");
+    assert!(!store.is_leader());
+    raft.shutdown().await;
+}
