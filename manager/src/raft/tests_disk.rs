@@ -1,10 +1,10 @@
 //! The Raft node on a disk that fills: what sled 0.34.7 does on ENOSPC (it
 //! fails the write and then every later one: the reason `space` refuses
-//! writes before the disk is full), and that a node whose store failed
-//! stops and reports it rather than serve half-alive.
+//! writes before the disk is full), and that a node whose store failed (or
+//! whose thread panicked) stops and reports it rather than serve half-alive.
 //!
-//! Each test mounts a small tmpfs of its own, so it needs root; without it
-//! the test says so and passes vacuously (CI runs as root).
+//! The disk tests mount a small tmpfs of their own, so they need root;
+//! without it a test says so and passes vacuously (CI runs as root).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -321,5 +321,37 @@ async fn a_follower_short_of_space_leaves_appends_unanswered_and_takes_them_once
     assert_eq!(ack.index, 101, "the append is taken once space is back");
     assert!(raft.failure.borrow().is_none(), "the node never failed");
     assert!(!store.is_leader());
+    raft.shutdown().await;
+}
+
+/// A transport that panics once told to, as raft-rs does on some storage
+/// errors, in the middle of the Ready loop.
+struct PanicsWhenArmed(std::sync::atomic::AtomicBool);
+
+impl Transport for PanicsWhenArmed {
+    fn send(&self, _messages: Vec<raft::eraftpb::Message>) {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected: the transport broke");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_panic_of_the_raft_thread_is_reported_as_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let transport = std::sync::Arc::new(PanicsWhenArmed(false.into()));
+    let (store, raft) = start_with_transport(&config(dir.path()), transport.clone())
+        .await
+        .unwrap();
+    transport.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    let write = store.propose(vec![Action::Create(service("s"))]).await;
+    assert!(write.is_err(), "no answer from a dead node: {write:?}");
+    let failure = tokio::time::timeout(Duration::from_secs(10), raft.failed())
+        .await
+        .expect("the failure is reported");
+    assert_eq!(
+        failure,
+        "the raft thread panicked: injected: the transport broke"
+    );
     raft.shutdown().await;
 }
