@@ -285,40 +285,61 @@ async fn a_follower_short_of_space_leaves_appends_unanswered_and_takes_them_once
     let ack = next_of(&mut rx, MessageType::MsgAppendResponse).await;
     assert_eq!(ack.index, 100);
 
-    let mut append = message(MessageType::MsgAppend, 5);
-    append.index = 100;
-    append.log_term = 5;
-    append.commit = 100;
-    append.mut_entries().push(Entry {
-        term: 5,
-        index: 101,
-        data: vec![1; 1024].into(),
-        ..Default::default()
-    });
-    let append = append.write_to_bytes().unwrap();
+    // The leader's append of entry `index`, right after `index - 1`.
+    let append = |index: u64| {
+        let mut append = message(MessageType::MsgAppend, 5);
+        append.index = index - 1;
+        append.log_term = 5;
+        append.commit = 100;
+        append.mut_entries().push(Entry {
+            term: 5,
+            index,
+            data: vec![1; 1024].into(),
+            ..Default::default()
+        });
+        append.write_to_bytes().unwrap()
+    };
     let mut heartbeat = message(MessageType::MsgHeartbeat, 5);
     heartbeat.commit = 100;
     let heartbeat = heartbeat.write_to_bytes().unwrap();
 
     let filler = fs.fill_but(8 << 20);
-    raft.step(&append).unwrap();
-    raft.step(&heartbeat).unwrap();
-    // The inbox is handled in order: the heartbeat's answer comes after
-    // whatever the append got, which is nothing.
+    // The node reads the free space every 100 ms: an append in that moment
+    // is still taken (the reserve is there for it). Send the next entry
+    // until one goes unanswered; the inbox is handled in order, so the
+    // heartbeat's answer comes after whatever its append got.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut next = 101;
     loop {
-        let msg = rx.recv().await.expect("the node answers");
-        match msg.get_msg_type() {
-            MessageType::MsgHeartbeatResponse => break,
-            MessageType::MsgAppendResponse => panic!("a full follower acknowledged {msg:?}"),
-            _ => {}
+        raft.step(&append(next)).unwrap();
+        raft.step(&heartbeat).unwrap();
+        let mut acked = false;
+        loop {
+            let msg = rx.recv().await.expect("the node answers");
+            match msg.get_msg_type() {
+                MessageType::MsgHeartbeatResponse => break,
+                MessageType::MsgAppendResponse => {
+                    assert_eq!(msg.index, next);
+                    acked = true;
+                }
+                _ => {}
+            }
         }
+        if !acked {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a full follower still takes appends"
+        );
+        next += 1;
     }
 
     std::fs::remove_file(filler).unwrap();
-    raft.step(&append).unwrap();
+    raft.step(&append(next)).unwrap();
     let ack = next_of(&mut rx, MessageType::MsgAppendResponse).await;
     assert!(!ack.reject);
-    assert_eq!(ack.index, 101, "the append is taken once space is back");
+    assert_eq!(ack.index, next, "the append is taken once space is back");
     assert!(raft.failure.borrow().is_none(), "the node never failed");
     assert!(!store.is_leader());
     raft.shutdown().await;
