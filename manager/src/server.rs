@@ -311,14 +311,19 @@ pub async fn serve_joining(
         node_id,
         new_cluster,
     });
+    let mut failed = None;
     let removed = tokio::select! {
         _ = shutdown.cancelled() => false,
         _ = raft.removed() => true,
+        err = raft.failed() => {
+            failed = Some(err);
+            false
+        }
     };
     if removed {
         warn!("this manager was removed from the cluster (node demote or node rm); stopping");
-        shutdown.cancel();
     }
+    shutdown.cancel();
     info!("manager shutting down");
     let _ = leader.await;
     let _ = renew.await;
@@ -338,6 +343,12 @@ pub async fn serve_joining(
     let _ = std::fs::remove_file(&socket_path);
     if removed {
         return Err(ServerError::Removed(config.data_dir.clone()));
+    }
+    if let Some(err) = failed {
+        // Exit non-zero: a supervisor restarts the manager on its log.
+        return Err(ServerError::Raft(format!(
+            "the raft store failed ({err}); the manager stopped"
+        )));
     }
     Ok(())
 }

@@ -85,6 +85,21 @@ impl ManagerProcess {
         Ok(m)
     }
 
+    /// [`ManagerProcess::start`] on the data dir `data_dir` the caller owns
+    /// (a filesystem it mounted); its log goes beside it.
+    pub async fn start_in(data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<ManagerProcess> {
+        let mut m = ManagerProcess {
+            addr: free_addr(),
+            data_dir: data_dir.to_path_buf(),
+            _dir: None,
+            child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            joined: false,
+        };
+        m.spawn().await?;
+        Ok(m)
+    }
+
     /// Start a manager that joins `through`'s cluster with the manager token
     /// `token`, and wait until it has caught up (its unix socket shows the
     /// cluster object) and the leader has made it a voter. Later restarts

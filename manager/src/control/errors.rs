@@ -19,6 +19,9 @@ pub fn store_status(err: StoreError) -> Status {
         | StoreError::NoQuorum
         | StoreError::Stopped => Status::unavailable(msg),
         StoreError::Storage(_) => Status::internal(msg),
+        // Not `unavailable`: clients retry that at once, and this lasts
+        // until someone frees space.
+        StoreError::NoSpace { .. } => Status::resource_exhausted(msg),
     }
 }
 

@@ -108,6 +108,15 @@ impl Disk {
         Ok(state)
     }
 
+    /// Bytes of the checkpoint on disk (the values of the state tree).
+    pub(crate) fn state_bytes(&self) -> Result<u64, RaftError> {
+        let mut bytes = 0;
+        for value in self.state.iter().values() {
+            bytes += value?.len() as u64;
+        }
+        Ok(bytes)
+    }
+
     /// Replace the checkpoint by `pieces` of the state applied up to `applied`.
     pub(crate) fn write_state(&self, applied: u64, pieces: &[Vec<u8>]) -> Result<(), RaftError> {
         self.state.apply_batch(self.state_batch(applied, pieces)?)?;

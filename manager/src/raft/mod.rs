@@ -13,6 +13,7 @@
 //! - [`snapshot`]: the applied state as a `StoreSnapshot`.
 //! - [`node`]: the actor and its Ready loop; [`node_group`]: its reads
 //!   (ReadIndex) and membership changes.
+//! - [`space`]: free space under the store; writes wait while it is short.
 //! - [`faults`]: partitions injected by the fault tests.
 //! - [`service`]: transport seam and the gRPC service.
 //! - [`transport`]: the gRPC transport between managers.
@@ -27,6 +28,7 @@ mod node_group;
 mod own;
 mod service;
 mod snapshot;
+mod space;
 mod storage;
 mod transport;
 mod unwritten;
@@ -127,6 +129,8 @@ pub struct RaftHandle {
     stopped: watch::Receiver<bool>,
     /// Becomes true once this manager is out of the Raft group.
     removed: watch::Receiver<bool>,
+    /// Holds the error once the node stopped on a storage error or a panic.
+    failure: watch::Receiver<Option<String>>,
     group: Arc<std::sync::Mutex<GroupView>>,
 }
 
@@ -152,6 +156,23 @@ impl RaftHandle {
         let mut removed = self.removed.clone();
         if removed.wait_for(|r| *r).await.is_err() {
             std::future::pending::<()>().await;
+        }
+    }
+
+    /// Resolves with the error once the node has stopped on its own: a
+    /// storage error (sled fails every write after one failed) or a panic
+    /// of its thread. The manager cannot serve on without it and should exit
+    /// non-zero so that a supervisor restarts it. Never resolves otherwise.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.failure.clone();
+        // The watch's read guard is not Send: let it go before waiting on.
+        let failed = failure
+            .wait_for(Option::is_some)
+            .await
+            .map(|failure| failure.clone().unwrap_or_default());
+        match failed {
+            Ok(failure) => failure,
+            Err(_) => std::future::pending().await,
         }
     }
 
@@ -244,6 +265,11 @@ fn open(
     let id = joined.unwrap_or(config.raft.id);
     let disk = Disk::open(&config.data_dir.join("store"))?;
     let state = disk.load_state()?;
+    let space = space::DiskSpace::new(
+        &config.data_dir,
+        &config.data_dir.join("store"),
+        disk.state_bytes()?,
+    );
     let applied = state.applied_index;
 
     let (proposals_tx, proposals_rx) = mpsc::channel(PROPOSAL_QUEUE);
@@ -296,6 +322,7 @@ fn open(
         );
     }
     let (removed_tx, removed_rx) = watch::channel(removed_at_start);
+    let (failure_tx, failure_rx) = watch::channel(None);
     let group = Arc::new(std::sync::Mutex::new(GroupView {
         self_id: id,
         ..Default::default()
@@ -331,6 +358,8 @@ fn open(
         removed: removed_tx,
         heard: HashMap::new(),
         group: group.clone(),
+        space,
+        failure: failure_tx.clone(),
     };
     // Process the first Ready before returning: a sole voter then has
     // replayed its log and applied its no-op, and is seen leading at once.
@@ -346,9 +375,23 @@ fn open(
         .name(format!("shoal-raft-{id}"))
         .spawn(move || {
             // `run` consumes the node, and with it the last handle on sled;
-            // stopped once sled's threads have let go of the files too.
-            runtime.block_on(node.run(token));
+            // stopped once sled's threads have let go of the files too. A
+            // panic (raft-rs panics on some storage errors) is a failure like
+            // a storage error: the manager exits rather than serve without
+            // its node.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                runtime.block_on(node.run(token))
+            }));
             drop(runtime);
+            if let Err(panic) = ran {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                tracing::error!(error = %what, "the raft thread panicked; the manager exits");
+                failure_tx.send_replace(Some(format!("the raft thread panicked: {what}")));
+            }
             if !disk::wait_closed(&store_path, disk::CLOSE_TIMEOUT) {
                 tracing::warn!(path = %store_path.display(), "the raft store is still held open after the raft node stopped");
             }
@@ -362,6 +405,7 @@ fn open(
             shutdown,
             stopped,
             removed: removed_rx,
+            failure: failure_rx,
             group,
         },
     ))
@@ -382,6 +426,8 @@ fn read_prefix(id: u64) -> [u8; 16] {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_disk;
 #[cfg(test)]
 mod tests_peers;
 #[cfg(test)]

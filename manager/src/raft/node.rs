@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::disk::{MAX_ENTRY_BYTES, STATE_PIECE_BYTES};
 use super::own::OwnProposals;
 use super::service::{Inbound, Transport};
+use super::space::DiskSpace;
 use super::storage::SledStorage;
 use super::unwritten::Unwritten;
 use super::work::{Phase, Work};
@@ -91,6 +92,10 @@ pub(crate) struct Node {
     pub(crate) heard: HashMap<u64, Instant>,
     /// What the rest of the manager may see of the group, refreshed each tick.
     pub(crate) group: std::sync::Arc<std::sync::Mutex<GroupView>>,
+    /// Free space under the store: new entries wait while it is short.
+    pub(crate) space: DiskSpace,
+    /// Set once a storage error stopped the node; the manager then exits.
+    pub(crate) failure: watch::Sender<Option<String>>,
 }
 
 impl Node {
@@ -98,6 +103,7 @@ impl Node {
         let mut ticker = tokio::time::interval(self.tick_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.publish();
+        let mut failed = None;
         loop {
             // Ticks come before work so that a flood of proposals cannot starve
             // heartbeats and elections.
@@ -105,18 +111,20 @@ impl Node {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {
+                    self.space.refresh_if_stale(Instant::now());
                     self.raw.tick();
                     // Readers that gave up (timed out) leave their waiter behind.
                     self.reads.retain(|_, reply| !reply.is_closed());
                     self.share_group();
                     self.promote_caught_up_learners();
                     if let Err(err) = self.checkpoint_if_due().and_then(|()| self.flush_if_dirty()) {
-                        self.fail(err);
+                        failed = Some(err);
                         break;
                     }
                     self.work.log_if_due();
                 }
                 Some(first) = self.inbound.recv() => {
+                    self.space.refresh_if_stale(Instant::now());
                     self.step(first);
                     for _ in 1..MAX_DRAIN {
                         match self.inbound.try_recv() {
@@ -126,6 +134,7 @@ impl Node {
                     }
                 }
                 Some(first) = self.proposals.recv() => {
+                    self.space.refresh_if_stale(Instant::now());
                     self.propose(first);
                     for _ in 1..MAX_DRAIN {
                         match self.proposals.try_recv() {
@@ -136,11 +145,14 @@ impl Node {
                 }
             }
             if let Err(err) = self.handle_ready() {
-                self.fail(err);
+                failed = Some(err);
                 break;
             }
         }
-        self.stop();
+        match failed {
+            Some(err) => self.fail(err),
+            None => self.stop(),
+        }
     }
 
     fn step(&mut self, inbound: Inbound) {
@@ -148,6 +160,12 @@ impl Node {
             Inbound::Message(msg) => {
                 if msg.from != raft::INVALID_ID {
                     self.heard.insert(msg.from, Instant::now());
+                }
+                // A follower short of space leaves the leader's appends
+                // unanswered, as a slow follower would: the leader sends
+                // them again, and a majority elsewhere still commits.
+                if !self.space.room_for_message(&msg) {
+                    return;
                 }
                 if let Err(err) = self.raw.step(*msg) {
                     tracing::debug!(error = %err, "raft message ignored");
@@ -186,6 +204,10 @@ impl Node {
                 data.len(),
                 MAX_ENTRY_BYTES
             ))));
+            return;
+        }
+        if let Err(err) = self.space.admit(data.len()) {
+            let _ = req.reply.send(Err(err));
             return;
         }
         match self.raw.propose(Vec::new(), data) {
@@ -388,10 +410,12 @@ impl Node {
             .store
             .read(|s| (s.applied_index, snapshot::encode(s, STATE_PIECE_BYTES)));
         self.raw.mut_store().disk().write_state(applied, &pieces)?;
+        let bytes = pieces.iter().map(Vec::len).sum::<usize>();
+        self.space.checkpoint_written(bytes as u64);
         tracing::debug!(
             applied,
             pieces = pieces.len(),
-            bytes = pieces.iter().map(Vec::len).sum::<usize>(),
+            bytes,
             ms = started.elapsed().as_millis() as u64,
             "state checkpoint written"
         );
@@ -417,6 +441,7 @@ impl Node {
     fn flush(&mut self) -> Result<(), RaftError> {
         let written = self.written_applied;
         self.raw.store().disk().flush()?;
+        self.space.flushed();
         self.durable_applied = written;
         self.dirty = false;
         Ok(())
@@ -502,12 +527,27 @@ impl Node {
     }
 
     /// A storage failure stops the node: continuing could acknowledge writes
-    /// that are not durable.
+    /// that are not durable, and sled, once a write failed, fails every later
+    /// one. Nothing is written on the way out; the manager watching
+    /// [`super::RaftHandle::failed`] exits so that a supervisor restarts it on
+    /// the log, which holds every acknowledged write.
     fn fail(&mut self, err: RaftError) {
-        tracing::error!(error = %err, "raft node stopped on a storage error");
-        for (_, reply) in self.waiters.drain() {
-            let _ = reply.send(Err(StoreError::Storage(err.to_string())));
+        tracing::error!(error = %err, "raft node stopped on a storage error; the manager exits");
+        let message = self.space.describe_failure(&err);
+        self.proposals.close();
+        while let Ok(req) = self.proposals.try_recv() {
+            let _ = req.reply.send(Err(StoreError::Storage(message.clone())));
         }
+        for (_, reply) in self.waiters.drain() {
+            let _ = reply.send(Err(StoreError::Storage(message.clone())));
+        }
+        for (_, reply) in self.conf_waiters.drain() {
+            let _ = reply.send(Err(StoreError::Storage(message.clone())));
+        }
+        self.reads.clear();
+        self.confirmed_reads.clear();
+        let _ = self.leadership.send(Leadership::default());
+        self.failure.send_replace(Some(message));
     }
 
     fn stop(&mut self) {

@@ -14,7 +14,7 @@ use super::*;
 use crate::store::{Action, Object, StoreError};
 
 /// Hands every outgoing message to the test.
-struct Capture(Mutex<mpsc::UnboundedSender<Message>>);
+pub(super) struct Capture(pub(super) Mutex<mpsc::UnboundedSender<Message>>);
 
 impl Transport for Capture {
     fn send(&self, messages: Vec<Message>) {
@@ -31,7 +31,7 @@ fn config(dir: &std::path::Path) -> ManagerConfig {
     config
 }
 
-fn message(msg_type: MessageType, term: u64) -> Message {
+pub(super) fn message(msg_type: MessageType, term: u64) -> Message {
     let mut msg = Message::default();
     msg.set_msg_type(msg_type);
     msg.from = 2;
@@ -48,7 +48,10 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-async fn next_of(rx: &mut mpsc::UnboundedReceiver<Message>, want: MessageType) -> Message {
+pub(super) async fn next_of(
+    rx: &mut mpsc::UnboundedReceiver<Message>,
+    want: MessageType,
+) -> Message {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -62,7 +65,7 @@ async fn next_of(rx: &mut mpsc::UnboundedReceiver<Message>, want: MessageType) -
 
 /// Peer 2, leader of term 5, sends node 1 a snapshot at index 100 holding
 /// one service and two tasks, with voters {1, 2}.
-fn leader_snapshot() -> Vec<u8> {
+pub(super) fn leader_snapshot() -> Vec<u8> {
     let data = StoreSnapshot {
         services: vec![Service {
             id: "s9".into(),

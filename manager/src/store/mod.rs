@@ -164,6 +164,15 @@ pub enum StoreError {
     Stopped,
     #[error("storage error: {0}")]
     Storage(String),
+    /// The leader's disk is too full to take the write (see `raft::space`).
+    #[error(
+        "no space left on the manager's disk ({data_dir}): {free_mib} MiB free, writes need at least {need_mib} MiB; free space and retry"
+    )]
+    NoSpace {
+        data_dir: String,
+        free_mib: u64,
+        need_mib: u64,
+    },
 }
 
 fn plural(n: usize) -> &'static str {
