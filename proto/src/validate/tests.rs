@@ -94,6 +94,19 @@ fn image_references() {
 }
 
 #[test]
+fn replicas_are_bounded() {
+    let mut s = valid();
+    s.replicas = MAX_REPLICAS;
+    assert_eq!(service_spec(&s), Ok(()));
+    for too_many in [MAX_REPLICAS + 1, 1_000_000_000, 1 << 31, u64::MAX] {
+        s.replicas = too_many;
+        let err = service_spec(&s).expect_err("over the limit");
+        assert_eq!(err.field, "replicas");
+        assert!(err.message.contains("100000"), "{err}");
+    }
+}
+
+#[test]
 fn global_mode_refuses_replicas() {
     let mut s = valid();
     s.mode = ServiceMode::Global as i32;
