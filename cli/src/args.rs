@@ -16,8 +16,8 @@ pub use daemons::*;
 
 pub use secrets::*;
 use values::{
-    Quoting, bytes, config_ref, count_u32, cpus, duration, label, mount, publish, scale_target,
-    secret_ref,
+    Quoting, bytes, choice, config_ref, count_u32, cpus, duration, label, mount, publish,
+    scale_target, secret_ref,
 };
 pub use values::{count, tail};
 
@@ -155,7 +155,7 @@ pub struct CreateArgs {
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = Quoting(count))]
     pub replicas: Option<u64>,
     /// Service mode.
-    #[arg(long, value_enum, default_value = "replicated")]
+    #[arg(long, value_parser = choice::<ModeArg>(), default_value = "replicated")]
     pub mode: ModeArg,
     /// Set environment variables (KEY=VALUE, or KEY to copy it from this shell).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
@@ -227,7 +227,7 @@ pub struct TaskFlags {
     #[arg(long, value_name = "BYTES", allow_negative_numbers = true, value_parser = Quoting(bytes))]
     pub limit_memory: Option<i64>,
     /// Restart when: none, on-failure or any.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<RestartConditionArg>())]
     pub restart_condition: Option<RestartConditionArg>,
     /// Delay between restart attempts (e.g. 5s).
     #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = Quoting(duration))]
@@ -245,10 +245,10 @@ pub struct TaskFlags {
     #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = Quoting(duration))]
     pub update_delay: Option<i64>,
     /// Start the new task before stopping the old one, or the reverse.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<UpdateOrderArg>())]
     pub update_order: Option<UpdateOrderArg>,
     /// What to do when an update fails.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<FailureActionArg>())]
     pub update_failure_action: Option<FailureActionArg>,
     /// How long a new task must run to count as a success.
     #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = Quoting(duration))]
@@ -370,7 +370,7 @@ pub struct ListArgs {
     /// Only print ids.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    #[arg(long, value_enum, default_value = "table")]
+    #[arg(long, value_parser = choice::<Format>(), default_value = "table")]
     pub format: Format,
 }
 
@@ -379,7 +379,7 @@ pub struct PsArgs {
     /// Only print task ids.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    #[arg(long, value_enum, default_value = "table")]
+    #[arg(long, value_parser = choice::<Format>(), default_value = "table")]
     pub format: Format,
     /// Do not truncate ids and errors.
     #[arg(long)]
@@ -482,7 +482,7 @@ pub struct NodeInspectArgs {
 #[derive(Debug, Args)]
 pub struct NodeUpdateArgs {
     /// Availability of the node.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<AvailabilityArg>())]
     pub availability: Option<AvailabilityArg>,
     /// Add or replace node labels.
     #[arg(long, value_name = "KEY=VALUE", value_parser = Quoting(label))]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, ValueEnum};
 
-use super::values::{Quoting, duration, label};
+use super::values::{Quoting, choice, duration, label};
 use crate::join_tokens::{export_dir_flag, path_flag};
 
 #[derive(Debug, Args)]
@@ -90,7 +90,7 @@ pub enum RoleArg {
 #[derive(Debug, Args)]
 pub struct JoinTokenArgs {
     /// Which token.
-    #[arg(value_enum)]
+    #[arg(value_parser = choice::<RoleArg>())]
     pub role: RoleArg,
     /// Replace the token with a new one; joined nodes are not affected.
     #[arg(long)]
@@ -137,7 +137,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "token", value_parser = Quoting(path_flag))]
     pub token_file: Option<PathBuf>,
     /// Container engine.
-    #[arg(long, value_enum, default_value = "docker")]
+    #[arg(long, value_parser = choice::<RuntimeArg>(), default_value = "docker")]
     pub runtime: RuntimeArg,
     /// Memory-backed (tmpfs) directory where tasks' secrets and configs are
     /// written before they are mounted (default /dev/shm/shoal).

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::Format;
-use super::values::{Quoting, label};
+use super::values::{Quoting, choice, label};
 
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
@@ -53,7 +53,7 @@ pub struct SecretListArgs {
     /// Only print ids.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    #[arg(long, value_enum, default_value = "table")]
+    #[arg(long, value_parser = choice::<Format>(), default_value = "table")]
     pub format: Format,
 }
 

@@ -7,8 +7,10 @@
 //! value and its size ([`validate::quoted`]).
 
 use std::ffi::OsStr;
+use std::marker::PhantomData;
 
-use clap::builder::TypedValueParser;
+use clap::ValueEnum;
+use clap::builder::{PossibleValue, TypedValueParser};
 use clap::error::ErrorKind;
 use shoal_proto::validate::{self, quoted};
 use shoal_proto::{ConfigReference, Mount, PortConfig, SecretReference};
@@ -40,6 +42,47 @@ where
             let message = format!("invalid value {} for '{flag}': {why}", quoted(text));
             clap::Error::raw(ErrorKind::ValueValidation, message).format(&mut cmd.clone())
         })
+    }
+}
+
+/// The parser of a flag taking one of an enum's names (`--update-order`), with
+/// [`Quoting`]'s bounded error (clap's `value_enum` repeats the whole value) and
+/// the names listed in `--help` as `value_enum` lists them.
+#[derive(Clone)]
+pub struct Choice<E>(PhantomData<E>);
+
+pub fn choice<E>() -> Choice<E> {
+    Choice(PhantomData)
+}
+
+impl<E: ValueEnum + Clone + Send + Sync + 'static> TypedValueParser for Choice<E> {
+    type Value = E;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<E, clap::Error> {
+        let parse = |s: &str| {
+            E::from_str(s, false).map_err(|_| {
+                let names: Vec<String> = E::value_variants()
+                    .iter()
+                    .filter_map(|v| v.to_possible_value())
+                    .map(|p| p.get_name().to_string())
+                    .collect();
+                format!("use one of: {}", names.join(", "))
+            })
+        };
+        Quoting(parse).parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            E::value_variants()
+                .iter()
+                .filter_map(|v| v.to_possible_value()),
+        ))
     }
 }
 

@@ -454,3 +454,7 @@ pub fn split_words(line: &str) -> Vec<String> {
 #[cfg(test)]
 #[path = "spec_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "spec_proptests.rs"]
+mod proptests;
