@@ -6,15 +6,20 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use shoal_proto::validate;
 use shoal_proto::{ConfigReference, Mount, PortConfig, SecretReference};
 
 mod daemons;
 mod secrets;
+mod values;
 
 pub use daemons::*;
 
 pub use secrets::*;
+use values::{
+    Quoting, bytes, choice, config_ref, count_u32, cpus, duration, label, mount, publish,
+    scale_target, secret_ref,
+};
+pub use values::{count, tail};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -147,10 +152,10 @@ pub struct CreateArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// Number of tasks (replicated mode; default 1).
-    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = Quoting(count))]
     pub replicas: Option<u64>,
     /// Service mode.
-    #[arg(long, value_enum, default_value = "replicated")]
+    #[arg(long, value_parser = choice::<ModeArg>(), default_value = "replicated")]
     pub mode: ModeArg,
     /// Set environment variables (KEY=VALUE, or KEY to copy it from this shell).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
@@ -159,18 +164,18 @@ pub struct CreateArgs {
     #[arg(long = "env-file", value_name = "PATH")]
     pub env_file: Vec<PathBuf>,
     /// Publish a port: [PUBLISHED:]TARGET[/PROTOCOL] or published=..,target=..,mode=..,protocol=..
-    #[arg(short = 'p', long = "publish", value_name = "PORT", value_parser = publish)]
+    #[arg(short = 'p', long = "publish", value_name = "PORT", value_parser = Quoting(publish))]
     pub publish: Vec<PortConfig>,
     /// Attach a mount: type=bind|volume|tmpfs,source=..,target=..[,readonly]
-    #[arg(long = "mount", value_name = "MOUNT", value_parser = mount)]
+    #[arg(long = "mount", value_name = "MOUNT", value_parser = Quoting(mount))]
     pub mount: Vec<Mount>,
     /// Give the tasks a secret: NAME, NAME,target=FILE or source=NAME,target=FILE,uid=U,gid=G,mode=0400
     /// (the file is /run/secrets/FILE; repeatable).
-    #[arg(long = "secret", value_name = "SECRET", value_parser = secret_ref)]
+    #[arg(long = "secret", value_name = "SECRET", value_parser = Quoting(secret_ref))]
     pub secret: Vec<SecretReference>,
     /// Give the tasks a config: NAME, NAME,target=/PATH or source=NAME,target=/PATH,uid=U,gid=G,mode=0444
     /// (default target /NAME; repeatable).
-    #[arg(long = "config", value_name = "CONFIG", value_parser = config_ref)]
+    #[arg(long = "config", value_name = "CONFIG", value_parser = Quoting(config_ref))]
     pub config: Vec<ConfigReference>,
     /// Placement constraint (node.hostname==a, node.labels.zone!=east, ...).
     #[arg(long = "constraint", value_name = "EXPR")]
@@ -179,10 +184,10 @@ pub struct CreateArgs {
     #[arg(long = "placement-pref", value_name = "PREF")]
     pub placement_pref: Vec<String>,
     /// Service labels.
-    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = label)]
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = Quoting(label))]
     pub label: Vec<(String, String)>,
     /// Container labels.
-    #[arg(long = "container-label", value_name = "KEY=VALUE", value_parser = label)]
+    #[arg(long = "container-label", value_name = "KEY=VALUE", value_parser = Quoting(label))]
     pub container_label: Vec<(String, String)>,
     #[command(flatten)]
     pub task: TaskFlags,
@@ -207,61 +212,61 @@ pub struct CreateArgs {
 #[derive(Debug, Default, Args)]
 pub struct TaskFlags {
     /// Maximum number of tasks per node (0 = unlimited).
-    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = Quoting(count))]
     pub replicas_max_per_node: Option<u64>,
     /// Reserve CPUs (e.g. 0.5).
-    #[arg(long, value_name = "CPUS", allow_negative_numbers = true, value_parser = cpus)]
+    #[arg(long, value_name = "CPUS", allow_negative_numbers = true, value_parser = Quoting(cpus))]
     pub reserve_cpu: Option<i64>,
     /// Reserve memory (e.g. 512m).
-    #[arg(long, value_name = "BYTES", allow_negative_numbers = true, value_parser = bytes)]
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true, value_parser = Quoting(bytes))]
     pub reserve_memory: Option<i64>,
     /// Limit CPUs.
-    #[arg(long, value_name = "CPUS", allow_negative_numbers = true, value_parser = cpus)]
+    #[arg(long, value_name = "CPUS", allow_negative_numbers = true, value_parser = Quoting(cpus))]
     pub limit_cpu: Option<i64>,
     /// Limit memory.
-    #[arg(long, value_name = "BYTES", allow_negative_numbers = true, value_parser = bytes)]
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true, value_parser = Quoting(bytes))]
     pub limit_memory: Option<i64>,
     /// Restart when: none, on-failure or any.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<RestartConditionArg>())]
     pub restart_condition: Option<RestartConditionArg>,
     /// Delay between restart attempts (e.g. 5s).
-    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = Quoting(duration))]
     pub restart_delay: Option<i64>,
     /// Give up restarting after this many attempts (0 = never).
-    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = Quoting(count))]
     pub restart_max_attempts: Option<u64>,
     /// Window used to evaluate the restart policy.
-    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = Quoting(duration))]
     pub restart_window: Option<i64>,
     /// Tasks updated at once (0 = all).
-    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = Quoting(count))]
     pub update_parallelism: Option<u64>,
     /// Delay between updates.
-    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = Quoting(duration))]
     pub update_delay: Option<i64>,
     /// Start the new task before stopping the old one, or the reverse.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<UpdateOrderArg>())]
     pub update_order: Option<UpdateOrderArg>,
     /// What to do when an update fails.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<FailureActionArg>())]
     pub update_failure_action: Option<FailureActionArg>,
     /// How long a new task must run to count as a success.
-    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = Quoting(duration))]
     pub update_monitor: Option<i64>,
     /// Command to run to check health (run by the shell).
     #[arg(long, value_name = "CMD")]
     pub health_cmd: Option<String>,
     /// Time between health checks.
-    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = Quoting(duration))]
     pub health_interval: Option<i64>,
     /// Consecutive failures needed to report unhealthy.
-    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count_u32)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = Quoting(count_u32))]
     pub health_retries: Option<u32>,
     /// Maximum time one check may take.
-    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = Quoting(duration))]
     pub health_timeout: Option<i64>,
     /// Start period during which failures do not count.
-    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = Quoting(duration))]
     pub health_start_period: Option<i64>,
     /// Disable any container health check.
     #[arg(long, conflicts_with_all = ["health_cmd", "health_interval", "health_retries", "health_timeout", "health_start_period"])]
@@ -279,7 +284,7 @@ pub struct TaskFlags {
     #[arg(long, value_name = "SIGNAL")]
     pub stop_signal: Option<String>,
     /// Time to wait before killing the container.
-    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = duration)]
+    #[arg(long, value_name = "DURATION", allow_negative_numbers = true, value_parser = Quoting(duration))]
     pub stop_grace_period: Option<i64>,
     /// Override the image's entrypoint.
     #[arg(long, value_name = "CMD")]
@@ -292,7 +297,7 @@ pub struct UpdateArgs {
     #[arg(long)]
     pub image: Option<String>,
     /// Number of tasks.
-    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = count)]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = Quoting(count))]
     pub replicas: Option<u64>,
     /// Add or replace environment variables.
     #[arg(long, value_name = "KEY=VALUE")]
@@ -301,13 +306,13 @@ pub struct UpdateArgs {
     #[arg(long, value_name = "KEY")]
     pub env_rm: Vec<String>,
     /// Add or replace service labels.
-    #[arg(long, value_name = "KEY=VALUE", value_parser = label)]
+    #[arg(long, value_name = "KEY=VALUE", value_parser = Quoting(label))]
     pub label_add: Vec<(String, String)>,
     /// Remove service labels.
     #[arg(long, value_name = "KEY")]
     pub label_rm: Vec<String>,
     /// Add or replace container labels.
-    #[arg(long, value_name = "KEY=VALUE", value_parser = label)]
+    #[arg(long, value_name = "KEY=VALUE", value_parser = Quoting(label))]
     pub container_label_add: Vec<(String, String)>,
     /// Remove container labels.
     #[arg(long, value_name = "KEY")]
@@ -325,25 +330,25 @@ pub struct UpdateArgs {
     #[arg(long, value_name = "PREF")]
     pub placement_pref_rm: Vec<String>,
     /// Add or replace a published port (matched by published port and protocol).
-    #[arg(long, value_name = "PORT", value_parser = publish)]
+    #[arg(long, value_name = "PORT", value_parser = Quoting(publish))]
     pub publish_add: Vec<PortConfig>,
     /// Remove a published port by its target port (TARGET[/PROTOCOL]).
     #[arg(long, value_name = "TARGET")]
     pub publish_rm: Vec<String>,
     /// Add or replace a mount (matched by target).
-    #[arg(long, value_name = "MOUNT", value_parser = mount)]
+    #[arg(long, value_name = "MOUNT", value_parser = Quoting(mount))]
     pub mount_add: Vec<Mount>,
     /// Remove a mount by its target path.
     #[arg(long, value_name = "PATH")]
     pub mount_rm: Vec<String>,
     /// Add or replace (same target) a secret, as --secret of create.
-    #[arg(long, value_name = "SECRET", value_parser = secret_ref)]
+    #[arg(long, value_name = "SECRET", value_parser = Quoting(secret_ref))]
     pub secret_add: Vec<SecretReference>,
     /// Remove a secret by name or id.
     #[arg(long, value_name = "SECRET")]
     pub secret_rm: Vec<String>,
     /// Add or replace (same target) a config, as --config of create.
-    #[arg(long, value_name = "CONFIG", value_parser = config_ref)]
+    #[arg(long, value_name = "CONFIG", value_parser = Quoting(config_ref))]
     pub config_add: Vec<ConfigReference>,
     /// Remove a config by name or id.
     #[arg(long, value_name = "CONFIG")]
@@ -365,7 +370,7 @@ pub struct ListArgs {
     /// Only print ids.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    #[arg(long, value_enum, default_value = "table")]
+    #[arg(long, value_parser = choice::<Format>(), default_value = "table")]
     pub format: Format,
 }
 
@@ -374,7 +379,7 @@ pub struct PsArgs {
     /// Only print task ids.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    #[arg(long, value_enum, default_value = "table")]
+    #[arg(long, value_parser = choice::<Format>(), default_value = "table")]
     pub format: Format,
     /// Do not truncate ids and errors.
     #[arg(long)]
@@ -392,7 +397,7 @@ pub struct LogsArgs {
     #[arg(short = 'f', long)]
     pub follow: bool,
     /// Number of lines to show from the end of each task's log ("all" for every line).
-    #[arg(short = 'n', long, value_name = "N", default_value = "all", value_parser = tail)]
+    #[arg(short = 'n', long, value_name = "N", default_value = "all", value_parser = Quoting(tail))]
     pub tail: i64,
     /// Show timestamps.
     #[arg(short = 't', long)]
@@ -425,7 +430,7 @@ pub struct ScaleArgs {
     /// Exit at once instead of waiting for the services to converge.
     #[arg(short = 'd', long)]
     pub detach: bool,
-    #[arg(required = true, value_name = "SERVICE=REPLICAS", value_parser = scale_target)]
+    #[arg(required = true, value_name = "SERVICE=REPLICAS", value_parser = Quoting(scale_target))]
     pub targets: Vec<(String, u64)>,
 }
 
@@ -477,86 +482,16 @@ pub struct NodeInspectArgs {
 #[derive(Debug, Args)]
 pub struct NodeUpdateArgs {
     /// Availability of the node.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<AvailabilityArg>())]
     pub availability: Option<AvailabilityArg>,
     /// Add or replace node labels.
-    #[arg(long, value_name = "KEY=VALUE", value_parser = label)]
+    #[arg(long, value_name = "KEY=VALUE", value_parser = Quoting(label))]
     pub label_add: Vec<(String, String)>,
     /// Remove node labels.
     #[arg(long, value_name = "KEY")]
     pub label_rm: Vec<String>,
     /// Node id, id prefix or hostname.
     pub node: String,
-}
-
-// Value parsers: the shared parsers, with the words clap puts after the flag name.
-
-fn duration(s: &str) -> Result<i64, String> {
-    validate::parse_duration(s)
-}
-
-fn bytes(s: &str) -> Result<i64, String> {
-    validate::parse_bytes(s)
-}
-
-fn cpus(s: &str) -> Result<i64, String> {
-    validate::parse_cpus(s)
-}
-
-fn publish(s: &str) -> Result<PortConfig, String> {
-    validate::parse_publish(s)
-}
-
-fn mount(s: &str) -> Result<Mount, String> {
-    validate::parse_mount(s)
-}
-
-fn secret_ref(s: &str) -> Result<SecretReference, String> {
-    validate::parse_secret_ref(s)
-}
-
-fn config_ref(s: &str) -> Result<ConfigReference, String> {
-    validate::parse_config_ref(s)
-}
-
-fn label(s: &str) -> Result<(String, String), String> {
-    validate::parse_label(s)
-}
-
-/// A non-negative whole number, refused in words rather than "invalid digit".
-pub fn count(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    if t.starts_with('-') {
-        return Err("must not be negative".into());
-    }
-    t.parse()
-        .map_err(|_| format!("{t:?} is not a whole number"))
-}
-
-/// `--tail`: a number of lines, or "all" (sent as -1).
-pub fn tail(s: &str) -> Result<i64, String> {
-    if s.trim().eq_ignore_ascii_case("all") {
-        return Ok(-1);
-    }
-    let n = count(s).map_err(|e| format!("{e} (expected a number of lines or \"all\")"))?;
-    i64::try_from(n).map_err(|_| format!("{n} is too large"))
-}
-
-fn count_u32(s: &str) -> Result<u32, String> {
-    let n = count(s)?;
-    u32::try_from(n).map_err(|_| format!("{n} is too large"))
-}
-
-/// `SERVICE=REPLICAS` for `service scale`.
-fn scale_target(s: &str) -> Result<(String, u64), String> {
-    let (name, n) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not SERVICE=REPLICAS"))?;
-    if name.is_empty() {
-        return Err(format!("{s:?} names no service"));
-    }
-    let n = count(n).map_err(|e| format!("replicas of {name}: {e}"))?;
-    Ok((name.to_string(), n))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 use std::fmt;
 
 use crate::v1::{Node, NodeRole};
+use crate::validate::quoted;
 
 /// The node attribute a constraint looks at.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,7 +44,7 @@ const KEY_HINT: &str = "use node.id, node.hostname, node.role or node.labels.KEY
 impl Constraint {
     /// Parse `KEY==VALUE` or `KEY!=VALUE`, whitespace around the operator allowed.
     pub fn parse(expr: &str) -> Result<Constraint, String> {
-        let fail = |why: String| Err(format!("constraint {expr:?}: {why}"));
+        let fail = |why: String| Err(format!("constraint {}: {}", quoted(expr), why));
         let (pos, operator) = match (expr.find("=="), expr.find("!=")) {
             (Some(a), Some(b)) if b < a => (b, Operator::NotEqual),
             (Some(a), _) => (a, Operator::Equal),
@@ -64,7 +65,7 @@ impl Constraint {
             return fail("more than one operator (use one == or != per constraint)".into());
         }
         if raw_key.chars().any(char::is_whitespace) {
-            return fail(format!("key {raw_key:?} contains whitespace"));
+            return fail(format!("key {} contains whitespace", quoted(raw_key)));
         }
         let lower = raw_key.to_ascii_lowercase();
         let key = match lower.as_str() {
@@ -74,7 +75,8 @@ impl Constraint {
                 let v = value.to_ascii_lowercase();
                 if v != "manager" && v != "worker" {
                     return fail(format!(
-                        "node.role must be manager or worker, not {value:?}"
+                        "node.role must be manager or worker, not {}",
+                        quoted(value)
                     ));
                 }
                 ConstraintKey::Role
@@ -86,7 +88,7 @@ impl Constraint {
                 }
                 ConstraintKey::Label(label.to_string())
             }
-            _ => return fail(format!("unknown key {raw_key} ({KEY_HINT})")),
+            _ => return fail(format!("unknown key {} ({KEY_HINT})", quoted(raw_key))),
         };
         Ok(Constraint {
             key,
@@ -164,13 +166,16 @@ pub fn parse_spread(descriptor: &str) -> Result<String, String> {
         && d[..LABEL_PREFIX.len()].eq_ignore_ascii_case(LABEL_PREFIX);
     if !valid_prefix {
         return Err(format!(
-            "spread preference {descriptor:?}: must be node.labels.KEY (spreading over node labels is the only kind supported)"
+            "spread preference {}: must be node.labels.KEY (spreading over node labels is the only kind supported)",
+            quoted(descriptor)
         ));
     }
     let key = &d[LABEL_PREFIX.len()..];
     if key.chars().any(char::is_whitespace) {
         return Err(format!(
-            "spread preference {descriptor:?}: label name {key:?} contains whitespace"
+            "spread preference {}: label name {} contains whitespace",
+            quoted(descriptor),
+            quoted(key)
         ));
     }
     Ok(key.to_string())
@@ -225,7 +230,7 @@ mod tests {
         let e = Constraint::parse("node.foo==x").unwrap_err();
         assert_eq!(
             e,
-            r#"constraint "node.foo==x": unknown key node.foo (use node.id, node.hostname, node.role or node.labels.KEY)"#
+            r#"constraint "node.foo==x": unknown key "node.foo" (use node.id, node.hostname, node.role or node.labels.KEY)"#
         );
         assert!(
             Constraint::parse("node.id=x")

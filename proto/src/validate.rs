@@ -5,14 +5,25 @@
 //! words either way. A [`SpecError`] names the field the way the user wrote it
 //! (the Docker flag or spec path: `replicas`, `publish[0].target`, `mount[1].source`)
 //! and says what is wrong with it.
+//!
+//! Every input is bounded ([`limits`](self#constants), listed with their reasons in
+//! docs/LIMITS.md): counts and lengths first, each naming its own field, then the
+//! size of the whole spec. An error quotes a bad value through [`quoted`], so its
+//! length never follows the input's.
 
+mod container;
 mod files;
+mod image;
+mod limits;
 mod parse;
+mod size;
 
 pub use files::{
     DEFAULT_FILE_MODE, MAX_DATA_SIZE, MAX_OBJECT_NAME_LEN, SECRETS_DIR, config_spec,
     parse_config_ref, parse_secret_ref, secret_path, secret_spec,
 };
+pub use image::image_reference;
+pub use limits::*;
 pub use parse::{
     parse_bytes, parse_cpus, parse_duration, parse_env_file, parse_label, parse_mount,
     parse_publish,
@@ -23,9 +34,8 @@ use std::collections::{HashMap, HashSet};
 use crate::constraint;
 use crate::spec::TaskSpec;
 use crate::v1::{
-    ContainerSpec, HealthConfig, MountType, NodeAvailability, NodeRole, NodeSpec, PortProtocol,
-    PublishMode, ResourceRequirements, RestartCondition, ServiceMode, ServiceSpec, UpdateConfig,
-    UpdateFailureAction, UpdateOrder,
+    NodeAvailability, NodeRole, NodeSpec, PortProtocol, PublishMode, RestartCondition, ServiceMode,
+    ServiceSpec, UpdateConfig, UpdateFailureAction, UpdateOrder,
 };
 
 /// A spec field with a bad value.
@@ -53,13 +63,69 @@ fn fail<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T> {
     Err(SpecError::new(field, message))
 }
 
-/// Maximum length of a service name (a DNS label).
-pub const MAX_NAME_LEN: usize = 63;
+/// A value as an error quotes it: in full, escaped and in double quotes, when
+/// it is short; otherwise its first [`QUOTE_CHARS`] bytes (escaped) and its size,
+/// `"aaaa…" (131000 bytes)`. An error must stay readable, and fit in a gRPC
+/// status header, whatever the user sent.
+pub fn quoted(value: &str) -> String {
+    let mut out = String::from("\"");
+    for c in value.chars() {
+        let escaped: String = match c {
+            // `char::escape_debug` escapes a single quote, which a string does not need.
+            '\'' => "'".into(),
+            _ => c.escape_debug().collect(),
+        };
+        if out.len() - 1 + escaped.len() > QUOTE_CHARS {
+            out.push_str("…\"");
+            return format!("{out} ({} bytes)", value.len());
+        }
+        out.push_str(&escaped);
+    }
+    out.push('"');
+    out
+}
 
-/// Most replicas one service may ask for. The orchestrator and the store hold a
-/// task per replica, so this bounds what one spec can make the manager allocate;
-/// the manager is measured at 1,000 nodes x 100,000 tasks of one service.
-pub const MAX_REPLICAS: u64 = 100_000;
+/// Refuse a list longer than `max`: `env: 100000 variables, over the limit of 1000`.
+fn at_most(field: &str, len: usize, max: usize, what: &str) -> Result {
+    if len > max {
+        return fail(field, format!("{len} {what}, over the limit of {max}"));
+    }
+    Ok(())
+}
+
+/// Refuse a string longer than `max` bytes, quoting its start.
+fn text(field: &str, value: &str, max: usize) -> Result {
+    if value.len() > max {
+        return fail(
+            field,
+            format!("{} is longer than the limit of {max} bytes", quoted(value)),
+        );
+    }
+    Ok(())
+}
+
+/// A duration in milliseconds: not negative, at most [`MAX_DURATION_MS`].
+fn duration(field: &str, ms: i64) -> Result {
+    if ms < 0 {
+        return fail(field, "must not be negative");
+    }
+    if ms > MAX_DURATION_MS {
+        return fail(
+            field,
+            format!("{ms} ms is over the limit of one year ({MAX_DURATION_MS} ms)"),
+        );
+    }
+    Ok(())
+}
+
+/// A count a spec sets (parallelism, max replicas per node, restart attempts):
+/// at most `max`.
+fn count(field: &str, value: u64, max: u64) -> Result {
+    if value > max {
+        return fail(field, format!("{value} is over the limit of {max}"));
+    }
+    Ok(())
+}
 
 /// Check a service spec before it is stored or sent.
 pub fn service_spec(spec: &ServiceSpec) -> Result {
@@ -96,7 +162,7 @@ pub fn service_spec(spec: &ServiceSpec) -> Result {
     if let Some(endpoint) = &spec.endpoint {
         ports(endpoint)?;
     }
-    Ok(())
+    size::service_spec_size(spec)
 }
 
 /// Check a node spec (`shoal node update`).
@@ -127,7 +193,7 @@ fn docker_name(kind: &str, name: &str, max_len: usize) -> Result {
     if name.len() > max_len {
         return fail(
             "name",
-            format!("{name:?} is longer than {max_len} characters"),
+            format!("{} is longer than {max_len} characters", quoted(name)),
         );
     }
     let mut chars = name.chars();
@@ -137,16 +203,53 @@ fn docker_name(kind: &str, name: &str, max_len: usize) -> Result {
         return fail(
             "name",
             format!(
-                "invalid name {name:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"
+                "invalid name {}: use letters, digits, '_', '.' and '-', starting with a letter or digit",
+                quoted(name)
             ),
         );
     }
     Ok(())
 }
 
+/// A label map: at most [`MAX_LABELS`] labels of bounded keys and values,
+/// [`MAX_LABELS_BYTES`] in all, no empty key. Checked in key order, so the same
+/// map always gets the same error.
 fn labels(field: &str, labels: &HashMap<String, String>) -> Result {
-    if labels.keys().any(|k| k.trim().is_empty()) {
-        return fail(field, "label keys must not be empty");
+    at_most(field, labels.len(), MAX_LABELS, "labels")?;
+    let mut keys: Vec<&String> = labels.keys().collect();
+    keys.sort();
+    let mut total = 0;
+    for key in keys {
+        let value = &labels[key];
+        if key.trim().is_empty() {
+            return fail(field, "label keys must not be empty");
+        }
+        if key.len() > MAX_LABEL_KEY_LEN {
+            return fail(
+                field,
+                format!(
+                    "key {} is longer than the limit of {MAX_LABEL_KEY_LEN} bytes",
+                    quoted(key)
+                ),
+            );
+        }
+        if value.len() > MAX_LABEL_VALUE_LEN {
+            return fail(
+                field,
+                format!(
+                    "the value of {} is {} bytes, over the limit of {MAX_LABEL_VALUE_LEN} bytes",
+                    quoted(key),
+                    value.len()
+                ),
+            );
+        }
+        total += key.len() + value.len();
+    }
+    if total > MAX_LABELS_BYTES {
+        return fail(
+            field,
+            format!("the labels take {total} bytes, over the limit of {MAX_LABELS_BYTES} bytes"),
+        );
     }
     Ok(())
 }
@@ -155,9 +258,9 @@ fn task_spec(task: &TaskSpec) -> Result {
     let Some(container) = &task.container else {
         return fail("image", "an image is required");
     };
-    container_spec(container)?;
+    container::container_spec(container)?;
     if let Some(resources) = &task.resources {
-        resource_requirements(resources)?;
+        container::resource_requirements(resources)?;
     }
     if let Some(restart) = &task.restart {
         if RestartCondition::try_from(restart.condition).is_err() {
@@ -166,144 +269,54 @@ fn task_spec(task: &TaskSpec) -> Result {
                 "unknown condition (use none, on-failure or any)",
             );
         }
-        non_negative("restart-delay", restart.delay_ms.unwrap_or(0))?;
-        non_negative("restart-window", restart.window_ms)?;
+        duration("restart-delay", restart.delay_ms.unwrap_or(0))?;
+        duration("restart-window", restart.window_ms)?;
+        count(
+            "restart-max-attempts",
+            restart.max_attempts,
+            MAX_RESTART_ATTEMPTS,
+        )?;
     }
     if let Some(placement) = &task.placement {
+        count(
+            "replicas-max-per-node",
+            placement.max_replicas,
+            MAX_REPLICAS,
+        )?;
+        at_most(
+            "constraint",
+            placement.constraints.len(),
+            MAX_CONSTRAINTS,
+            "constraints",
+        )?;
         for (i, c) in placement.constraints.iter().enumerate() {
-            constraint::Constraint::parse_all(std::slice::from_ref(c))
-                .map_err(|e| SpecError::new(format!("constraint[{i}]"), e))?;
+            let field = format!("constraint[{i}]");
+            text(&field, c, MAX_CONSTRAINT_LEN)?;
+            constraint::Constraint::parse(c).map_err(|e| SpecError::new(field, e))?;
         }
+        at_most(
+            "placement-pref",
+            placement.preferences.len(),
+            MAX_PREFERENCES,
+            "preferences",
+        )?;
         for (i, p) in placement.preferences.iter().enumerate() {
-            constraint::parse_spread(&p.spread_descriptor)
-                .map_err(|e| SpecError::new(format!("placement-pref[{i}]"), e))?;
+            let field = format!("placement-pref[{i}]");
+            text(&field, &p.spread_descriptor, MAX_CONSTRAINT_LEN)?;
+            constraint::parse_spread(&p.spread_descriptor).map_err(|e| SpecError::new(field, e))?;
         }
-    }
-    Ok(())
-}
-
-fn container_spec(c: &ContainerSpec) -> Result {
-    image_reference(&c.image).map_err(|e| SpecError::new("image", e))?;
-    for (i, entry) in c.env.iter().enumerate() {
-        let key = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k);
-        if key.is_empty() {
-            return fail(
-                format!("env[{i}]"),
-                format!("{entry:?} has an empty variable name"),
-            );
-        }
-        if entry.contains('\0') {
-            return fail(format!("env[{i}]"), "contains a NUL byte");
-        }
-    }
-    labels("container-label", &c.labels)?;
-    for (i, m) in c.mounts.iter().enumerate() {
-        let field = |f: &str| format!("mount[{i}].{f}");
-        if m.target.is_empty() {
-            return fail(field("target"), "a target path is required");
-        }
-        if !m.target.starts_with('/') {
-            return fail(
-                field("target"),
-                format!("{:?} is not an absolute path", m.target),
-            );
-        }
-        match MountType::try_from(m.r#type) {
-            Ok(MountType::Bind) => {
-                if m.source.is_empty() {
-                    return fail(field("source"), "a bind mount needs a source path");
-                }
-                if !m.source.starts_with('/') {
-                    return fail(
-                        field("source"),
-                        format!("{:?} is not an absolute path", m.source),
-                    );
-                }
-            }
-            Ok(MountType::Volume) => {
-                if !m.source.is_empty() && !volume_name(&m.source) {
-                    return fail(
-                        field("source"),
-                        format!(
-                            "invalid volume name {:?}: use letters, digits, '_', '.' and '-'",
-                            m.source
-                        ),
-                    );
-                }
-            }
-            Ok(MountType::Tmpfs) => {
-                if !m.source.is_empty() {
-                    return fail(field("source"), "a tmpfs mount takes no source");
-                }
-            }
-            Err(_) => return fail(field("type"), "unknown type (use bind, volume or tmpfs)"),
-        }
-    }
-    if let Some(health) = &c.healthcheck {
-        healthcheck(health)?;
-    }
-    if let Some(grace) = c.stop_grace_period_ms {
-        non_negative("stop-grace-period", grace)?;
-    }
-    files::references(&c.secrets, &c.configs)
-}
-
-fn volume_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
-fn healthcheck(h: &HealthConfig) -> Result {
-    non_negative("health-interval", h.interval_ms)?;
-    non_negative("health-timeout", h.timeout_ms)?;
-    non_negative("health-start-period", h.start_period_ms)?;
-    match h.test.first().map(String::as_str) {
-        // No test: inherit the image's HEALTHCHECK with these timings.
-        None => Ok(()),
-        Some("NONE") => Ok(()),
-        Some("CMD" | "CMD-SHELL") if h.test.len() > 1 && !h.test[1].trim().is_empty() => Ok(()),
-        Some("CMD" | "CMD-SHELL") => fail("health-cmd", "the health command is empty"),
-        Some(other) => fail(
-            "health-cmd",
-            format!("test must start with CMD, CMD-SHELL or NONE, not {other:?}"),
-        ),
-    }
-}
-
-fn resource_requirements(r: &ResourceRequirements) -> Result {
-    let limits = r.limits.unwrap_or_default();
-    let reservations = r.reservations.unwrap_or_default();
-    non_negative("limit-cpu", limits.nano_cpus)?;
-    non_negative("limit-memory", limits.memory_bytes)?;
-    non_negative("reserve-cpu", reservations.nano_cpus)?;
-    non_negative("reserve-memory", reservations.memory_bytes)?;
-    // Zero means "not set" for both.
-    if limits.nano_cpus > 0 && reservations.nano_cpus > limits.nano_cpus {
-        return fail(
-            "reserve-cpu",
-            format!(
-                "the reservation ({} CPUs) exceeds the limit ({} CPUs)",
-                reservations.nano_cpus as f64 / 1e9,
-                limits.nano_cpus as f64 / 1e9
-            ),
-        );
-    }
-    if limits.memory_bytes > 0 && reservations.memory_bytes > limits.memory_bytes {
-        return fail(
-            "reserve-memory",
-            format!(
-                "the reservation ({} bytes) exceeds the limit ({} bytes)",
-                reservations.memory_bytes, limits.memory_bytes
-            ),
-        );
     }
     Ok(())
 }
 
 fn update_config(u: &UpdateConfig) -> Result {
-    non_negative("update-delay", u.delay_ms)?;
-    non_negative("update-monitor", u.monitor_ms.unwrap_or(0))?;
+    count(
+        "update-parallelism",
+        u.parallelism.unwrap_or(0),
+        MAX_REPLICAS,
+    )?;
+    duration("update-delay", u.delay_ms)?;
+    duration("update-monitor", u.monitor_ms.unwrap_or(0))?;
     if UpdateOrder::try_from(u.order).is_err() {
         return fail(
             "update-order",
@@ -320,6 +333,7 @@ fn update_config(u: &UpdateConfig) -> Result {
 }
 
 fn ports(endpoint: &crate::v1::EndpointSpec) -> Result {
+    at_most("publish", endpoint.ports.len(), MAX_PORTS, "ports")?;
     let mut seen = HashSet::new();
     for (i, p) in endpoint.ports.iter().enumerate() {
         let field = |f: &str| format!("publish[{i}].{f}");
@@ -365,136 +379,11 @@ fn ports(endpoint: &crate::v1::EndpointSpec) -> Result {
     Ok(())
 }
 
-fn non_negative(field: &str, value: i64) -> Result {
-    if value < 0 {
-        return fail(field, "must not be negative");
-    }
-    Ok(())
-}
-
-/// Check an image reference the way Docker's `reference` package does:
-/// `[DOMAIN[:PORT]/]PATH[:TAG][@sha256:DIGEST]`, with lowercase path components.
-pub fn image_reference(image: &str) -> std::result::Result<(), String> {
-    if image.is_empty() {
-        return Err("an image is required".into());
-    }
-    if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("invalid reference {image:?}: contains whitespace"));
-    }
-    let (rest, digest) = match image.split_once('@') {
-        Some((r, d)) => (r, Some(d)),
-        None => (image, None),
-    };
-    if let Some(digest) = digest {
-        let valid = digest.strip_prefix("sha256:").is_some_and(|hex| {
-            hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        });
-        if !valid {
-            return Err(format!(
-                "invalid digest {digest:?} (expected sha256: and 64 lowercase hex digits)"
-            ));
-        }
-    }
-    // The tag is after the last ':' that follows the last '/' (a ':' before a '/'
-    // belongs to a registry port).
-    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match rest[last_slash..].rfind(':') {
-        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
-        None => (rest, None),
-    };
-    if let Some(tag) = tag {
-        let mut chars = tag.chars();
-        let ok = tag.len() <= 128
-            && chars
-                .next()
-                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-        if !ok {
-            return Err(format!("invalid tag {tag:?} in {image:?}"));
-        }
-    }
-    if name.is_empty() {
-        return Err(format!(
-            "invalid reference {image:?}: the repository name is empty"
-        ));
-    }
-    if name.len() > 255 {
-        return Err(format!(
-            "invalid reference {image:?}: the repository name is longer than 255 characters"
-        ));
-    }
-    let mut components: Vec<&str> = name.split('/').collect();
-    if components.len() > 1 {
-        let first = components[0];
-        if first.contains('.') || first.contains(':') || first == "localhost" {
-            domain(first).map_err(|e| format!("invalid registry {first:?} in {image:?}: {e}"))?;
-            components.remove(0);
-        }
-    }
-    for component in components {
-        if component.chars().any(|c| c.is_ascii_uppercase()) {
-            return Err(format!(
-                "invalid reference {image:?}: repository names must be lowercase"
-            ));
-        }
-        if !path_component(component) {
-            return Err(format!(
-                "invalid reference {image:?}: {component:?} is not a valid repository name component"
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn domain(domain: &str) -> std::result::Result<(), String> {
-    let (host, port) = match domain.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (domain, None),
-    };
-    if let Some(port) = port
-        && (port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(format!("invalid port {port:?}"));
-    }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    if host.is_empty() || !host.split('.').all(label_ok) {
-        return Err("invalid host name".into());
-    }
-    Ok(())
-}
-
-/// `[a-z0-9]+` joined by `.`, `_`, `__` or runs of `-`.
-fn path_component(s: &str) -> bool {
-    let b = s.as_bytes();
-    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-        return false;
-    }
-    let mut i = 0;
-    while i < b.len() {
-        if alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < b.len() && !alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &s[start..i];
-        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|c| c == b'-')) {
-            return false;
-        }
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod limits_tests;
+
+#[cfg(test)]
+mod proptests;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, ValueEnum};
 
-use super::{duration, label};
+use super::values::{Quoting, choice, duration, label};
 use crate::join_tokens::{export_dir_flag, path_flag};
 
 #[derive(Debug, Args)]
@@ -22,7 +22,7 @@ pub struct ManagerArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise_addr: Option<String>,
     /// Period the agents heartbeat on (e.g. 500ms).
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = Quoting(duration))]
     pub heartbeat_period: Option<i64>,
     /// A node missing heartbeats for period × this is marked down.
     #[arg(long, value_name = "N")]
@@ -37,12 +37,12 @@ pub struct ManagerArgs {
     pub token: Option<String>,
     /// Read the manager join token from this file, waiting for it to appear
     /// (written by a first manager started with --export-join-tokens).
-    #[arg(long, value_name = "PATH", requires = "join", value_parser = path_flag)]
+    #[arg(long, value_name = "PATH", requires = "join", value_parser = Quoting(path_flag))]
     pub token_file: Option<PathBuf>,
     /// When this start creates the cluster, write its join tokens to
     /// DIR/manager.token and DIR/worker.token (mode 0600) instead of printing
     /// them (for --token-file of the nodes that join).
-    #[arg(long, value_name = "DIR", conflicts_with = "join", value_parser = export_dir_flag)]
+    #[arg(long, value_name = "DIR", conflicts_with = "join", value_parser = Quoting(export_dir_flag))]
     pub export_join_tokens: Option<PathBuf>,
     /// Take a Raft snapshot and compact the log every N applied entries
     /// (default 10000).
@@ -62,7 +62,7 @@ pub struct ManagerArgs {
 pub struct CaArgs {
     /// Lifetime of node certificates (default 90 days; values under an hour are
     /// for tests).
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", value_parser = Quoting(duration))]
     pub cert_expiry: Option<i64>,
     /// Use this root CA certificate (PEM) instead of generating one; needs --ca-key.
     #[arg(long, value_name = "FILE", requires = "ca_key")]
@@ -90,7 +90,7 @@ pub enum RoleArg {
 #[derive(Debug, Args)]
 pub struct JoinTokenArgs {
     /// Which token.
-    #[arg(value_enum)]
+    #[arg(value_parser = choice::<RoleArg>())]
     pub role: RoleArg,
     /// Replace the token with a new one; joined nodes are not affected.
     #[arg(long)]
@@ -120,7 +120,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Node label KEY=VALUE (repeatable).
-    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = Quoting(label))]
     pub labels: Vec<(String, String)>,
     /// Join token (`shoal join-token worker` on a manager); needed on the
     /// first start only.
@@ -134,10 +134,10 @@ pub struct AgentArgs {
     /// Read the join token from this file, waiting for it to appear, unless
     /// the agent has joined already (for a first manager started with
     /// --export-join-tokens: its worker.token).
-    #[arg(long, value_name = "PATH", conflicts_with = "token", value_parser = path_flag)]
+    #[arg(long, value_name = "PATH", conflicts_with = "token", value_parser = Quoting(path_flag))]
     pub token_file: Option<PathBuf>,
     /// Container engine.
-    #[arg(long, value_enum, default_value = "docker")]
+    #[arg(long, value_parser = choice::<RuntimeArg>(), default_value = "docker")]
     pub runtime: RuntimeArg,
     /// Memory-backed (tmpfs) directory where tasks' secrets and configs are
     /// written before they are mounted (default /dev/shm/shoal).

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::{Format, label};
+use super::Format;
+use super::values::{Quoting, choice, label};
 
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
@@ -38,7 +39,7 @@ pub enum ConfigCommand {
 #[derive(Debug, Args)]
 pub struct SecretCreateArgs {
     /// Label KEY=VALUE (repeatable).
-    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = label)]
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = Quoting(label))]
     pub labels: Vec<(String, String)>,
     /// Name (letters, digits, '_', '.', '-'; at most 64 characters).
     pub name: String,
@@ -52,7 +53,7 @@ pub struct SecretListArgs {
     /// Only print ids.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    #[arg(long, value_enum, default_value = "table")]
+    #[arg(long, value_parser = choice::<Format>(), default_value = "table")]
     pub format: Format,
 }
 

@@ -336,7 +336,10 @@ fn spread(pref: &str) -> anyhow::Result<SpreadPreference> {
         Some(("spread", descriptor)) if !descriptor.is_empty() => Ok(SpreadPreference {
             spread_descriptor: descriptor.to_string(),
         }),
-        _ => bail!("--placement-pref: {pref:?} is not spread=node.labels.KEY"),
+        _ => bail!(
+            "--placement-pref: {} is not spread=node.labels.KEY",
+            validate::quoted(pref)
+        ),
     }
 }
 
@@ -399,7 +402,10 @@ fn publish_rm_target(value: &str) -> anyhow::Result<(u32, Option<i32>)> {
         .ok()
         .filter(|p| (1..=65535).contains(p))
         .with_context(|| {
-            format!("--publish-rm: {value:?} is not a target port (e.g. 80 or 80/udp)")
+            format!(
+                "--publish-rm: {} is not a target port (e.g. 80 or 80/udp)",
+                validate::quoted(value)
+            )
         })?;
     let protocol = match protocol {
         None => None,
@@ -448,3 +454,7 @@ pub fn split_words(line: &str) -> Vec<String> {
 #[cfg(test)]
 #[path = "spec_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "spec_proptests.rs"]
+mod proptests;

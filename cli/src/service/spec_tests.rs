@@ -427,3 +427,104 @@ fn update_adds_and_removes_secrets_and_configs() {
     assert_eq!(c.secrets.len(), 2);
     assert_eq!(c.secrets[1].secret_name, "other");
 }
+
+#[test]
+fn limits_are_refused_before_anything_is_sent() {
+    let err = create(&["--replicas", "1000000000", "nginx"]).unwrap_err();
+    assert!(err.to_string().starts_with("replicas: "), "{err}");
+    assert!(err.to_string().contains("100000"), "{err}");
+    let err = create(&["--replicas", "18446744073709551615", "nginx"]).unwrap_err();
+    assert!(err.to_string().starts_with("replicas: "), "{err}");
+    let mut spec = create(&["--name", "web", "nginx"]).unwrap();
+    let err = update(&mut spec, &["--replicas", "1000000"]).unwrap_err();
+    assert!(err.to_string().starts_with("replicas: "), "{err}");
+
+    for (flag, value, field) in [
+        (
+            "--update-parallelism",
+            "18446744073709551615",
+            "update-parallelism",
+        ),
+        (
+            "--restart-max-attempts",
+            "18446744073709551615",
+            "restart-max-attempts",
+        ),
+        (
+            "--replicas-max-per-node",
+            "1000001",
+            "replicas-max-per-node",
+        ),
+        ("--health-retries", "4294967295", "health-retries"),
+        ("--hostname", &"h".repeat(65), "hostname"),
+    ] {
+        let err = create(&[flag, value, "nginx"]).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{field}: ")), "{flag}: {err}");
+    }
+    // Durations, sizes and CPUs past their bound are refused by the flag's parser.
+    for (flag, value) in [
+        ("--restart-delay", "9000h"),
+        ("--stop-grace-period", "2562047h"),
+        ("--reserve-memory", "8e"),
+        ("--limit-memory", "65t"),
+        ("--limit-cpu", "9223372036"),
+    ] {
+        let err = create(&[flag, value, "nginx"]).unwrap_err().to_string();
+        assert!(err.contains(flag), "{flag}: {err}");
+    }
+}
+
+#[test]
+fn a_131000_character_name_gets_a_short_error() {
+    let name = "a".repeat(131_000);
+    let err = create(&["--name", &name, "nginx"]).unwrap_err().to_string();
+    assert!(err.len() < 300, "{} bytes", err.len());
+    assert!(err.starts_with("name: "), "{err}");
+    assert!(err.contains("(131000 bytes)"), "{err}");
+
+    // Every flag quotes a bounded prefix, whether clap's parser or the spec refuses it.
+    let huge = "9".repeat(131_000);
+    for flag in [
+        "--mount",
+        "--publish",
+        "--restart-delay",
+        "--limit-memory",
+        "--reserve-cpu",
+        "--secret",
+        "--label",
+        "--replicas",
+        "--constraint",
+        "--placement-pref",
+        "--env",
+        "--workdir",
+    ] {
+        let value = match flag {
+            "--label" => format!("={huge}"),
+            "--secret" => format!("a,{huge}"),
+            "--env" => format!("={huge}"),
+            _ => huge.clone(),
+        };
+        let err = create(&["--name", "web", flag, &value, "nginx"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.len() < 600, "{flag}: {} bytes", err.len());
+        assert!(err.contains("(131"), "{flag}: {err}");
+    }
+    let err = create(&["--name", "web", &huge]).unwrap_err().to_string();
+    assert!(err.len() < 300 && err.starts_with("image: "), "{err}");
+}
+
+#[test]
+fn an_env_file_of_100000_variables_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.env");
+    let contents: String = (0..100_000).map(|i| format!("VAR{i}=x\n")).collect();
+    std::fs::write(&path, contents).unwrap();
+    let err = create(&["--env-file", path.to_str().unwrap(), "nginx"])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err, "env: 100000 variables, over the limit of 1000",
+        "{err}"
+    );
+}

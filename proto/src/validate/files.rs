@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use super::{Result, SpecError, fail};
+use super::{MAX_PATH_LEN, MAX_SHORT_LEN, Result, SpecError, fail, quoted, text};
 use crate::v1::{ConfigReference, ConfigSpec, SecretReference, SecretSpec};
 
 /// Largest secret or config value, as in Docker (500 KiB).
@@ -71,7 +71,10 @@ pub(super) fn references(secrets: &[SecretReference], configs: &[ConfigReference
         if r.secret_name.is_empty() && r.secret_id.is_empty() {
             return fail(field("source"), "the secret's name is required");
         }
+        text(&field("source"), &r.secret_name, MAX_OBJECT_NAME_LEN)?;
+        text(&field("source"), &r.secret_id, MAX_OBJECT_NAME_LEN)?;
         let t = &r.target;
+        text(&field("target"), t, MAX_SHORT_LEN)?;
         if t.is_empty() {
             return fail(field("target"), "a file name is required");
         }
@@ -79,7 +82,8 @@ pub(super) fn references(secrets: &[SecretReference], configs: &[ConfigReference
             return fail(
                 field("target"),
                 format!(
-                    "{t:?} must be a file name without '/' (the file is {SECRETS_DIR}/<target>)"
+                    "{} must be a file name without '/' (the file is {SECRETS_DIR}/<target>)",
+                    quoted(t)
                 ),
             );
         }
@@ -87,7 +91,10 @@ pub(super) fn references(secrets: &[SecretReference], configs: &[ConfigReference
         if !targets.insert(secret_path(r)) {
             return fail(
                 field("target"),
-                format!("another secret or config is already mounted at {t:?}"),
+                format!(
+                    "another secret or config is already mounted at {}",
+                    quoted(t)
+                ),
             );
         }
     }
@@ -96,21 +103,30 @@ pub(super) fn references(secrets: &[SecretReference], configs: &[ConfigReference
         if r.config_name.is_empty() && r.config_id.is_empty() {
             return fail(field("source"), "the config's name is required");
         }
+        text(&field("source"), &r.config_name, MAX_OBJECT_NAME_LEN)?;
+        text(&field("source"), &r.config_id, MAX_OBJECT_NAME_LEN)?;
         let t = &r.target;
+        text(&field("target"), t, MAX_PATH_LEN)?;
         if !t.starts_with('/') {
-            return fail(field("target"), format!("{t:?} is not an absolute path"));
+            return fail(
+                field("target"),
+                format!("{} is not an absolute path", quoted(t)),
+            );
         }
         if t.ends_with('/') || t.contains('\0') || t.split('/').any(|c| c == "..") {
             return fail(
                 field("target"),
-                format!("{t:?} must name a file (no trailing '/', no '..')"),
+                format!("{} must name a file (no trailing '/', no '..')", quoted(t)),
             );
         }
         mode(&field("mode"), r.mode)?;
         if !targets.insert(t.clone()) {
             return fail(
                 field("target"),
-                format!("another secret or config is already mounted at {t:?}"),
+                format!(
+                    "another secret or config is already mounted at {}",
+                    quoted(t)
+                ),
             );
         }
     }
@@ -178,7 +194,8 @@ fn parse_ref_fields(input: &str) -> std::result::Result<RefFields, String> {
     if !s.contains('=') {
         if s.contains(',') {
             return Err(format!(
-                "invalid reference {s:?}: use source=NAME,target=..."
+                "invalid reference {}: use source=NAME,target=...",
+                quoted(s)
             ));
         }
         fields.source = s.to_string();
@@ -193,20 +210,25 @@ fn parse_ref_fields(input: &str) -> std::result::Result<RefFields, String> {
         let (key, value) = part
             .split_once('=')
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim()))
-            .ok_or_else(|| format!("invalid field {part:?}: expected key=value"))?;
+            .ok_or_else(|| format!("invalid field {}: expected key=value", quoted(part)))?;
         match key.as_str() {
             "source" | "src" => fields.source = value.to_string(),
             "target" => fields.target = Some(value.to_string()),
             "uid" => fields.uid = id_number("uid", value)?,
             "gid" => fields.gid = id_number("gid", value)?,
             "mode" => {
-                let m = u32::from_str_radix(value, 8)
-                    .map_err(|_| format!("invalid mode {value:?}: use octal digits, e.g. 0400"))?;
+                let m = u32::from_str_radix(value, 8).map_err(|_| {
+                    format!(
+                        "invalid mode {}: use octal digits, e.g. 0400",
+                        quoted(value)
+                    )
+                })?;
                 fields.mode = Some(m);
             }
             other => {
                 return Err(format!(
-                    "unknown option {other:?} (supported: source, target, uid, gid, mode)"
+                    "unknown option {} (supported: source, target, uid, gid, mode)",
+                    quoted(other)
                 ));
             }
         }
@@ -224,7 +246,7 @@ fn parse_ref_fields(input: &str) -> std::result::Result<RefFields, String> {
 fn id_number(what: &str, value: &str) -> std::result::Result<u32, String> {
     value
         .parse()
-        .map_err(|_| format!("invalid {what} {value:?}: use a number"))
+        .map_err(|_| format!("invalid {what} {}: use a number", quoted(value)))
 }
 
 #[cfg(test)]

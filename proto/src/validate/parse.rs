@@ -3,6 +3,7 @@
 //! so a Docker user's flags work unchanged, and return plain-word errors that the
 //! caller prefixes with the flag name.
 
+use super::{MAX_DURATION_MS, MAX_MEMORY_BYTES, MAX_NANO_CPUS, quoted};
 use crate::v1::{Mount, MountType, PortConfig, PortProtocol, PublishMode};
 
 /// Parse a Go-style duration (`300ms`, `5s`, `1m30s`, `1.5h`) into milliseconds.
@@ -15,7 +16,7 @@ pub fn parse_duration(input: &str) -> Result<i64, String> {
         return Err("empty duration (use e.g. 5s, 300ms or 1m30s)".into());
     }
     if s.starts_with('-') {
-        return Err(format!("duration {input:?} must not be negative"));
+        return Err(format!("duration {} must not be negative", quoted(input)));
     }
     let s = s.strip_prefix('+').unwrap_or(s);
     if s == "0" {
@@ -30,7 +31,8 @@ pub fn parse_duration(input: &str) -> Result<i64, String> {
         let (number, after) = rest.split_at(num_len);
         if number.is_empty() || number == "." {
             return Err(format!(
-                "invalid duration {input:?} (use e.g. 5s, 300ms or 1m30s)"
+                "invalid duration {} (use e.g. 5s, 300ms or 1m30s)",
+                quoted(input)
             ));
         }
         let unit_len = after
@@ -45,35 +47,58 @@ pub fn parse_duration(input: &str) -> Result<i64, String> {
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
             "" => {
+                // The number itself makes the example, unless it is absurdly long.
+                let example = if number.len() <= 20 { number } else { "5" };
                 return Err(format!(
-                    "missing unit in duration {input:?} (use e.g. {number}s or {number}ms)"
+                    "missing unit in duration {} (use e.g. {example}s or {example}ms)",
+                    quoted(input)
                 ));
             }
             other => {
                 return Err(format!(
-                    "unknown unit {other:?} in duration {input:?} (units: ns, us, ms, s, m, h)"
+                    "unknown unit {} in duration {} (units: ns, us, ms, s, m, h)",
+                    quoted(other),
+                    quoted(input)
                 ));
             }
         };
-        let (whole, frac) = split_decimal(number)
-            .ok_or_else(|| format!("invalid number {number:?} in duration {input:?}"))?;
+        let (whole, frac) = split_decimal(number).ok_or_else(|| {
+            format!(
+                "invalid number {} in duration {}",
+                quoted(number),
+                quoted(input)
+            )
+        })?;
         let mut part = whole
             .checked_mul(unit_ns)
-            .ok_or_else(|| format!("duration {input:?} is too large"))?;
+            .ok_or_else(|| format!("duration {} is too large", quoted(input)))?;
         if !frac.is_empty() {
             // Exact decimal arithmetic: "0.3s" must be 300 ms, not 299.999...
-            let digits = frac.len().min(30) as u32;
-            let frac_value: u128 = frac[..digits as usize]
-                .parse()
-                .map_err(|_| format!("invalid number {number:?} in duration {input:?}"))?;
+            // 20 digits are far below a nanosecond of any unit and keep the
+            // product within u128.
+            let digits = frac.len().min(20) as u32;
+            let frac_value: u128 = frac[..digits as usize].parse().map_err(|_| {
+                format!(
+                    "invalid number {} in duration {}",
+                    quoted(number),
+                    quoted(input)
+                )
+            })?;
             part += frac_value * unit_ns / 10u128.pow(digits);
         }
         total_ns = total_ns
             .checked_add(part)
-            .ok_or_else(|| format!("duration {input:?} is too large"))?;
+            .ok_or_else(|| format!("duration {} is too large", quoted(input)))?;
         rest = next;
     }
-    i64::try_from(total_ns / 1_000_000).map_err(|_| format!("duration {input:?} is too large"))
+    let ms = total_ns / 1_000_000;
+    if ms > MAX_DURATION_MS as u128 {
+        return Err(format!(
+            "duration {} is over the limit of one year",
+            quoted(input)
+        ));
+    }
+    Ok(ms as i64)
 }
 
 /// Split `"12.5"` into `(12, "5")`; `None` when it is not a plain decimal.
@@ -98,12 +123,17 @@ fn split_decimal(number: &str) -> Option<(u128, &str)> {
 /// `b` or `ib` may follow the unit.
 pub fn parse_bytes(input: &str) -> Result<i64, String> {
     let s = input.trim();
-    let bad = || format!("invalid size {input:?} (use e.g. 512m, 1g or a number of bytes)");
+    let bad = || {
+        format!(
+            "invalid size {} (use e.g. 512m, 1g or a number of bytes)",
+            quoted(input)
+        )
+    };
     if s.is_empty() {
         return Err(bad());
     }
     if s.starts_with('-') {
-        return Err(format!("size {input:?} must not be negative"));
+        return Err(format!("size {} must not be negative", quoted(input)));
     }
     let num_end = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -127,29 +157,39 @@ pub fn parse_bytes(input: &str) -> Result<i64, String> {
     let unit: u128 = 1u128 << shift;
     let mut total = whole
         .checked_mul(unit)
-        .ok_or_else(|| format!("size {input:?} is too large"))?;
+        .ok_or_else(|| format!("size {} is too large", quoted(input)))?;
     if !frac.is_empty() {
         let digits = frac.len().min(20) as u32;
         let frac_value: u128 = frac[..digits as usize].parse().map_err(|_| bad())?;
-        total += frac_value * unit / 10u128.pow(digits);
+        total = total
+            .checked_add(frac_value * unit / 10u128.pow(digits))
+            .ok_or_else(|| format!("size {} is too large", quoted(input)))?;
     }
-    i64::try_from(total).map_err(|_| format!("size {input:?} is too large"))
+    if total > MAX_MEMORY_BYTES as u128 {
+        return Err(format!(
+            "size {} is over the limit of {} TiB",
+            quoted(input),
+            MAX_MEMORY_BYTES >> 40
+        ));
+    }
+    Ok(total as i64)
 }
 
 /// Parse a number of CPUs (`0.5`, `2`) into nano-CPUs (1e9 = one CPU).
 pub fn parse_cpus(input: &str) -> Result<i64, String> {
     let s = input.trim();
     if s.starts_with('-') {
-        return Err(format!("CPU count {input:?} must not be negative"));
+        return Err(format!("CPU count {} must not be negative", quoted(input)));
     }
-    let bad = || format!("invalid CPU count {input:?} (use e.g. 0.5 or 2)");
+    let bad = || format!("invalid CPU count {} (use e.g. 0.5 or 2)", quoted(input));
     if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
         return Err(bad());
     }
     let (whole, frac) = split_decimal(s).ok_or_else(bad)?;
     if frac.len() > 9 {
         return Err(format!(
-            "CPU count {input:?} is too precise (at most 9 decimals)"
+            "CPU count {} is too precise (at most 9 decimals)",
+            quoted(input)
         ));
     }
     let frac_nanos: u128 = if frac.is_empty() {
@@ -160,8 +200,15 @@ pub fn parse_cpus(input: &str) -> Result<i64, String> {
     let total = whole
         .checked_mul(1_000_000_000)
         .and_then(|w| w.checked_add(frac_nanos))
-        .ok_or_else(|| format!("CPU count {input:?} is too large"))?;
-    i64::try_from(total).map_err(|_| format!("CPU count {input:?} is too large"))
+        .ok_or_else(|| format!("CPU count {} is too large", quoted(input)))?;
+    if total > MAX_NANO_CPUS as u128 {
+        return Err(format!(
+            "CPU count {} is over the limit of {} CPUs",
+            quoted(input),
+            MAX_NANO_CPUS / 1_000_000_000
+        ));
+    }
+    Ok(total as i64)
 }
 
 /// Parse a `--publish` value.
@@ -185,7 +232,8 @@ pub fn parse_publish(input: &str) -> Result<PortConfig, String> {
         Some((published, target)) => {
             if target.contains(':') {
                 return Err(format!(
-                    "invalid port specification {input:?}: binding to a host IP is not supported (use PUBLISHED:TARGET)"
+                    "invalid port specification {}: binding to a host IP is not supported (use PUBLISHED:TARGET)",
+                    quoted(input)
                 ));
             }
             (
@@ -210,7 +258,7 @@ fn parse_publish_long(s: &str) -> Result<PortConfig, String> {
     for field in s.split(',') {
         let (key, value) = field
             .split_once('=')
-            .ok_or_else(|| format!("invalid field {field:?}: expected key=value"))?;
+            .ok_or_else(|| format!("invalid field {}: expected key=value", quoted(field)))?;
         match key.trim().to_ascii_lowercase().as_str() {
             "published" => port.published_port = parse_port(value, "published")?,
             "target" => {
@@ -224,14 +272,16 @@ fn parse_publish_long(s: &str) -> Result<PortConfig, String> {
                     "host" => PublishMode::Host,
                     other => {
                         return Err(format!(
-                            "invalid publish mode {other:?} (use ingress or host)"
+                            "invalid publish mode {} (use ingress or host)",
+                            quoted(other)
                         ));
                     }
                 } as i32
             }
             other => {
                 return Err(format!(
-                    "unknown field {other:?} (use published, target, mode, protocol)"
+                    "unknown field {} (use published, target, mode, protocol)",
+                    quoted(other)
                 ));
             }
         }
@@ -245,12 +295,15 @@ fn parse_publish_long(s: &str) -> Result<PortConfig, String> {
 fn parse_port(value: &str, what: &str) -> Result<u32, String> {
     let v = value.trim();
     if v.contains('-') {
-        return Err(format!("{what} port {v:?}: port ranges are not supported"));
+        return Err(format!(
+            "{what} port {}: port ranges are not supported",
+            quoted(v)
+        ));
     }
     match v.parse::<u32>() {
         Ok(p) if p <= 65535 => Ok(p),
-        Ok(_) => Err(format!("{what} port {v} is out of range (0-65535)")),
-        Err(_) => Err(format!("invalid {what} port {v:?}")),
+        Ok(p) => Err(format!("{what} port {p} is out of range (0-65535)")),
+        Err(_) => Err(format!("invalid {what} port {}", quoted(v))),
     }
 }
 
@@ -258,7 +311,10 @@ fn parse_protocol(value: &str) -> Result<PortProtocol, String> {
     match value.trim().to_ascii_lowercase().as_str() {
         "tcp" => Ok(PortProtocol::Tcp),
         "udp" => Ok(PortProtocol::Udp),
-        other => Err(format!("invalid protocol {other:?} (use tcp or udp)")),
+        other => Err(format!(
+            "invalid protocol {} (use tcp or udp)",
+            quoted(other)
+        )),
     }
 }
 
@@ -289,7 +345,8 @@ pub fn parse_mount(input: &str) -> Result<Mount, String> {
                     "false" | "0" => false,
                     other => {
                         return Err(format!(
-                            "invalid readonly value {other:?} (use true or false)"
+                            "invalid readonly value {} (use true or false)",
+                            quoted(other)
                         ));
                     }
                 }
@@ -301,7 +358,8 @@ pub fn parse_mount(input: &str) -> Result<Mount, String> {
                     "tmpfs" => MountType::Tmpfs,
                     other => {
                         return Err(format!(
-                            "invalid mount type {other:?} (use bind, volume or tmpfs)"
+                            "invalid mount type {} (use bind, volume or tmpfs)",
+                            quoted(other)
                         ));
                     }
                 } as i32
@@ -311,10 +369,11 @@ pub fn parse_mount(input: &str) -> Result<Mount, String> {
                 mount.target = v.to_string();
                 target_seen = true;
             }
-            (k, None) => return Err(format!("invalid field {k:?}: expected key=value")),
+            (k, None) => return Err(format!("invalid field {}: expected key=value", quoted(k))),
             (k, Some(_)) => {
                 return Err(format!(
-                    "unknown mount option {k:?} (supported: type, source, target, readonly)"
+                    "unknown mount option {} (supported: type, source, target, readonly)",
+                    quoted(k)
                 ));
             }
         }
@@ -329,7 +388,7 @@ pub fn parse_mount(input: &str) -> Result<Mount, String> {
 pub fn parse_label(input: &str) -> Result<(String, String), String> {
     let (key, value) = input.split_once('=').unwrap_or((input, ""));
     if key.trim().is_empty() {
-        return Err(format!("invalid label {input:?}: the key is empty"));
+        return Err(format!("invalid label {}: the key is empty", quoted(input)));
     }
     Ok((key.to_string(), value.to_string()))
 }
@@ -351,8 +410,9 @@ pub fn parse_env_file(contents: &str) -> Result<Vec<String>, String> {
         }
         if key.chars().any(char::is_whitespace) {
             return Err(format!(
-                "line {}: variable name {key:?} contains whitespace",
-                index + 1
+                "line {}: variable name {} contains whitespace",
+                index + 1,
+                quoted(key)
             ));
         }
         if line.contains('\0') {

@@ -1,6 +1,7 @@
 //! Tests of the value parsers: Docker's syntax accepted, bad values refused in words.
 
 use super::*;
+use crate::validate::{MAX_DURATION_MS, MAX_MEMORY_BYTES, MAX_NANO_CPUS};
 
 #[test]
 fn durations_follow_go_syntax() {
@@ -27,7 +28,7 @@ fn bad_durations_are_refused_in_words() {
     assert!(
         parse_duration("99999999999999999999h")
             .unwrap_err()
-            .contains("too large")
+            .contains("over the limit")
     );
 }
 
@@ -51,7 +52,57 @@ fn bad_sizes_are_refused() {
     assert!(parse_bytes("g").is_err());
     assert!(parse_bytes("12x").is_err());
     assert!(parse_bytes("1gg").is_err());
-    assert!(parse_bytes("99999999p").unwrap_err().contains("too large"));
+    assert!(
+        parse_bytes("99999999p")
+            .unwrap_err()
+            .contains("over the limit")
+    );
+}
+
+#[test]
+fn durations_sizes_and_cpus_are_bounded() {
+    assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION_MS));
+    for over in ["8760h1ms", "9000h", "1000000000000000000000000s"] {
+        let err = parse_duration(over).expect_err(over);
+        assert!(err.contains("over the limit of one year"), "{over}: {err}");
+    }
+    // A long fraction of a large unit once overflowed the u128 arithmetic.
+    assert_eq!(
+        parse_duration("0.999999999999999999999999999999h"),
+        Ok(3_599_999)
+    );
+    assert_eq!(parse_bytes("64t"), Ok(MAX_MEMORY_BYTES));
+    for over in ["64.001t", "1p", "18446744073709551615"] {
+        let err = parse_bytes(over).expect_err(over);
+        assert!(err.contains("over the limit of 64 TiB"), "{over}: {err}");
+    }
+    assert_eq!(parse_cpus("8192"), Ok(MAX_NANO_CPUS));
+    for over in ["8192.000000001", "9223372036"] {
+        let err = parse_cpus(over).expect_err(over);
+        assert!(err.contains("over the limit of 8192 CPUs"), "{over}: {err}");
+    }
+}
+
+#[test]
+fn parse_errors_quote_a_bounded_prefix() {
+    let long = "9".repeat(131_000);
+    let cases = [
+        parse_duration(&format!("{long}x")),
+        parse_duration(&long),
+        parse_bytes(&format!("{long}x")),
+        parse_cpus(&format!("{long}x")),
+        parse_publish(&format!("{long}:80")).map(|_| 0),
+        parse_publish(&format!("{long}:80:1")).map(|_| 0),
+        parse_mount(&format!("type={long}")).map(|_| 0),
+        parse_mount(&format!("{long}=1")).map(|_| 0),
+        parse_label(&format!("={long}")).map(|_| 0),
+        parse_env_file(&format!("A {long}=1")).map(|_| 0),
+    ];
+    for case in cases {
+        let err = case.expect_err("refused");
+        assert!(err.len() < 300, "{} bytes: {}", err.len(), &err[..300]);
+        assert!(err.contains("(131"), "{err}");
+    }
 }
 
 #[test]

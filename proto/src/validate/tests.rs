@@ -2,6 +2,7 @@
 //! refused with the field the user would recognise.
 
 use super::*;
+use crate::v1::{ContainerSpec, MountType, ResourceRequirements};
 use crate::v1::{
     EndpointSpec, HealthConfig, Mount, Placement, PortConfig, Resources, RestartPolicy,
     SpreadPreference,
