@@ -13,6 +13,7 @@ use shoal_proto::control_client::ControlClient;
 use shoal_proto::tls::client::{self, ClientTls};
 use shoal_proto::tls::refusal::{self, RefusalWatch};
 use shoal_proto::tls::{Credentials, SharedCredentials};
+use shoal_proto::validate::MAX_REPLY_BYTES;
 use tonic::transport::{Channel, Endpoint};
 
 /// Name of the control socket inside a manager's data directory.
@@ -94,7 +95,9 @@ pub fn target(host: Option<&str>) -> anyhow::Result<Target> {
 pub async fn control(host: Option<&str>) -> anyhow::Result<ControlClient<Channel>> {
     let target = target(host)?;
     let channel = channel(&target).await?;
-    Ok(ControlClient::new(channel))
+    // Replies may be as large as the manager sends (lists of many services);
+    // task lists come in pages.
+    Ok(ControlClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES))
 }
 
 fn unreachable(target: &Target) -> String {

@@ -35,9 +35,10 @@ use crate::raft::{self, GrpcTransport, Membership, RaftService, membership};
 use crate::seal::DataKey;
 use crate::store::Store;
 
-/// Largest message the APIs accept or send: task lists of a large cluster
-/// exceed gRPC's 4 MiB default.
-const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+// Largest request the Control API decodes (a little above the largest valid
+// write), the Dispatcher's (agents' status batches and logs), and the largest
+// reply either sends (docs/LIMITS.md).
+use shoal_proto::validate::{MAX_AGENT_REQUEST_BYTES, MAX_REPLY_BYTES, MAX_REQUEST_BYTES};
 
 /// How long a new single-manager cluster may take to elect itself.
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -258,8 +259,8 @@ pub async fn serve_joining(
         ))
         .add_service(InterceptedService::new(
             DispatcherServer::new(dispatcher.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+                .max_decoding_message_size(MAX_AGENT_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_REPLY_BYTES),
             Authorize::dispatcher(store.clone()),
         ))
         .add_service(InterceptedService::new(
@@ -509,12 +510,14 @@ fn seal_err(e: crate::seal::SealError) -> ServerError {
 
 fn control_server(control: ControlService) -> ControlServer<ControlService> {
     ControlServer::new(control)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE)
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_REPLY_BYTES)
 }
 
 fn watch_server(watch: WatchService) -> WatchServer<WatchService> {
-    WatchServer::new(watch).max_encoding_message_size(MAX_MESSAGE)
+    WatchServer::new(watch)
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_REPLY_BYTES)
 }
 
 fn prepare_data_dir(config: &ManagerConfig) -> Result<(), ServerError> {

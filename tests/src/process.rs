@@ -283,6 +283,11 @@ impl ManagerProcess {
         }
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGTERM the process and wait for it to exit.
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut c = self.child.take().context("manager not running")?;

@@ -251,3 +251,46 @@ async fn service_ps_lists_a_service_whose_tasks_outgrow_one_reply() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn oversized_requests_and_values_are_refused_in_a_few_words() {
+    shoal_tests::init();
+    let m = ManagerProcess::start(&[]).await.unwrap();
+    let pid = m.pid().unwrap();
+    let mut c = m
+        .socket_control()
+        .await
+        .unwrap()
+        .max_encoding_message_size(usize::MAX);
+
+    // 200 MB in one request: refused before it is read whole.
+    let mut huge = spec("huge", 1);
+    huge.labels.insert("blob".into(), "x".repeat(200_000_000));
+    let err = c
+        .create_service(CreateServiceRequest { spec: Some(huge) })
+        .await
+        .expect_err("200 MB is far over the request limit");
+    assert!(
+        err.message()
+            .contains(&shoal_proto::validate::MAX_REQUEST_BYTES.to_string()),
+        "names the limit: {}",
+        err.message()
+    );
+    let peak = shoal_tests::bench::procfs::proc_mib(pid, "VmHWM").unwrap();
+    assert!(
+        peak < 150.0,
+        "the manager never held the request: peak {peak} MiB"
+    );
+
+    // A 131,000-character name: the error quotes a short prefix and the size.
+    let err = c
+        .create_service(CreateServiceRequest {
+            spec: Some(spec(&"n".repeat(131_000), 1)),
+        })
+        .await
+        .expect_err("the name is far too long");
+    assert!(err.message().starts_with("name: "), "{}", err.message());
+    assert!(err.message().contains("131000 bytes"), "{}", err.message());
+    assert!(err.message().len() < 256, "{} bytes", err.message().len());
+    assert_eq!(service_count(&m).await, 0, "nothing was written");
+}

@@ -156,7 +156,7 @@ fn constraint_filter_names_the_failing_constraint() {
     assert!(
         Requirements::of(&bad)
             .unwrap_err()
-            .contains("unknown key node.foo")
+            .contains("unknown key \"node.foo\"")
     );
 }
 

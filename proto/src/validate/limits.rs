@@ -117,5 +117,14 @@ pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 /// dispatcher traffic between nodes is not user input and needs its own bound.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
+/// Largest request the manager's Dispatcher API decodes from an agent: a batch
+/// of 2,000 task status reports (the agent's largest) with long engine errors,
+/// or a chunk of log lines, is far under it.
+pub const MAX_AGENT_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Largest reply the manager sends and the CLI takes (lists of services and
+/// nodes; task lists come in pages of about 2 MiB).
+pub const MAX_REPLY_BYTES: usize = 256 * 1024 * 1024;
+
 /// How many characters of a bad value an error quotes ([`super::quoted`]).
 pub const QUOTE_CHARS: usize = 64;
