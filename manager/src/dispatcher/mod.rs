@@ -232,6 +232,8 @@ fn store_status(err: StoreError) -> Status {
         StoreError::NotLeader | StoreError::LeadershipLost | StoreError::Stopped => {
             Status::unavailable(format!("{err}; reconnect to the leader"))
         }
+        // The agent backs off and retries; its log says why.
+        StoreError::NoSpace { .. } => Status::resource_exhausted(err.to_string()),
         other => Status::internal(other.to_string()),
     }
 }
