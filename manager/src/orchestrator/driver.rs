@@ -14,13 +14,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use shoal_proto::{Node, Service, ServiceSpec, Task, TaskState, UpdateState};
+use shoal_proto::{Node, Service, Task, TaskState, UpdateState};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::batches::{WRITE_BATCH, batches};
 use super::dirty::Dirty;
 use super::restart::RestartTracker;
+use super::screen::{self, Screen, mark};
 use super::task::{desired, service_name};
 use super::update::has_stale_slots;
 use super::updater::{self, StartTimes, UpdateDone, UpdateOutcome, lock};
@@ -29,11 +31,6 @@ use crate::config::OrchestratorConfig;
 use crate::scheduler::Placer;
 use crate::store::{Action, Applied, Object, Queued, Store, StoreError};
 
-/// Actions per proposal: one commit round trip creates a thousand tasks.
-const WRITE_BATCH: usize = 1000;
-/// Encoded objects per proposal: keeps each Raft entry well below the 2 MiB
-/// one entry may hold (sled's blob threshold), whatever the tasks' size.
-const WRITE_BATCH_BYTES: usize = 1 << 20;
 /// Proposals awaiting commit at once, as many as the scheduler has
 /// ([`crate::scheduler::driver::MAX_IN_FLIGHT`] says why).
 const MAX_IN_FLIGHT: usize = 16;
@@ -72,7 +69,7 @@ pub async fn run_with_placer(
         done_tx,
         dirty: Dirty::default(),
         placer,
-        quarantined: HashMap::new(),
+        screen: Screen::default(),
     };
     tracing::info!("orchestrator started");
     driver.follow(done_rx).await;
@@ -107,8 +104,8 @@ struct Driver {
     dirty: Dirty,
     /// The scheduler, which places and writes batches of new tasks.
     placer: Option<Placer>,
-    /// Services whose reconcile panicked, with the spec it panicked on.
-    quarantined: HashMap<String, ServiceSpec>,
+    /// The services left alone (invalid stored specs, panics).
+    screen: Screen,
 }
 
 impl Driver {
@@ -248,7 +245,7 @@ impl Driver {
         for (id, service, tasks) in &work {
             let started = Instant::now();
             if let Some(service) = service
-                && let Some(error) = self.refusal(service)
+                && let Some(error) = self.screen.refusal(service)
             {
                 // Left alone: its tasks run on as they are, nothing is created.
                 if service.error != error {
@@ -281,14 +278,10 @@ impl Driver {
             let planned = match (decided, service) {
                 (Ok(planned), _) => planned,
                 (Err(panic), Some(service)) => {
-                    let error = format!(
-                        "the orchestrator failed on this service ({}); it is left alone until its spec changes",
-                        crate::leader::panic_message(&*panic)
-                    );
+                    let error = screen::panic_error(&*panic);
                     tracing::error!(service.id = %id, service.name = %service_name(service),
                         %error, "reconcile panicked");
-                    self.quarantined
-                        .insert(id.clone(), service.spec.clone().unwrap_or_default());
+                    self.screen.quarantine(service);
                     pass.push(id, mark(service, error));
                     continue;
                 }
@@ -342,31 +335,11 @@ impl Driver {
         start_at.clone()
     }
 
-    /// Why `service` must not be reconciled, if it must not: its stored spec
-    /// breaks today's rules (it was stored by an older version, or written
-    /// around the API), or reconciling this very spec panicked before.
-    fn refusal(&mut self, service: &Service) -> Option<String> {
-        let spec = service.spec.clone().unwrap_or_default();
-        if let Err(err) = shoal_proto::validate::service_spec(&spec) {
-            return Some(format!(
-                "the stored spec is not valid ({err}); nothing is done for this service until it is updated or removed"
-            ));
-        }
-        match self.quarantined.get(&service.id) {
-            Some(bad) if *bad == spec => Some(service.error.clone()),
-            Some(_) => {
-                self.quarantined.remove(&service.id);
-                None
-            }
-            None => None,
-        }
-    }
-
     fn forget(&mut self, service_id: &str) {
         if let Some(updater) = self.updaters.remove(service_id) {
             updater.token.cancel();
         }
-        self.quarantined.remove(service_id);
+        self.screen.forget(service_id);
         self.paused.remove(service_id);
         self.restarts.forget_service(service_id);
     }
@@ -573,90 +546,5 @@ impl PassWrites {
     fn push(&mut self, service_id: &str, action: Action) {
         self.pending.push((service_id.to_string(), action));
         self.writes += 1;
-    }
-}
-
-/// The write that sets (or, with `""`, clears) a service's error. It carries
-/// the version that was read, so it is refused if the user changed the service
-/// meanwhile (the next pass decides again).
-fn mark(service: &Service, error: String) -> Action {
-    let mut marked = service.clone();
-    marked.error = error;
-    Action::Update(Object::Service(marked.into()))
-}
-
-/// Split `actions` into proposals of at most [`WRITE_BATCH`] actions and about
-/// [`WRITE_BATCH_BYTES`] of objects, each with the services that own them.
-fn batches(actions: Vec<(String, Action)>) -> Vec<(Vec<String>, Vec<Action>)> {
-    let mut out: Vec<(Vec<String>, Vec<Action>)> = Vec::new();
-    let mut bytes = 0;
-    for (owner, action) in actions {
-        let size = action.encoded_len();
-        let full = out.last().is_none_or(|(_, chunk)| {
-            chunk.len() >= WRITE_BATCH || (!chunk.is_empty() && bytes + size > WRITE_BATCH_BYTES)
-        });
-        if full {
-            out.push((Vec::new(), Vec::new()));
-            bytes = 0;
-        }
-        let (owners, chunk) = out.last_mut().expect("pushed above");
-        owners.push(owner);
-        chunk.push(action);
-        bytes += size;
-    }
-    out
-}
-
-#[cfg(test)]
-mod unit {
-    use shoal_proto::{ContainerSpec, TaskSpec};
-
-    use super::*;
-
-    fn create(service: &str, id: &str, env_bytes: usize) -> (String, Action) {
-        let task = Task {
-            id: id.into(),
-            service_id: service.into(),
-            spec: Some(
-                TaskSpec {
-                    container: Some(ContainerSpec {
-                        env: vec!["X".repeat(env_bytes)],
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }
-                .into(),
-            ),
-            ..Default::default()
-        };
-        (
-            service.to_string(),
-            Action::Create(Object::Task(task.into())),
-        )
-    }
-
-    #[test]
-    fn batches_are_bounded_by_count_and_size_and_keep_order_and_owners() {
-        let small: Vec<_> = (0..2500)
-            .map(|i| create(if i % 2 == 0 { "a" } else { "b" }, &format!("t{i}"), 10))
-            .collect();
-        let split = batches(small);
-        let sizes: Vec<_> = split.iter().map(|(_, c)| c.len()).collect();
-        assert_eq!(sizes, vec![1000, 1000, 500]);
-        let (owners, chunk) = &split[1];
-        assert_eq!(owners[0], "a");
-        assert_eq!(owners[1], "b");
-        let Action::Create(Object::Task(t)) = &chunk[0] else {
-            panic!("a create");
-        };
-        assert_eq!(t.id, "t1000", "order kept");
-
-        // Tasks of 300 KB: three fit in a megabyte; one alone always goes out.
-        let big: Vec<_> = (0..7)
-            .map(|i| create("c", &format!("b{i}"), 300_000))
-            .chain([create("c", "huge", 3 << 20)])
-            .collect();
-        let sizes: Vec<_> = batches(big).iter().map(|(_, c)| c.len()).collect();
-        assert_eq!(sizes, vec![3, 3, 1, 1]);
     }
 }

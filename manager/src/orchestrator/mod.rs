@@ -12,18 +12,21 @@
 //!
 //! Around it, the IO: [`driver`] follows the store's change stream, coalesces
 //! changes ([`dirty`]: which services they touch), reconciles the touched
-//! services and writes the ops in batches;
+//! services, except those [`screen`] leaves alone, and writes the ops in
+//! proposals ([`batches`]);
 //! [`updater`] runs one rolling update per service as its own tokio task.
 //!
 //! Desired states only move forward (READY → RUNNING → SHUTDOWN → REMOVE), and
 //! a slot is occupied by its tasks whose desired state is at most RUNNING.
 
+mod batches;
 mod dirty;
 pub mod driver;
 pub mod global;
 pub mod reaper;
 pub mod replicated;
 pub mod restart;
+mod screen;
 pub mod slot;
 pub mod task;
 pub mod update;
