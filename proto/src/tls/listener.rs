@@ -174,18 +174,23 @@ pub fn incoming(
             let tx = tx.clone();
             let pools = pools.clone();
             tokio::spawn(async move {
-                let stream =
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%remote, error = %e, "TLS handshake refused");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%remote, "TLS handshake timed out");
-                            return;
-                        }
-                    };
+                let stream = match tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    acceptor.accept(tcp).into_fallible(),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err((e, tcp))) => {
+                        tracing::debug!(%remote, error = %e, "TLS handshake refused");
+                        linger(tcp).await;
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                        return;
+                    }
+                };
                 let (pool, kind, cap) = if TlsConn::has_certificate(&stream) {
                     (
                         &pools.authenticated,
@@ -279,6 +284,33 @@ impl Refusals {
             "refusing connections: too many connections {kind} (more refusals are summed up every {WARN_EVERY:?})"
         );
     }
+}
+
+/// How long a connection whose handshake failed is drained before it closes.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Close a connection whose handshake failed so that the client reads the
+/// alert saying why (`unknown_ca`, `certificate_expired`). With TLS 1.3 the
+/// client sends its first requests right after its half of the handshake; a
+/// socket closed with those bytes unread is reset, and the reset discards the
+/// alert at the client before it reads it (the CLI then said only
+/// "operation was canceled", now and then). So: stop writing (a FIN after the
+/// alert), and read and discard what the client sends until it closes or
+/// [`LINGER`] passes.
+async fn linger(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut drained = 0usize;
+        while let Ok(n) = tcp.read(&mut buf).await {
+            drained += n;
+            if n == 0 || drained > 1 << 20 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
