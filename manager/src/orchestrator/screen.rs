@@ -25,14 +25,15 @@ pub(super) struct Screen {
 impl Screen {
     /// Why `service` must not be reconciled, if it must not.
     pub(super) fn refusal(&mut self, service: &Service) -> Option<String> {
-        let spec = service.spec.clone().unwrap_or_default();
-        if let Err(err) = shoal_proto::validate::service_spec(&spec) {
+        let no_spec = ServiceSpec::default();
+        let spec = service.spec.as_ref().unwrap_or(&no_spec);
+        if let Err(err) = shoal_proto::validate::service_spec(spec) {
             return Some(format!(
                 "the stored spec is not valid ({err}); nothing is done for this service until it is updated or removed"
             ));
         }
         match self.quarantined.get(&service.id) {
-            Some(bad) if *bad == spec => Some(service.error.clone()),
+            Some(bad) if bad == spec => Some(service.error.clone()),
             Some(_) => {
                 self.quarantined.remove(&service.id);
                 None
