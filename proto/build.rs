@@ -22,7 +22,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `SharedTaskSpec`, and the message itself is written by hand there.
     cfg.extern_path(".shoal.v1.TaskSpec", "crate::spec::SharedTaskSpec");
     check_task_spec(&cfg.load_fds(&["proto/shoal.proto"], &["proto"])?)?;
-    tonic_prost_build::configure().compile_with_config(cfg, &["proto/shoal.proto"], &["proto"])?;
+    // Every call's buffers start small (src/codec.rs): idle streams held
+    // tonic's 8 KiB ones by the tens of thousands.
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::SmallCodec")
+        .compile_with_config(cfg, &["proto/shoal.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/shoal.proto");
     Ok(())
 }

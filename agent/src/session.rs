@@ -203,7 +203,7 @@ impl Session<'_> {
             node_id: self.node_id.clone(),
             description: Some(description),
         };
-        let mut session_stream = client.session(request).await?.into_inner();
+        let mut session_stream = open_session(&mut client, request, self.addr).await?;
         let first = session_stream
             .message()
             .await?
@@ -278,6 +278,48 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// The `Session` call, repeated on the same connection for as long as the
+/// manager answers that it is busy and says when to come back: a new
+/// connection would cost it one more TLS handshake. Each wait is drawn
+/// between half and one and a half times the one asked for, so that nodes
+/// refused together do not return together.
+async fn open_session(
+    client: &mut DispatcherClient<Channel>,
+    request: SessionRequest,
+    addr: &str,
+) -> Result<tonic::Streaming<shoal_proto::SessionMessage>, SessionEnd> {
+    loop {
+        match client.session(request.clone()).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) => match retry_after(&status) {
+                Some(wait) => {
+                    let wait = wait.mul_f64(0.5 + rand::random::<f64>());
+                    info!(manager = %addr, reason = %status.message(),
+                        "the manager cannot take this node yet; asking again in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                }
+                None => return Err(status.into()),
+            },
+        }
+    }
+}
+
+/// How long a busy manager asked to wait before calling again, if it did.
+fn retry_after(status: &tonic::Status) -> Option<Duration> {
+    if status.code() != tonic::Code::ResourceExhausted {
+        return None;
+    }
+    let ms: u64 = status
+        .metadata()
+        .get(shoal_proto::RETRY_AFTER_MS_METADATA)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    // A manager's hint is trusted within reason.
+    Some(Duration::from_millis(ms).min(Duration::from_secs(60)))
 }
 
 /// The node description: the engine's, with the configured name and labels.

@@ -15,6 +15,7 @@
 //! - [`rfc3339`]: log timestamps as the engine writes them and as `service logs`
 //!   prints them.
 
+pub mod codec;
 pub mod constraint;
 pub mod ids;
 mod redact;
@@ -36,6 +37,11 @@ pub use v1::*;
 /// gRPC metadata a follower adds when it refuses a call only the leader
 /// serves (a dispatcher session, a manager join): the leader's `HOST:PORT`.
 pub const LEADER_ADDR_METADATA: &str = "shoal-leader-addr";
+
+/// gRPC metadata a manager adds when it refuses a call for now because it
+/// is busy (a session while many nodes join): milliseconds to wait before
+/// calling again. A client spreads its retries around it.
+pub const RETRY_AFTER_MS_METADATA: &str = "shoal-retry-after-ms";
 
 /// Current time as unix milliseconds, the unit of every timestamp in the protocol.
 pub fn now_ms() -> i64 {

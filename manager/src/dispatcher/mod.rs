@@ -14,6 +14,7 @@
 
 mod assignments;
 mod budget;
+mod lag;
 mod logs;
 mod monitor;
 mod router;
@@ -28,8 +29,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use shoal_proto::dispatcher_server;
 use shoal_proto::{
-    AssignmentsMessage, AssignmentsRequest, HeartbeatRequest, HeartbeatResponse, SessionMessage,
-    SessionRequest, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
+    AssignmentsRequest, HeartbeatRequest, HeartbeatResponse, SessionRequest,
+    UpdateTaskStatusRequest, UpdateTaskStatusResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -63,6 +64,8 @@ struct Inner {
     logs: LogBroker,
     /// Opens the secrets the nodes' tasks use ([`Dispatcher::with_data_key`]).
     data_key: OnceLock<DataKey>,
+    /// How far behind this manager's runtime is ([`lag`]).
+    lag: lag::Lag,
 }
 
 /// What the RPCs need from an active `run`.
@@ -89,6 +92,7 @@ impl Dispatcher {
                 epoch: AtomicU64::new(0),
                 logs: LogBroker::new(),
                 data_key: OnceLock::new(),
+                lag: lag::Lag::default(),
             }),
         }
     }
@@ -136,6 +140,7 @@ impl Dispatcher {
             "dispatcher started"
         );
         tokio::join!(
+            inner.lag.probe(token.clone()),
             monitor::run(inner.clone(), token.clone()),
             status::run_batcher(inner.store.clone(), status_rx, token.clone()),
             routing,
@@ -240,8 +245,8 @@ fn store_status(err: StoreError) -> Status {
 
 #[tonic::async_trait]
 impl dispatcher_server::Dispatcher for Dispatcher {
-    type SessionStream = ReceiverStream<Result<SessionMessage, Status>>;
-    type AssignmentsStream = ReceiverStream<Result<AssignmentsMessage, Status>>;
+    type SessionStream = session::SessionStream;
+    type AssignmentsStream = assignments::AssignmentsStream;
     type ReportTaskStatusStream = ReceiverStream<Result<UpdateTaskStatusResponse, Status>>;
     type LogSubscriptionsStream = SubscriptionStream;
 

@@ -5,7 +5,8 @@
 //! It ticks a few times per heartbeat period and scans the sessions: a scan is
 //! a pass over a small map, far cheaper than a timer per node, and detection
 //! lags the grace period by at most one tick. How many nodes may go DOWN
-//! within a grace period is bounded ([`super::budget`]).
+//! within a grace period is bounded ([`super::budget`]), and the grace period
+//! stretches by as much as this manager has lagged of late ([`super::lag`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use shoal_proto::{NodeState, NodeStatus};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use super::lag::MAX_DISCOUNT;
 use super::session::Expired;
 use super::{Inner, lock};
 use crate::store::{Action, MemState, Object, StoreError};
@@ -43,8 +45,11 @@ pub(super) async fn run(inner: Arc<Inner>, token: CancellationToken) {
             _ = token.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let scan = lock(&inner.sessions).expire(Instant::now(), grace);
-        log_held(&mut holding, scan.held, grace);
+        // The manager's own delay is never charged to a node ([`super::lag`]).
+        let now = Instant::now();
+        let lag = inner.lag.recent(now, grace).min(grace * MAX_DISCOUNT);
+        let scan = lock(&inner.sessions).expire(now, grace + lag);
+        log_held(&mut holding, scan.held, grace + lag);
         let expired = scan.expired;
         if expired.is_empty() {
             continue;
@@ -52,7 +57,8 @@ pub(super) async fn run(inner: Arc<Inner>, token: CancellationToken) {
         for e in &expired {
             if let Some(session_id) = &e.session_id {
                 tracing::info!(node.id = %e.node_id, session.id = %session_id,
-                    silent_ms = e.silent_for.as_millis() as u64, "session expired");
+                    silent_ms = e.silent_for.as_millis() as u64,
+                    manager_lag_ms = lag.as_millis() as u64, "session expired");
             }
         }
         tokio::select! {

@@ -14,8 +14,7 @@ use shoal_proto::{
     Node, NodeAvailability, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
     SessionMessage, SessionRequest,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -24,6 +23,49 @@ use super::{Inner, Running, lock, store_status};
 use crate::auth::Caller;
 use crate::store::{Action, Object, Store, StoreError};
 use shoal_proto::tls::Role;
+
+/// Sessions opened at once, at most: each is a store write of its node in
+/// flight, and an agent cannot heartbeat before its write commits.
+pub(super) const MAX_OPENING: usize = 256;
+
+/// The manager admits new sessions while its runtime lags less than this or
+/// half a heartbeat period, whichever is longer ([`super::lag`]).
+const ADMIT_LAG: Duration = Duration::from_millis(500);
+
+/// How long a refused agent is told to wait, at least and at most.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Whether a new session may open now: `opening` sessions are being
+/// registered and the runtime lagged `lag` of late. The refusal says why and
+/// when to come back: twice the lag (a saturated manager needs about as long
+/// again to catch up), within [`RETRY_MIN`]..[`RETRY_MAX`].
+pub(super) fn admit(opening: usize, lag: Duration, period: Duration) -> Result<(), Status> {
+    let limit = ADMIT_LAG.max(period / 2);
+    let why = if opening >= MAX_OPENING {
+        format!("{opening} nodes are opening sessions")
+    } else if lag > limit {
+        format!("it answers {} ms late", lag.as_millis())
+    } else {
+        return Ok(());
+    };
+    let retry = (lag * 2).clamp(RETRY_MIN, RETRY_MAX);
+    let mut status = Status::resource_exhausted(format!(
+        "the manager is busy admitting nodes ({why}); retry in {} ms",
+        retry.as_millis()
+    ));
+    if let Ok(value) = retry.as_millis().to_string().parse() {
+        status
+            .metadata_mut()
+            .insert(shoal_proto::RETRY_AFTER_MS_METADATA, value);
+    }
+    Err(status)
+}
+
+/// What the `Session` RPC returns: the session's first message, then
+/// nothing until the session ends.
+pub(crate) type SessionStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<SessionMessage, Status>> + Send>>;
 
 /// The error that makes an agent open a new session.
 pub(super) fn unknown(session_id: &str) -> Status {
@@ -73,6 +115,8 @@ pub(super) struct Sessions {
     /// until when they may.
     awaiting: HashMap<String, (Instant, Instant)>,
     budget: DownBudget,
+    /// Entries still `opening`: their node's READY write is in flight.
+    opening: usize,
 }
 
 impl Sessions {
@@ -91,7 +135,11 @@ impl Sessions {
             .insert(node_id.to_string(), session_id.to_string());
         if let Some(old) = previous.as_ref().and_then(|id| self.by_id.remove(id)) {
             old.token.cancel();
+            if old.opening {
+                self.opening -= 1;
+            }
         }
+        self.opening += 1;
         self.by_id.insert(
             session_id.to_string(),
             Entry {
@@ -109,7 +157,10 @@ impl Sessions {
     pub fn established(&mut self, session_id: &str, now: Instant) -> bool {
         match self.by_id.get_mut(session_id) {
             Some(entry) => {
-                entry.opening = false;
+                if entry.opening {
+                    entry.opening = false;
+                    self.opening -= 1;
+                }
                 entry.last_heartbeat = now;
                 true
             }
@@ -121,6 +172,9 @@ impl Sessions {
     pub fn close(&mut self, session_id: &str) {
         if let Some(entry) = self.by_id.remove(session_id) {
             entry.token.cancel();
+            if entry.opening {
+                self.opening -= 1;
+            }
             if self
                 .by_node
                 .get(&entry.node_id)
@@ -151,6 +205,27 @@ impl Sessions {
 
     pub fn has_node(&self, node_id: &str) -> bool {
         self.by_node.contains_key(node_id)
+    }
+
+    /// Sessions whose node is still being written READY.
+    pub fn opening(&self) -> usize {
+        self.opening
+    }
+
+    /// `node_id` called (for a session this manager refused for now): it is
+    /// alive. Its live session counts that as a heartbeat, and an awaited
+    /// node gets `window` more to connect.
+    pub fn alive(&mut self, node_id: &str, now: Instant, window: Duration) {
+        if let Some(entry) = self
+            .by_node
+            .get(node_id)
+            .and_then(|id| self.by_id.get_mut(id))
+        {
+            entry.last_heartbeat = entry.last_heartbeat.max(now);
+        }
+        if let Some((_, until)) = self.awaiting.get_mut(node_id) {
+            *until = (*until).max(now + window);
+        }
     }
 
     /// Give each of `nodes` until `now + window` to connect.
@@ -222,6 +297,7 @@ impl Sessions {
         self.by_node.clear();
         self.awaiting.clear();
         self.budget = DownBudget::default();
+        self.opening = 0;
     }
 }
 
@@ -232,7 +308,7 @@ pub(super) async fn open(
     caller: &Caller,
     request: SessionRequest,
     addr: String,
-) -> Result<ReceiverStream<Result<SessionMessage, Status>>, Status> {
+) -> Result<SessionStream, Status> {
     // A node is who its certificate says; only in-process callers (tests) name
     // themselves or get a fresh id.
     let (node_id, role) = match caller {
@@ -259,6 +335,19 @@ pub(super) async fn open(
         }
         Caller::Local => (request.node_id, NodeRole::Worker),
     };
+    // Admission: the nodes already served keep their heartbeats answered
+    // while the manager is behind; the others come back later. A refused call
+    // still proves its node alive.
+    {
+        let now = Instant::now();
+        let lag = inner.lag.recent(now, super::lag::ADMISSION_WINDOW);
+        let mut sessions = lock(&inner.sessions);
+        if let Err(refused) = admit(sessions.opening(), lag, inner.config.heartbeat_period) {
+            sessions.alive(&node_id, now, inner.config.grace_period());
+            tracing::debug!(node.id = %node_id, reason = %refused.message(), "session refused for now");
+            return Err(refused);
+        }
+    }
     let session_id = shoal_proto::ids::new_id();
     let token = running.token.child_token();
     // The session is registered before the node is written READY, so the
@@ -284,7 +373,6 @@ pub(super) async fn open(
     }
     tracing::info!(node.id = %node_id, session.id = %session_id, "session opened");
 
-    let (tx, rx) = mpsc::channel(1);
     let first = SessionMessage {
         session_id: session_id.clone(),
         node_id: node_id.clone(),
@@ -297,21 +385,20 @@ pub(super) async fn open(
                 .collect()
         }),
     };
-    // Capacity 1 and nothing sent yet: this cannot fail.
-    let _ = tx.try_send(Ok(first));
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = token.cancelled() => {
-                tracing::info!(node.id = %node_id, session.id = %session_id, "session closed");
-            }
-            // The agent dropped the stream; its heartbeats (or their absence)
-            // still decide the session's fate.
-            _ = tx.closed() => {
-                tracing::debug!(node.id = %node_id, session.id = %session_id, "agent left the session stream");
-            }
-        }
-    });
-    Ok(ReceiverStream::new(rx))
+    // The first message, then nothing until the session ends: a stream, not
+    // a channel and a task (a channel allocates room for 32 messages). The
+    // agent dropping the stream does not end the session: its heartbeats (or
+    // their absence) still decide.
+    let end = async move {
+        token.cancelled().await;
+        tracing::info!(node.id = %node_id, session.id = %session_id, "session closed");
+        None
+    };
+    Ok(Box::pin(
+        futures::stream::once(async move { Some(Ok(first)) })
+            .chain(futures::stream::once(end))
+            .filter_map(|m| m),
+    ))
 }
 
 /// Create or update the node: its description, READY status and address. A

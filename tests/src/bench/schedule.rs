@@ -16,6 +16,7 @@
 //! and the followers apply it on the same cores.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use shoal_agent::AgentStats;
@@ -251,6 +252,9 @@ async fn measure(
         (Some(out), Some(pid)) => Some(Profiler::start(pid, out)?),
         _ => None,
     };
+    // What the manager accepted: a service over the cluster's task cap is
+    // refused, and so are the ones after it.
+    let expected = Arc::new(AtomicUsize::new(args.tasks));
     let follower = if args.watch {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let follower = tokio::spawn(follow(
@@ -265,13 +269,19 @@ async fn measure(
             .map_err(|_| anyhow::anyhow!("the task watch did not start"))?;
         follower
     } else {
-        tokio::spawn(count_in_agents(stats.clone(), args.tasks, args.timeout))
+        tokio::spawn(count_in_agents(
+            stats.clone(),
+            expected.clone(),
+            args.timeout,
+        ))
     };
 
     // The phase figures come from the log lines written from here on.
     let log_start = manager.log().len();
     let start = Instant::now();
-    for (i, replicas) in split(args.tasks, args.services).into_iter().enumerate() {
+    let services = split(args.tasks, args.services);
+    let mut refused = 0;
+    for (i, &replicas) in services.iter().enumerate() {
         let spec = ServiceSpec {
             name: format!("bench-{i}"),
             replicas: replicas as u64,
@@ -288,11 +298,26 @@ async fn measure(
             ),
             ..Default::default()
         };
-        control
+        match control
             .create_service(CreateServiceRequest { spec: Some(spec) })
-            .await?;
+            .await
+        {
+            Ok(_) => {}
+            Err(status) if status.code() == tonic::Code::ResourceExhausted && !args.watch => {
+                refused = services[i..].iter().sum();
+                expected.fetch_sub(refused, Ordering::Relaxed);
+                note(format!(
+                    "service bench-{i} and the {} after it refused: {}",
+                    services.len() - i - 1,
+                    status.message()
+                ));
+                break;
+            }
+            Err(status) => return Err(status.into()),
+        }
     }
     let create_calls = start.elapsed();
+    let tasks = args.tasks - refused;
     let marks = follower.await??;
     if let Some(perf) = perf {
         perf.stop();
@@ -304,7 +329,8 @@ async fn measure(
         since(marks.running),
     );
 
-    figure("tasks", args.tasks);
+    figure("tasks", tasks);
+    figure("tasks_refused", refused);
     figure("services", args.services);
     figure("create_calls_ms", ms(create_calls));
     if let Some(d) = created {
@@ -314,7 +340,7 @@ async fn measure(
         figure("time_to_assigned_ms", ms(d));
         figure(
             "placements_per_s",
-            (args.tasks as f64 / d.as_secs_f64().max(1e-3)).round(),
+            (tasks as f64 / d.as_secs_f64().max(1e-3)).round(),
         );
     }
     for (name, at) in ["10", "50", "90"].iter().zip(marks.assigned_share) {
@@ -330,7 +356,7 @@ async fn measure(
         // Until every task ran: creations, assignments and the agents' reports.
         figure(
             "task_writes_per_task",
-            format!("{:.2}", marks.events as f64 / args.tasks.max(1) as f64),
+            format!("{:.2}", marks.events as f64 / tasks.max(1) as f64),
         );
     }
 
@@ -374,13 +400,13 @@ async fn measure(
     // costs both processes (docs/BENCHMARKS.md, stop 26). With several
     // managers the followers' CPU is measured apart, after the phase.
     if let (1, Some(m), Some(h), Some(r)) = (args.managers, manager_cpu, harness_cpu, running) {
-        let (per_task_us, busy) = cpu_share(m + h, args.tasks, r);
+        let (per_task_us, busy) = cpu_share(m + h, tasks, r);
         figure("cpu_us_per_task", format!("{per_task_us:.1}"));
         figure("busy_cores_until_running", format!("{busy:.2}"));
     }
     if !args.watch {
         // After the figures: the manager's answer is no part of the phase.
-        check_all_running(manager.addr, &manager.admin_dir(), args.tasks).await?;
+        check_all_running(manager.addr, &manager.admin_dir(), tasks).await?;
     }
     Ok(())
 }

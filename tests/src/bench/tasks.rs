@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -176,14 +177,16 @@ pub const ASSIGNED_SHARES: [(u64, u64); 3] = [(1, 10), (1, 2), (9, 10)];
 /// is committed). The manager does no work for this observer.
 pub async fn count_in_agents(
     stats: Arc<AgentStats>,
-    expected: usize,
+    expected: Arc<AtomicUsize>,
     timeout: Duration,
 ) -> anyhow::Result<Milestones> {
-    let expected = expected as u64;
     let mut marks = Milestones::default();
-    let shares = ASSIGNED_SHARES.map(|(n, d)| expected * n / d);
+    // `expected` shrinks when the manager refuses a service (the cluster's
+    // task cap): the shares follow it.
     let all_running = stats.wait_until(|s| {
+        let expected = expected.load(Ordering::Relaxed) as u64;
         let received = s.tasks_received();
+        let shares = ASSIGNED_SHARES.map(|(n, d)| expected * n / d);
         for (mark, share) in marks.assigned_share.iter_mut().zip(shares) {
             if mark.is_none() && received >= share {
                 *mark = Some(Instant::now());
@@ -196,9 +199,10 @@ pub async fn count_in_agents(
     });
     if tokio::time::timeout(timeout, all_running).await.is_err() {
         anyhow::bail!(
-            "timed out: {} tasks received by their nodes, {} RUNNING reports acknowledged, of {expected}",
+            "timed out: {} tasks received by their nodes, {} RUNNING reports acknowledged, of {}",
             stats.tasks_received(),
-            stats.running_confirmed()
+            stats.running_confirmed(),
+            expected.load(Ordering::Relaxed)
         );
     }
     marks.running = Some(Instant::now());
@@ -215,13 +219,18 @@ pub async fn check_all_running(
     expected: usize,
 ) -> anyhow::Result<()> {
     let tasks = list_tasks(addr, admin).await?;
+    // Copies left on a node marked DOWN are told to stop (their desired
+    // state), and report it once their node is back: not the tasks asked for.
     let running = tasks
         .iter()
-        .filter(|t| t.status.as_ref().map(|s| s.state()) == Some(TaskState::Running))
+        .filter(|t| {
+            t.desired_state() == TaskState::Running
+                && t.status.as_ref().map(|s| s.state()) == Some(TaskState::Running)
+        })
         .count();
     anyhow::ensure!(
         running == expected,
-        "the hollow nodes counted {expected} tasks running, but the manager holds {} tasks of which {running} RUNNING",
+        "the hollow nodes counted {expected} tasks running, but the manager holds {} tasks of which {running} RUNNING and meant to run",
         tasks.len()
     );
     if tasks.len() > expected {
