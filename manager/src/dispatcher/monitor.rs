@@ -40,6 +40,7 @@ pub(super) async fn run(inner: Arc<Inner>, token: CancellationToken) {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut holding = false;
+    let mut behind = Behind::new(Instant::now());
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
@@ -48,7 +49,12 @@ pub(super) async fn run(inner: Arc<Inner>, token: CancellationToken) {
         // The manager's own delay is never charged to a node ([`super::lag`]).
         let now = Instant::now();
         let lag = inner.lag.recent(now, grace).min(grace * MAX_DISCOUNT);
-        let scan = lock(&inner.sessions).expire(now, grace + lag);
+        let scan = {
+            let mut sessions = lock(&inner.sessions);
+            behind.turned_away += sessions.take_turned_away();
+            sessions.expire(now, grace + lag)
+        };
+        behind.report(&inner, now, grace);
         log_held(&mut holding, scan.held, grace + lag);
         let expired = scan.expired;
         if expired.is_empty() {
@@ -69,6 +75,44 @@ pub(super) async fn run(inner: Arc<Inner>, token: CancellationToken) {
                 }
             }
         }
+    }
+}
+
+/// What the monitor says about this manager falling behind: every
+/// [`Behind::EVERY`] at most, and only when it did.
+struct Behind {
+    since: Instant,
+    turned_away: u64,
+}
+
+impl Behind {
+    const EVERY: Duration = Duration::from_secs(10);
+    /// Lateness worth a line.
+    const NOTABLE: Duration = Duration::from_millis(250);
+
+    fn new(now: Instant) -> Self {
+        Behind {
+            since: now,
+            turned_away: 0,
+        }
+    }
+
+    fn report(&mut self, inner: &Inner, now: Instant, grace: Duration) {
+        if now.saturating_duration_since(self.since) < Self::EVERY {
+            return;
+        }
+        let lag = inner.lag.recent(now, Self::EVERY);
+        if lag >= Self::NOTABLE || self.turned_away > 0 {
+            tracing::warn!(
+                lag_ms = lag.as_millis() as u64,
+                sessions_turned_away = self.turned_away,
+                grace_ms = (grace + lag.min(grace * MAX_DISCOUNT)).as_millis() as u64,
+                "this manager is behind: heartbeats get a longer grace period and new \
+                 sessions wait their turn (figures over the last {}s)",
+                Self::EVERY.as_secs()
+            );
+        }
+        *self = Behind::new(now);
     }
 }
 

@@ -117,6 +117,8 @@ pub(super) struct Sessions {
     budget: DownBudget,
     /// Entries still `opening`: their node's READY write is in flight.
     opening: usize,
+    /// Sessions refused for now since the monitor last asked.
+    turned_away: u64,
 }
 
 impl Sessions {
@@ -207,15 +209,21 @@ impl Sessions {
         self.by_node.contains_key(node_id)
     }
 
+    /// Sessions refused for now since the last call.
+    pub fn take_turned_away(&mut self) -> u64 {
+        std::mem::take(&mut self.turned_away)
+    }
+
     /// Sessions whose node is still being written READY.
     pub fn opening(&self) -> usize {
         self.opening
     }
 
-    /// `node_id` called (for a session this manager refused for now): it is
-    /// alive. Its live session counts that as a heartbeat, and an awaited
+    /// `node_id` asked for a session that this manager refused for now: it
+    /// is alive. Its live session counts that as a heartbeat, and an awaited
     /// node gets `window` more to connect.
-    pub fn alive(&mut self, node_id: &str, now: Instant, window: Duration) {
+    pub fn turned_away(&mut self, node_id: &str, now: Instant, window: Duration) {
+        self.turned_away += 1;
         if let Some(entry) = self
             .by_node
             .get(node_id)
@@ -343,7 +351,7 @@ pub(super) async fn open(
         let lag = inner.lag.recent(now, super::lag::ADMISSION_WINDOW);
         let mut sessions = lock(&inner.sessions);
         if let Err(refused) = admit(sessions.opening(), lag, inner.config.heartbeat_period) {
-            sessions.alive(&node_id, now, inner.config.grace_period());
+            sessions.turned_away(&node_id, now, inner.config.grace_period());
             tracing::debug!(node.id = %node_id, reason = %refused.message(), "session refused for now");
             return Err(refused);
         }
@@ -606,5 +614,80 @@ mod unit {
         assert_eq!(scan.held, 0);
         assert_eq!(scan.expired.len(), n - budget - 1);
         assert!(s.has_node(&saved));
+    }
+
+    #[test]
+    fn the_sessions_being_opened_are_counted() {
+        let mut s = Sessions::default();
+        let now = Instant::now();
+        s.open("n1", "s1", CancellationToken::new(), now);
+        s.open("n2", "s2", CancellationToken::new(), now);
+        assert_eq!(s.opening(), 2);
+        s.established("s1", now);
+        s.established("s1", now);
+        assert_eq!(s.opening(), 1, "established once");
+        // Replaced while opening, then closed while opening.
+        s.open("n2", "s3", CancellationToken::new(), now);
+        assert_eq!(s.opening(), 1);
+        s.close("s3");
+        assert_eq!(s.opening(), 0);
+        s.open("n4", "s4", CancellationToken::new(), now);
+        s.clear();
+        assert_eq!(s.opening(), 0);
+    }
+
+    #[test]
+    fn a_refused_call_keeps_its_node_alive() {
+        let mut s = Sessions::default();
+        let t0 = Instant::now();
+        s.open("n1", "s1", CancellationToken::new(), t0);
+        s.established("s1", t0);
+        s.await_nodes(["awaited".to_string()], t0, GRACE);
+        let later = t0 + GRACE;
+        s.turned_away("n1", later, GRACE);
+        s.turned_away("awaited", later, GRACE);
+        s.turned_away("stranger", later, GRACE);
+        assert_eq!(s.take_turned_away(), 3);
+        assert_eq!(s.take_turned_away(), 0);
+        assert!(
+            s.expire(later + GRACE, GRACE).expired.is_empty(),
+            "both heard from within the grace period"
+        );
+        let expired = s
+            .expire(later + GRACE + Duration::from_millis(1), GRACE)
+            .expired;
+        assert_eq!(expired.len(), 2);
+        assert!(
+            !s.has_node("stranger"),
+            "a refused newcomer leaves no trace"
+        );
+    }
+
+    #[test]
+    fn admission_refuses_with_a_bounded_hint() {
+        let period = Duration::from_secs(2);
+        assert!(admit(0, Duration::from_millis(900), period).is_ok());
+        let busy = admit(0, Duration::from_millis(1100), period).expect_err("behind");
+        assert_eq!(busy.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            busy.message().contains("1100 ms late"),
+            "{}",
+            busy.message()
+        );
+        let hint = |status: &Status| {
+            status
+                .metadata()
+                .get(shoal_proto::RETRY_AFTER_MS_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        assert_eq!(hint(&busy).as_deref(), Some("2200"));
+        let crowded = admit(MAX_OPENING, Duration::ZERO, period).expect_err("crowded");
+        assert!(crowded.message().contains("256 nodes are opening sessions"));
+        assert_eq!(hint(&crowded).as_deref(), Some("1000"), "at least a second");
+        let far = admit(0, Duration::from_secs(60), period).expect_err("far behind");
+        assert_eq!(hint(&far).as_deref(), Some("10000"), "at most ten seconds");
+        // Short periods: half a second of lag is tolerated whatever the period.
+        assert!(admit(0, Duration::from_millis(400), Duration::from_millis(100)).is_ok());
     }
 }

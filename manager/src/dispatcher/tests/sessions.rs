@@ -224,3 +224,64 @@ async fn nodes_silent_at_once_beyond_the_budget_keep_their_sessions_for_a_while(
         assert_eq!(node_state(&h.node(id)), NodeState::Ready, "{id} was saved");
     }
 }
+
+#[tokio::test]
+async fn a_manager_behind_turns_new_sessions_away_with_a_time_to_come_back() {
+    let mut h = Harness::start().await;
+    let (served, _stream) = h.open("served", "host-a").await;
+    // A probe runs 2 s late: the manager is behind. (Stamped a second
+    // ahead, so that a slow test machine still finds it in the window.)
+    let at = Instant::now() + Duration::from_secs(1);
+    h.dispatcher
+        .inner
+        .lag
+        .record(at - Duration::from_secs(2), at);
+    let request = SessionRequest {
+        node_id: "newcomer".into(),
+        description: Some(NodeDescription::default()),
+    };
+    let refused = h
+        .client
+        .session(request.clone())
+        .await
+        .expect_err("refused while behind");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("busy admitting nodes") && refused.message().contains("late"),
+        "{}",
+        refused.message()
+    );
+    let retry: u64 = refused
+        .metadata()
+        .get(shoal_proto::RETRY_AFTER_MS_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a retry hint");
+    assert_eq!(retry, 4000, "twice the lag");
+    assert!(
+        h.store.read(|s| s.node("newcomer").is_none()),
+        "nothing written"
+    );
+    // The node already served keeps its session and heartbeats.
+    let beat = h
+        .client
+        .heartbeat(HeartbeatRequest {
+            session_id: served.session_id.clone(),
+        })
+        .await;
+    assert!(beat.is_ok(), "{beat:?}");
+    // Once the late spell is older than the admission window, it gets in.
+    let started = Instant::now();
+    loop {
+        match h.client.session(request.clone()).await {
+            Ok(_) => break,
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert!(started.elapsed() < DEADLINE, "still refused: {status:?}");
+                tokio::time::sleep(PERIOD).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+    eprintln!("admitted again after {:?}", started.elapsed());
+    assert_eq!(node_state(&h.node("newcomer")), NodeState::Ready);
+}
