@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 /// and single failures are never held back.
 pub(super) const MIN_BURST: usize = 5;
 
-/// The share of the nodes, in percent, that may go DOWN within one grace period.
-pub(super) const SHARE_PERCENT: usize = 5;
+/// The share of the nodes, in percent, that may go DOWN within one grace
+/// period. 5 % let 2,800 of 10,000 healthy hollow nodes go DOWN while they
+/// joined (docs/BENCHMARKS.md); Kubernetes evicts 0.1 node a second by default.
+pub(super) const SHARE_PERCENT: usize = 1;
 
 /// Grace periods of silence after which a node goes DOWN whatever the budget.
 pub(super) const LONG_GRACE: u32 = 4;
@@ -85,8 +87,8 @@ mod unit {
     fn the_share_never_falls_below_the_minimum_burst() {
         assert_eq!(share(0), MIN_BURST);
         assert_eq!(share(3), MIN_BURST);
-        assert_eq!(share(1000), 50);
-        assert_eq!(share(5000), 250);
+        assert_eq!(share(1000), 10);
+        assert_eq!(share(5000), 50);
     }
 
     #[test]
@@ -109,12 +111,12 @@ mod unit {
         let mut budget = DownBudget::default();
         let t0 = Instant::now();
         let silent = silences(700, GRACE + Duration::from_secs(1));
-        assert_eq!(budget.admit(t0, GRACE, 5000, &silent), 250);
+        assert_eq!(budget.admit(t0, GRACE, 5000, &silent), 50);
         // The budget is spent for the rest of this grace period.
         let later = t0 + GRACE - Duration::from_millis(1);
-        assert_eq!(budget.admit(later, GRACE, 5000, &silent[250..]), 0);
+        assert_eq!(budget.admit(later, GRACE, 5000, &silent[50..]), 0);
         // One grace period after the first marks, it is whole again.
-        assert_eq!(budget.admit(t0 + GRACE, GRACE, 5000, &silent[250..]), 250);
+        assert_eq!(budget.admit(t0 + GRACE, GRACE, 5000, &silent[50..]), 50);
     }
 
     #[test]
