@@ -99,13 +99,32 @@ pub async fn update(
 
 /// Most tasks the services of a cluster may ask for together: replicas of
 /// the replicated services, plus one task per node for each global service.
-/// The manager is measured with 150,000 tasks over 5,000 nodes (407 MiB);
-/// docs/LIMITS.md has the figures.
+/// Fewer in a cluster of more than 5,000 nodes: [`cluster_task_limit`].
 pub const MAX_CLUSTER_TASKS: u64 = 200_000;
 
+/// What a node costs the manager, in tasks: a node's session (its TLS
+/// connection, four streams, its assignment feed) holds about 56 KiB, a task
+/// about 3.4 KiB at its peak (docs/LIMITS.md has the figures).
+pub const NODE_TASK_WEIGHT: u64 = 16;
+
+/// The manager is sized to stay under 1 GiB with its nodes and tasks:
+/// 10,000 hollow nodes (570 MiB) with 180,000 tasks took it to 1.2 GiB.
+/// Tasks plus [`NODE_TASK_WEIGHT`] per node may not exceed this.
+pub const CLUSTER_LOAD: u64 = 280_000;
+
+/// Most tasks the services of a cluster of `nodes` nodes may ask for: what
+/// [`CLUSTER_LOAD`] leaves after its nodes, and never over [`MAX_CLUSTER_TASKS`].
+pub fn cluster_task_limit(nodes: u64) -> u64 {
+    CLUSTER_LOAD
+        .saturating_sub(nodes.saturating_mul(NODE_TASK_WEIGHT))
+        .min(MAX_CLUSTER_TASKS)
+}
+
 /// Refuse `spec` if, with it, the services would ask for more than
-/// [`MAX_CLUSTER_TASKS`] tasks (`replacing`: the service it updates). Checked
-/// before the write, not at commit: two writes racing may pass it together.
+/// [`cluster_task_limit`] tasks (`replacing`: the service it updates).
+/// Checked before the write, not at commit: two writes racing may pass it
+/// together. Nodes that join later are not refused: the limit applies to
+/// what the services ask for.
 fn within_cluster_tasks(
     state: &MemState,
     spec: &ServiceSpec,
@@ -123,15 +142,24 @@ fn within_cluster_tasks(
         .map(asks)
         .fold(0, u64::saturating_add);
     let total = others.saturating_add(asks(spec));
-    if total > MAX_CLUSTER_TASKS {
+    let limit = cluster_task_limit(nodes);
+    if total > limit {
         let field = if spec.mode() == ServiceMode::Global {
             "mode"
         } else {
             "replicas"
         };
+        let why = if limit < MAX_CLUSTER_TASKS {
+            format!(
+                "the limit of {limit} for a cluster of {nodes} nodes (each node counts as \
+                 {NODE_TASK_WEIGHT} tasks against {CLUSTER_LOAD})"
+            )
+        } else {
+            format!("the limit of {limit}")
+        };
         return Err(Status::resource_exhausted(format!(
-            "{field}: the cluster's services would ask for {total} tasks, more than the limit of \
-             {MAX_CLUSTER_TASKS} (the other services ask for {others}); scale others down first"
+            "{field}: the cluster's services would ask for {total} tasks, more than {why} \
+             (the other services ask for {others}); scale others down first"
         )));
     }
     Ok(())

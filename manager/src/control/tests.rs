@@ -206,6 +206,44 @@ async fn the_services_together_ask_for_at_most_the_cluster_task_limit() {
     scale(&api, &b, half).await.unwrap();
 }
 
+#[test]
+fn the_cluster_task_limit_leaves_room_for_the_nodes() {
+    use super::services::{MAX_CLUSTER_TASKS, cluster_task_limit};
+    assert_eq!(cluster_task_limit(0), MAX_CLUSTER_TASKS);
+    assert_eq!(cluster_task_limit(5_000), MAX_CLUSTER_TASKS);
+    assert_eq!(cluster_task_limit(5_001), MAX_CLUSTER_TASKS - 16);
+    assert_eq!(cluster_task_limit(10_000), 120_000);
+    assert_eq!(cluster_task_limit(17_500), 0);
+    assert_eq!(cluster_task_limit(u64::MAX), 0);
+}
+
+#[tokio::test]
+async fn a_large_cluster_takes_fewer_tasks_and_says_why() {
+    let store = Store::in_memory();
+    let nodes: Vec<_> = (0..6_000)
+        .map(|i| {
+            crate::store::Action::Create(crate::store::Object::Node(Box::new(shoal_proto::Node {
+                id: format!("node-{i}"),
+                ..Default::default()
+            })))
+        })
+        .collect();
+    store.propose(nodes).await.unwrap();
+    let api = ControlService::new(store.clone(), None);
+    let limit = super::services::cluster_task_limit(6_000);
+    assert_eq!(limit, 184_000);
+    create(&api, spec("a", "nginx", limit - 1)).await.unwrap();
+    let err = create(&api, spec("b", "nginx", 2)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message()
+            .contains("limit of 184000 for a cluster of 6000 nodes"),
+        "{}",
+        err.message()
+    );
+    create(&api, spec("b", "nginx", 1)).await.unwrap();
+}
+
 #[tokio::test]
 async fn task_pages_hold_at_most_their_budget_and_add_up_to_the_whole_list() {
     let store = Store::in_memory();

@@ -18,7 +18,7 @@ use shoal_proto::store_object::Object;
 use shoal_proto::watch_client::WatchClient;
 use shoal_proto::{ListTasksRequest, Task, TaskState, WatchRequest};
 
-use super::figures::note;
+use super::figures::{figure, note};
 
 /// Counts of tasks by the furthest state they reached.
 #[derive(Debug, Default)]
@@ -210,47 +210,77 @@ pub async fn count_in_agents(
 }
 
 /// Check with the manager what the hollow nodes counted: it holds exactly
-/// `expected` tasks RUNNING. Tasks beyond those are ones placed again after
-/// their node was marked DOWN (`nodes_marked_down_*` counts such nodes);
-/// their old copies count in the hollow nodes too, as they did on the watch.
+/// `expected` tasks RUNNING and meant to run. Tasks beyond those are ones
+/// placed again after their node was marked DOWN (`nodes_marked_down_*`
+/// counts such nodes); their old copies count in the hollow nodes too, as they
+/// did on the watch. Replacements may still be under way when the hollow
+/// nodes have counted enough: the check asks again until the cluster has
+/// converged, for up to [`CONVERGE`], and says how long that took.
 pub async fn check_all_running(
     addr: SocketAddr,
     admin: &std::path::Path,
     expected: usize,
 ) -> anyhow::Result<()> {
-    let tasks = list_tasks(addr, admin).await?;
-    // Copies left on a node marked DOWN are told to stop (their desired
-    // state), and report it once their node is back: not the tasks asked for.
-    let running = tasks
-        .iter()
-        .filter(|t| {
-            t.desired_state() == TaskState::Running
-                && t.status.as_ref().map(|s| s.state()) == Some(TaskState::Running)
-        })
-        .count();
-    anyhow::ensure!(
-        running == expected,
-        "the hollow nodes counted {expected} tasks running, but the manager holds {} tasks of which {running} RUNNING and meant to run",
-        tasks.len()
-    );
-    if tasks.len() > expected {
-        note(format!(
-            "the manager holds {} tasks: {} were placed again after their node was marked DOWN",
-            tasks.len(),
-            tasks.len() - expected
-        ));
+    let started = Instant::now();
+    loop {
+        let tasks = list_tasks(addr, admin).await?;
+        // Copies left on a node marked DOWN are told to stop (their desired
+        // state), and report it once their node is back: not the tasks asked for.
+        let running = tasks
+            .iter()
+            .filter(|t| {
+                t.desired_state() == TaskState::Running
+                    && t.status.as_ref().map(|s| s.state()) == Some(TaskState::Running)
+            })
+            .count();
+        if running == expected {
+            figure("converged_after_ms", started.elapsed().as_millis());
+            if tasks.len() > expected {
+                note(format!(
+                    "the manager holds {} tasks: {} were placed again after their node was marked DOWN",
+                    tasks.len(),
+                    tasks.len() - expected
+                ));
+            }
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < CONVERGE,
+            "the hollow nodes counted {expected} tasks running, but after {}s the manager \
+             holds {} tasks of which {running} RUNNING and meant to run",
+            CONVERGE.as_secs(),
+            tasks.len()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    Ok(())
 }
 
+/// How long [`check_all_running`] waits for the cluster to converge.
+const CONVERGE: Duration = Duration::from_secs(120);
+
+/// Every task, a page at a time (as `service ps` reads them): one reply of
+/// 200,000 tasks would cost the manager hundreds of MiB for the check alone.
 async fn list_tasks(addr: SocketAddr, admin: &std::path::Path) -> anyhow::Result<Vec<Task>> {
     let channel = crate::process::channel_patiently(addr, admin, PATIENCE).await?;
     let mut c = shoal_proto::control_client::ControlClient::new(channel)
         .max_decoding_message_size(256 * 1024 * 1024);
-    Ok(c.list_tasks(ListTasksRequest::default())
-        .await?
-        .into_inner()
-        .tasks)
+    let mut tasks = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = c
+            .list_tasks(ListTasksRequest {
+                paged: true,
+                after,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        tasks.extend(page.tasks);
+        if page.next.is_empty() {
+            return Ok(tasks);
+        }
+        after = page.next;
+    }
 }
 
 #[cfg(test)]
