@@ -28,8 +28,11 @@ use crate::scheduler::fasthash::FastSet;
 use crate::seal::DataKey;
 use crate::store::{ChangeKind, MemState, Store, Stored};
 
-/// Messages buffered towards a slow agent before the feeder waits.
-const STREAM_BUFFER: usize = 16;
+/// Messages buffered towards a slow agent before the feeder waits (and
+/// gathers what comes meanwhile into its next message). Each holds copies of
+/// its tasks: at 10,000 nodes, 16 per node was hundreds of MiB while the
+/// hollow agents read slowly.
+const STREAM_BUFFER: usize = 2;
 
 /// Boxed: a channel allocates room for 32 of its items at once, and an
 /// `AssignmentsMessage` is ~180 bytes where a box is 8 (6 KiB per idle node).

@@ -267,14 +267,24 @@ async fn list_tasks(addr: SocketAddr, admin: &std::path::Path) -> anyhow::Result
     let mut tasks = Vec::new();
     let mut after = String::new();
     loop {
-        let page = c
-            .list_tasks(ListTasksRequest {
-                paged: true,
-                after,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
+        let request = ListTasksRequest {
+            paged: true,
+            after,
+            ..Default::default()
+        };
+        // A manager busy with its nodes may not confirm its leadership in
+        // time for a read ("no quorum"): that is worth a retry.
+        let mut attempts = 0;
+        let page = loop {
+            match c.list_tasks(request.clone()).await {
+                Ok(page) => break page.into_inner(),
+                Err(status) if status.code() == tonic::Code::Unavailable && attempts < 10 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        };
         tasks.extend(page.tasks);
         if page.next.is_empty() {
             return Ok(tasks);
