@@ -99,18 +99,19 @@ pub async fn update(
 
 /// Most tasks the services of a cluster may ask for together: replicas of
 /// the replicated services, plus one task per node for each global service.
-/// Fewer in a cluster of more than 5,000 nodes: [`cluster_task_limit`].
+/// Fewer in a cluster of more than 2,500 nodes: [`cluster_task_limit`].
 pub const MAX_CLUSTER_TASKS: u64 = 200_000;
 
 /// What a node costs the manager, in tasks: a node's session (its TLS
 /// connection, four streams, its assignment feed) holds about 56 KiB, a task
-/// about 3.4 KiB at its peak (docs/LIMITS.md has the figures).
+/// 3–4.7 KiB while it is placed (docs/LIMITS.md has the figures).
 pub const NODE_TASK_WEIGHT: u64 = 16;
 
-/// The manager is sized to stay under 1 GiB with its nodes and tasks:
-/// 10,000 hollow nodes (570 MiB) with 180,000 tasks took it to 1.2 GiB.
-/// Tasks plus [`NODE_TASK_WEIGHT`] per node may not exceed this.
-pub const CLUSTER_LOAD: u64 = 280_000;
+/// The manager is sized to stay under 1 GiB with its nodes and tasks: 10,000
+/// hollow nodes hold 570 MiB, and placing 120,000 tasks on them took it to
+/// 1.13–1.19 GiB. Tasks plus [`NODE_TASK_WEIGHT`] per node may not exceed
+/// this: 80,000 tasks at 10,000 nodes.
+pub const CLUSTER_LOAD: u64 = 240_000;
 
 /// Most tasks the services of a cluster of `nodes` nodes may ask for: what
 /// [`CLUSTER_LOAD`] leaves after its nodes, and never over [`MAX_CLUSTER_TASKS`].

@@ -210,10 +210,10 @@ async fn the_services_together_ask_for_at_most_the_cluster_task_limit() {
 fn the_cluster_task_limit_leaves_room_for_the_nodes() {
     use super::services::{MAX_CLUSTER_TASKS, cluster_task_limit};
     assert_eq!(cluster_task_limit(0), MAX_CLUSTER_TASKS);
-    assert_eq!(cluster_task_limit(5_000), MAX_CLUSTER_TASKS);
-    assert_eq!(cluster_task_limit(5_001), MAX_CLUSTER_TASKS - 16);
-    assert_eq!(cluster_task_limit(10_000), 120_000);
-    assert_eq!(cluster_task_limit(17_500), 0);
+    assert_eq!(cluster_task_limit(2_500), MAX_CLUSTER_TASKS);
+    assert_eq!(cluster_task_limit(2_501), MAX_CLUSTER_TASKS - 16);
+    assert_eq!(cluster_task_limit(10_000), 80_000);
+    assert_eq!(cluster_task_limit(15_000), 0);
     assert_eq!(cluster_task_limit(u64::MAX), 0);
 }
 
@@ -231,7 +231,7 @@ async fn a_large_cluster_takes_fewer_tasks_and_says_why() {
     store.propose(nodes).await.unwrap();
     let api = ControlService::new(store.clone(), None);
     let limit = super::services::cluster_task_limit(6_000);
-    assert_eq!(limit, 184_000);
+    assert_eq!(limit, 144_000);
     create(&api, spec("a", "nginx", limit - 1)).await.unwrap();
     let err = create(&api, spec("b", "nginx", 2)).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
