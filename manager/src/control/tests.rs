@@ -233,7 +233,9 @@ async fn a_large_cluster_takes_fewer_tasks_and_says_why() {
     let limit = super::services::cluster_task_limit(6_000);
     assert_eq!(limit, 144_000);
     create(&api, spec("a", "nginx", 100_000)).await.unwrap();
-    create(&api, spec("a2", "nginx", limit - 100_001)).await.unwrap();
+    create(&api, spec("a2", "nginx", limit - 100_001))
+        .await
+        .unwrap();
     let err = create(&api, spec("b", "nginx", 2)).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(
