@@ -272,6 +272,10 @@ const KEYS: u64 = 4;
 
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Writes acknowledged and reads answered, at least, over the eight faults
+/// (thousands of each in a run on a loaded 2-core machine).
+const MIN_SERVED: usize = 100;
+
 #[tokio::test]
 async fn concurrent_reads_and_writes_under_kills_pauses_partitions_and_delays_are_linearizable() {
     let mut managers = three_managers().await;
@@ -369,8 +373,19 @@ async fn concurrent_reads_and_writes_under_kills_pauses_partitions_and_delays_ar
         Op::Write { .. } => (w + 1, r),
         Op::Read { .. } => (w, r + 1),
     });
+    // A cluster that refused everything would be trivially linearizable:
+    // the faults must leave it serving, most of the time.
+    let acknowledged = ops
+        .iter()
+        .filter(|o| matches!(o.op, Op::Write { .. }) && o.result == OpResult::Ok)
+        .count();
+    let answered = ops
+        .iter()
+        .filter(|o| matches!(o.result, OpResult::Read(_)))
+        .count();
     println!(
-        "{} operations ({writes} writes, {reads} reads) checked: {} anomalies, {} keys undecided",
+        "{} operations ({writes} writes, {acknowledged} acknowledged; {reads} reads, \
+         {answered} answered) checked: {} anomalies, {} keys undecided",
         report.ops_checked,
         report.anomalies.len(),
         report.unknown_keys.len()
@@ -383,7 +398,11 @@ async fn concurrent_reads_and_writes_under_kills_pauses_partitions_and_delays_ar
         "the history is not linearizable"
     );
     assert!(report.unknown_keys.is_empty(), "{:?}", report.unknown_keys);
-    assert!(reads > 0 && writes > 0);
+    assert!(
+        acknowledged >= MIN_SERVED && answered >= MIN_SERVED,
+        "under the faults the cluster acknowledged {acknowledged} writes and answered \
+         {answered} reads, fewer than {MIN_SERVED} of each"
+    );
 
     // Healed, every manager ends with the same services and versions, and
     // every acknowledged write's value is either the last or overwritten.
