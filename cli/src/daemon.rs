@@ -38,7 +38,7 @@ pub async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         // A manager that has joined ignores --join: it needs no token file.
         Some(_) if args.token.is_none() && has_joined_as_manager(&config)? => None,
         Some(addr) => match join_token(&args, &root).await? {
-            Some(token) => Some(shoal_manager::join::JoinOptions {
+            Some(token) => Some(shoal_manager::JoinOptions {
                 addr: addr.clone(),
                 token,
             }),
@@ -92,14 +92,14 @@ async fn join_token(
 
 /// Whether this manager's data dir has joined its cluster (it has a Raft id).
 fn has_joined_as_manager(config: &ManagerConfig) -> anyhow::Result<bool> {
-    let id = shoal_manager::raft::membership::load_raft_id(&config.data_dir)
+    let id = shoal_manager::joined_raft_id(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("--data-dir: {e}"))?;
     Ok(id.is_some())
 }
 
 /// `--export-join-tokens`: the tokens go to files, and only their paths to
 /// stdout.
-fn export_new_cluster(dir: &Path, new: &shoal_manager::server::NewCluster) -> anyhow::Result<()> {
+fn export_new_cluster(dir: &Path, new: &shoal_manager::NewCluster) -> anyhow::Result<()> {
     join_tokens::export(dir, &new.manager_token, &new.worker_token)?;
     let manager = dir.join(join_tokens::MANAGER_TOKEN_FILE);
     let worker = dir.join(join_tokens::WORKER_TOKEN_FILE);
@@ -139,14 +139,14 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
         ca: args.ca,
     };
     let config = manager_config(&manager_args)?;
-    let new = shoal_manager::server::init(config).await?;
+    let new = shoal_manager::init(config).await?;
     print_new_cluster(&new);
     Ok(())
 }
 
 /// What `shoal manager` and `shoal init` print when they create a cluster
 /// (on stdout, never in the logs: the tokens are credentials).
-fn print_new_cluster(new: &shoal_manager::server::NewCluster) {
+fn print_new_cluster(new: &shoal_manager::NewCluster) {
     println!(
         "Cluster initialized: this manager is its first member.\n\n\
          To add a worker to this cluster, run the following command:\n\n    \
@@ -346,9 +346,9 @@ fn hostname() -> Option<String> {
 
 async fn run_manager(
     config: ManagerConfig,
-    join: Option<shoal_manager::join::JoinOptions>,
+    join: Option<shoal_manager::JoinOptions>,
     shutdown: CancellationToken,
-    on_ready: impl FnOnce(shoal_manager::server::Ready) + Send,
+    on_ready: impl FnOnce(shoal_manager::Ready) + Send + 'static,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
@@ -356,7 +356,10 @@ async fn run_manager(
             config.data_dir.display()
         )
     })?;
-    shoal_manager::server::run_joining(config, join, shutdown, on_ready).await?;
+    let options = shoal_manager::Options::new(config)
+        .join(join)
+        .on_ready(on_ready);
+    shoal_manager::run(options, shutdown).await?;
     Ok(())
 }
 

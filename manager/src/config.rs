@@ -173,6 +173,20 @@ impl ManagerConfig {
         self.data_dir.join("shoal.sock")
     }
 
+    /// The settings a new cluster starts with, from its first manager's configuration.
+    pub fn default_cluster_spec(&self) -> shoal_proto::ClusterSpec {
+        shoal_proto::ClusterSpec {
+            name: "default".into(),
+            dispatcher: Some(shoal_proto::DispatcherConfig {
+                heartbeat_period_ms: self.dispatcher.heartbeat_period.as_millis() as i64,
+                heartbeat_grace_multiplier: self.dispatcher.grace_multiplier,
+            }),
+            orchestration: Some(shoal_proto::OrchestrationConfig {
+                task_history_retention_limit: self.orchestrator.task_history_limit as u64,
+            }),
+        }
+    }
+
     /// Check the values before anything is bound or written.
     pub fn validate(&self) -> Result<(), String> {
         if self.data_dir.as_os_str().is_empty() {
@@ -195,4 +209,11 @@ impl ManagerConfig {
         }
         Ok(())
     }
+}
+
+/// Whether `addr` names a host others can connect to (not 0.0.0.0 or [::]).
+pub fn reachable(addr: &str) -> bool {
+    addr.parse::<SocketAddr>()
+        .map(|a| !a.ip().is_unspecified())
+        .unwrap_or(true)
 }

@@ -7,25 +7,31 @@
 //!    a manager certificate ends the join (a worker token is refused here).
 //! 2. Membership: with that certificate (mutual TLS), call `Raft.JoinCluster`
 //!    on the leader (a follower names it; the call is repeated there). The
-//!    leader adds this manager as a voter and answers with its Raft id, the
+//!    leader adds this manager as a learner (a voter once it has caught up)
+//!    and answers with its Raft id, the
 //!    members and the cluster data key.
 //! 3. The caller keeps the certificate, the data key and the Raft id in the
 //!    data dir (the Raft id last: its presence means "joined"), then starts
 //!    Raft with an empty log; the leader brings it up to date by snapshot.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use shoal_proto::ca_client::CaClient;
 use shoal_proto::raft_client::RaftClient;
 use shoal_proto::tls::client::{self, ClientTls};
-use shoal_proto::tls::{Credentials, JoinToken, Role, SharedCredentials, pki};
+use shoal_proto::tls::{self, Credentials, JoinToken, Role, SharedCredentials, TlsError, pki};
 use shoal_proto::{
     GetRootCaCertificateRequest, IssueNodeCertificateRequest, JoinClusterRequest,
-    JoinClusterResponse,
+    JoinClusterResponse, RaftMember,
 };
 use tonic::transport::{Channel, Endpoint};
 
-use crate::raft::membership::LEADER_METADATA;
+use tracing::info;
+
+use crate::config::{ManagerConfig, reachable};
+use crate::raft::membership::{self, LEADER_METADATA};
+use crate::seal::{DataKey, SealError};
 
 /// How long a join keeps retrying a manager that cannot be reached or has
 /// no leader yet.
@@ -51,8 +57,93 @@ impl std::fmt::Debug for JoinOptions {
     }
 }
 
+/// Why this manager could not join, or start without joining.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The join cannot go on as asked; the message names the flag or the
+    /// data dir and what to do.
+    #[error("{0}")]
+    Refused(String),
+    #[error("the TLS credentials in {}", .0.display())]
+    Credentials(PathBuf, #[source] TlsError),
+    #[error("the cluster data key the leader sent")]
+    DataKey(#[source] SealError),
+}
+
+/// Join the cluster `opts` names unless this data dir already has: get a
+/// manager certificate, become a member, keep the data key and the Raft id.
+/// Returns the members, whose addresses the transport starts with.
+pub async fn as_manager(
+    config: &ManagerConfig,
+    opts: &JoinOptions,
+    advertise: &str,
+) -> Result<Vec<RaftMember>, JoinError> {
+    let data_dir = &config.data_dir;
+    if !reachable(advertise) {
+        return Err(JoinError::Refused(format!(
+            "--advertise-addr: required when listening on {advertise}: the other managers must be able to reach this one"
+        )));
+    }
+    if membership::load_raft_id(data_dir)
+        .map_err(JoinError::Refused)?
+        .is_some()
+    {
+        info!("this manager has already joined its cluster; --join ignored");
+        return Ok(Vec::new());
+    }
+    if data_dir.join("store").exists() {
+        return Err(JoinError::Refused(format!(
+            "--join: data-dir {} already holds a cluster of its own; a joining manager needs an empty data dir",
+            data_dir.display()
+        )));
+    }
+    let tls_dir = config.tls_dir();
+    let kept =
+        Credentials::load(&tls_dir).map_err(|e| JoinError::Credentials(tls_dir.clone(), e))?;
+    let creds = match kept {
+        Some(creds) => creds,
+        None => {
+            let creds = certificate(opts).await.map_err(JoinError::Refused)?;
+            creds
+                .store(&tls_dir)
+                .map_err(|e| JoinError::Credentials(tls_dir.clone(), e))?;
+            creds
+        }
+    };
+    let response = join_cluster(opts, &creds, advertise)
+        .await
+        .map_err(JoinError::Refused)?;
+    DataKey::from_bytes(&response.data_key)
+        .and_then(|key| key.store(data_dir))
+        .map_err(JoinError::DataKey)?;
+    membership::store_raft_id(data_dir, response.raft_id).map_err(JoinError::Refused)?;
+    info!(
+        raft.id = response.raft_id,
+        members = response.members.len(),
+        "joined the cluster as a manager"
+    );
+    Ok(response.members)
+}
+
+/// A data dir with a certificate but neither state nor Raft id is a join that
+/// did not finish: starting it without `--join` would found a new cluster.
+pub fn refuse_unfinished(config: &ManagerConfig) -> Result<(), JoinError> {
+    let has_state = config.data_dir.join("store").exists();
+    let has_cert = config.tls_dir().join(tls::creds::CERT_FILE).exists();
+    let joined = membership::load_raft_id(&config.data_dir)
+        .map_err(JoinError::Refused)?
+        .is_some();
+    if has_cert && !has_state && !joined {
+        return Err(JoinError::Refused(format!(
+            "data-dir {} holds a manager certificate but no cluster state: a join did not finish; start again with --join ADDR --token MANAGER_TOKEN",
+            config.data_dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Get a manager certificate with the token in `opts`.
-pub async fn certificate(opts: &JoinOptions) -> Result<Credentials, String> {
+async fn certificate(opts: &JoinOptions) -> Result<Credentials, String> {
     let token = JoinToken::parse(&opts.token).map_err(|e| format!("--token: {e}"))?;
     let addr = &opts.addr;
     let endpoint = endpoint(addr)?;
@@ -113,8 +204,8 @@ pub async fn certificate(opts: &JoinOptions) -> Result<Credentials, String> {
 }
 
 /// Ask the leader (found through `opts.addr`) to add this manager, reachable
-/// at `advertise`, as a voter.
-pub async fn join_cluster(
+/// at `advertise`, to the Raft group.
+async fn join_cluster(
     opts: &JoinOptions,
     creds: &Credentials,
     advertise: &str,
@@ -223,4 +314,30 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_addresses_are_not_advertisable() {
+        assert!(!reachable("0.0.0.0:4280"));
+        assert!(!reachable("[::]:4280"));
+        assert!(reachable("10.0.0.1:4280"));
+        assert!(reachable("manager-1.example:4280"));
+    }
+
+    #[test]
+    fn a_certificate_without_state_or_raft_id_is_an_unfinished_join() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ManagerConfig::new(dir.path());
+        refuse_unfinished(&config).unwrap();
+        std::fs::create_dir_all(config.tls_dir()).unwrap();
+        std::fs::write(config.tls_dir().join(tls::creds::CERT_FILE), "").unwrap();
+        let err = refuse_unfinished(&config).unwrap_err().to_string();
+        assert!(err.contains("--join"), "{err}");
+        membership::store_raft_id(dir.path(), 4).unwrap();
+        refuse_unfinished(&config).unwrap();
+    }
 }

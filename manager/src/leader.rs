@@ -4,12 +4,13 @@
 //! dispatcher's loops start under one child cancellation token; when it loses
 //! leadership (or shuts down) the token is cancelled and all three are joined
 //! before anything else happens, so two leaders' components never overlap on
-//! one manager.
+//! one manager. A leader also keeps its own address in the managers table
+//! ([`register_while_leading`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use shoal_proto::{Cluster, ClusterSpec, DispatcherConfig, OrchestrationConfig};
+use shoal_proto::Cluster;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -143,7 +144,7 @@ async fn lead(
             let (id, outcome) = match joined {
                 Ok((id, ())) => (id, "returned while this manager leads".to_string()),
                 Err(err) => (err.id(), match err.try_into_panic() {
-                    Ok(panic) => format!("panicked: {}", panic_message(&*panic)),
+                    Ok(panic) => format!("panicked: {}", crate::panics::panic_message(&*panic)),
                     Err(err) => err.to_string(),
                 }),
             };
@@ -190,16 +191,38 @@ impl Backoff {
     }
 }
 
-/// The text of a caught panic, at most a few hundred characters.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let text = panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a panic without a message");
-    match text.char_indices().nth(200) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_string(),
+/// Keep this manager's address in the managers table whenever it leads (the
+/// first manager of a cluster records itself this way; a restarted leader
+/// corrects a changed address).
+pub async fn register_while_leading(
+    store: Store,
+    raft_id: u64,
+    node_id: String,
+    advertise: String,
+    forced_new_cluster: bool,
+    shutdown: CancellationToken,
+) {
+    if !crate::config::reachable(&advertise) {
+        warn!(%advertise, "other managers cannot reach this address; give --advertise-addr before adding managers");
+    }
+    let mut leadership = store.leadership();
+    loop {
+        if leadership.borrow_and_update().is_leader
+            && let Err(e) =
+                crate::raft::membership::register(&store, raft_id, &node_id, &advertise).await
+        {
+            warn!(error = %e, "could not record this manager in the managers table");
+        }
+        if forced_new_cluster
+            && leadership.borrow().is_leader
+            && let Err(e) = crate::raft::membership::forget_others(&store, raft_id).await
+        {
+            warn!(error = %e, "could not drop the other managers from the managers table");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = leadership.changed() => if changed.is_err() { return },
+        }
     }
 }
 
@@ -210,27 +233,13 @@ async fn ensure_cluster(store: &Store, config: &ManagerConfig) -> Result<(), Sto
     }
     let cluster = Cluster {
         id: shoal_proto::ids::new_id(),
-        spec: Some(default_cluster_spec(config)),
+        spec: Some(config.default_cluster_spec()),
         ..Default::default()
     };
     store
         .propose(vec![Action::Create(Object::Cluster(cluster.into()))])
         .await?;
     Ok(())
-}
-
-/// The settings a new cluster starts with, from the first manager's configuration.
-pub(crate) fn default_cluster_spec(config: &ManagerConfig) -> ClusterSpec {
-    ClusterSpec {
-        name: "default".into(),
-        dispatcher: Some(DispatcherConfig {
-            heartbeat_period_ms: config.dispatcher.heartbeat_period.as_millis() as i64,
-            heartbeat_grace_multiplier: config.dispatcher.grace_multiplier,
-        }),
-        orchestration: Some(OrchestrationConfig {
-            task_history_retention_limit: config.orchestrator.task_history_limit as u64,
-        }),
-    }
 }
 
 #[cfg(test)]

@@ -171,10 +171,7 @@ impl ManagerProcess {
                 "SHOAL_LOG",
                 std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .env(
-                shoal_manager::raft::faults::PARTITION_FILE_ENV,
-                self.partition_file(),
-            )
+            .env(shoal_manager::PARTITION_FILE_ENV, self.partition_file())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use shoal_manager::ManagerConfig;
-use shoal_manager::store::{Action, Object};
 use shoal_proto::validate::MAX_REPLICAS;
 use shoal_proto::{
     ContainerSpec, CreateServiceRequest, ListServicesRequest, ListTasksRequest, Service,
@@ -132,20 +131,9 @@ async fn replica_counts_over_the_limit_are_refused_and_the_manager_stays_up() {
 /// Write `service` into the store of the stopped manager at `data_dir` the
 /// way an older version could have: straight through Raft, no API checks.
 async fn write_around_the_api(data_dir: &std::path::Path, service: Service) {
-    let config = ManagerConfig::new(data_dir);
-    let (store, raft) = shoal_manager::raft::start(&config)
-        .await
-        .expect("open the store");
-    let mut leadership = store.leadership();
-    tokio::time::timeout(WAIT, leadership.wait_for(|l| l.is_leader))
-        .await
-        .expect("the lone manager leads")
-        .unwrap();
-    store
-        .propose(vec![Action::Create(Object::Service(service.into()))])
+    shoal_manager::write_unchecked(&ManagerConfig::new(data_dir), vec![service])
         .await
         .expect("stored");
-    raft.shutdown().await;
 }
 
 #[tokio::test]

@@ -5,13 +5,15 @@
 //! module creates them with a new cluster ([`bootstrap`]), serves the `Ca` gRPC
 //! service (root certificate to anyone, node certificates to holders of a join
 //! token, renewals to nodes), rotates join tokens, and keeps this manager's own
-//! certificate fresh ([`renew_own`]).
+//! certificate fresh ([`renew_own`]). At start, [`own_identity`] finds this
+//! manager's certificate or makes a new cluster.
 
+mod identity;
 mod service;
 #[cfg(test)]
 mod tests;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shoal_proto::tls::{Credentials, JoinToken, PeerIdentity, Role, RootCa, pki};
@@ -23,6 +25,7 @@ use crate::config::ManagerConfig;
 use crate::seal::DataKey;
 use crate::store::{Action, MemState, Object, Store, StoreError};
 
+pub use identity::{NewCluster, own as own_identity};
 pub use service::CaService;
 
 /// Why the CA could not do something.
@@ -38,6 +41,14 @@ pub enum CaError {
     NoCa,
     #[error("{0}")]
     Io(String),
+    #[error(
+        "data-dir {} holds a cluster but no certificate ({} is missing)",
+        data_dir.display(),
+        cert.display()
+    )]
+    NoCertificate { data_dir: PathBuf, cert: PathBuf },
+    #[error("the new cluster did not elect this manager within {0:?}")]
+    NotElected(Duration),
 }
 
 impl From<CaError> for Status {
@@ -177,7 +188,7 @@ pub async fn bootstrap(
     let cluster = Cluster {
         id: cluster_id.clone(),
         meta: None,
-        spec: Some(crate::leader::default_cluster_spec(config)),
+        spec: Some(config.default_cluster_spec()),
         root_ca: Some(shoal_proto::RootCa {
             cert_pem: root.cert_pem().to_string(),
             key_sealed: key.seal(root.key_pem().as_bytes()),

@@ -28,7 +28,7 @@ use tonic::server::NamedService;
 use tonic::transport::{Channel, Endpoint};
 use tower::{Service, ServiceExt as _};
 
-use crate::control::errors::store_status;
+use crate::grpc_status::store_status;
 use crate::raft::{PeerInbox, membership};
 use crate::store::Store;
 

@@ -6,7 +6,6 @@
 //! refusal names the field or object and the problem. On a follower, writes
 //! are relayed to the leader ([`ForwardWrites`]); reads use the local store.
 
-mod errors;
 mod forward;
 mod nodes;
 mod secrets;
@@ -18,12 +17,12 @@ use shoal_proto::*;
 use tonic::{Request, Response, Status};
 
 use crate::dispatcher::Dispatcher;
+use crate::grpc_status::lookup_status;
 use crate::logbroker::LogStream;
 use crate::raft::RaftHandle;
 use crate::seal::DataKey;
 use crate::store::{Object, Store};
 
-pub use errors::{lookup_status, store_status};
 pub use forward::{ForwardWrites, Forwarder};
 pub use watch::WatchService;
 

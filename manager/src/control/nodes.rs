@@ -11,7 +11,7 @@ use shoal_proto::{
 };
 use tonic::Status;
 
-use super::errors::{lookup_status, spec_status, store_status};
+use crate::grpc_status::{lookup_status, spec_status, store_status};
 use crate::raft::GroupView;
 use crate::raft::membership::{self, Membership, Removal};
 use crate::store::{Action, Kind, LookupError, MemState, Object, Store, StoreError};

@@ -13,7 +13,7 @@ use shoal_proto::{
 };
 use tonic::Status;
 
-use super::errors::{lookup_status, spec_status, store_status};
+use crate::grpc_status::{lookup_status, spec_status, store_status};
 use crate::seal::DataKey;
 use crate::store::{Action, Kind, MemState, Object, Store};
 

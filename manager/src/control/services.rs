@@ -6,7 +6,7 @@ use shoal_proto::{
 };
 use tonic::Status;
 
-use super::errors::{lookup_status, spec_status, store_status};
+use crate::grpc_status::{lookup_status, spec_status, store_status};
 use crate::store::{Action, MemState, Object, Store, StoreError};
 
 /// Validate and store a new service. The orchestrator takes it from there.

@@ -24,7 +24,7 @@ use tonic::Status;
 
 use super::router::{Routed, Router};
 use super::secrets::{self, Delivered};
-use crate::scheduler::fasthash::FastSet;
+use crate::fasthash::FastSet;
 use crate::seal::DataKey;
 use crate::store::{ChangeKind, MemState, Store, Stored};
 

@@ -28,7 +28,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::scheduler::fasthash::FastMap;
+use crate::fasthash::FastMap;
 use crate::store::{Change, ChangeBatch, ChangeKind, Store, Stored};
 
 /// Routed batches buffered towards one feed before it is made to start over.

@@ -32,7 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::control::lookup_status;
+use crate::grpc_status::lookup_status;
 use crate::store::Store;
 
 /// Subscriptions queued towards one agent before the broker waits for it.
@@ -93,11 +93,13 @@ impl LogBroker {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    #[cfg(test)]
     /// Number of live subscriptions (for tests and metrics).
     pub fn subscription_count(&self) -> usize {
         self.state().subscriptions.len()
     }
 
+    #[cfg(test)]
     /// Whether `node_id` has an open subscriptions stream.
     pub fn is_listening(&self, node_id: &str) -> bool {
         self.state().listeners.contains_key(node_id)

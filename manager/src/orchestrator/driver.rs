@@ -44,7 +44,8 @@ const SLOW_PASS: Duration = Duration::from_millis(10);
 const START_TIME_GRACE: Duration = Duration::from_secs(30);
 
 /// Run the orchestrator until `shutdown` is cancelled (leadership lost).
-pub async fn run(store: Store, config: OrchestratorConfig, shutdown: CancellationToken) {
+#[cfg(test)]
+pub(crate) async fn run(store: Store, config: OrchestratorConfig, shutdown: CancellationToken) {
     run_with_placer(store, config, None, shutdown).await
 }
 
@@ -286,7 +287,7 @@ impl Driver {
                     continue;
                 }
                 (Err(panic), None) => {
-                    tracing::error!(service.id = %id, panic = %crate::leader::panic_message(&*panic),
+                    tracing::error!(service.id = %id, panic = %crate::panics::panic_message(&*panic),
                         "reconcile of a removed service panicked; its tasks are left as they are");
                     continue;
                 }
@@ -308,7 +309,7 @@ impl Driver {
         // includes the waits for commits while deciding.
         let (decide_ms, write_ms) = (deciding.as_millis() as u64, written.as_millis() as u64);
         if writes > 0 || deciding >= SLOW_PASS {
-            tracing::info!(services, writes, decide_ms, write_ms, "orchestrator pass");
+            tracing::info!(target: crate::FIGURES_TARGET, services, writes, decide_ms, write_ms, "orchestrator pass");
         } else {
             tracing::debug!(services, writes, decide_ms, write_ms, "orchestrator pass");
         }

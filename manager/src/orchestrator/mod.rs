@@ -40,7 +40,7 @@ use std::time::Instant;
 
 use shoal_proto::{Node, Service, Task, TaskState};
 
-pub use driver::{run, run_with_placer};
+pub use driver::run_with_placer;
 use restart::RestartTracker;
 
 /// One decision of the pure core, for the driver to carry out.

@@ -83,6 +83,7 @@ impl RestartTracker {
     }
 
     /// Restarts recorded for a slot (all of them, whatever the window).
+    #[cfg(test)]
     pub fn attempts(&self, service_id: &str, key: &SlotKey) -> usize {
         self.slots
             .get(&(service_id.to_string(), key.clone()))

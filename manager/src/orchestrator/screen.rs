@@ -59,7 +59,7 @@ impl Screen {
 pub(super) fn panic_error(panic: &(dyn std::any::Any + Send)) -> String {
     format!(
         "the orchestrator failed on this service ({}); it is left alone until its spec changes",
-        crate::leader::panic_message(panic)
+        crate::panics::panic_message(panic)
     )
 }
 

@@ -3,7 +3,7 @@
 //! - `raft_log`: entries keyed by their big-endian index (so key order is log order);
 //! - `raft_meta`: hard state, conf state and the metadata of the last snapshot;
 //! - `state`: checkpoints of the applied state, written by the actor
-//!   (`super::unwritten`): the whole state as `StoreSnapshot` pieces of about
+//!   (`super::checkpoint_due`): the whole state as `StoreSnapshot` pieces of about
 //!   64 KiB under `piece/<n>`, and the index it was applied up to, replaced in
 //!   one batch. The log holds every entry after it, so a checkpoint need not
 //!   follow each commit, and writing a few large values costs sled far less

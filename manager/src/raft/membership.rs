@@ -6,8 +6,8 @@
 //! a Raft id is never handed out twice, even after its manager is gone.
 //!
 //! Joining ([`Membership::join`], the leader's side of `Raft.JoinCluster`)
-//! records the joiner with a fresh id, then adds it as a voter with a conf
-//! change, and answers with the id, the members and the cluster data key. A
+//! records the joiner with a fresh id, then adds it as a learner with a conf
+//! change (the leader promotes it to voter once it has caught up), and answers with the id, the members and the cluster data key. A
 //! manager keeps its own Raft id in `DATA_DIR/raft-id`.
 
 use std::io::Write as _;

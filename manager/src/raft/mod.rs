@@ -18,21 +18,26 @@
 //! - [`service`]: transport seam and the gRPC service.
 //! - [`transport`]: the gRPC transport between managers.
 //! - [`membership`]: the managers table, Raft ids, and joining.
+//! - [`own_proposals`]: the leader's proposals kept decoded until applied.
+//! - [`checkpoint_due`]: when the next checkpoint of the applied state is written.
+//! - [`phase_timing`]: where the raft task's time goes, logged for the benchmark.
+//! - `disk`: the sled database and its trees; `blobs`: fsyncs for the blob
+//!   files sled writes beside them.
 
 mod blobs;
+mod checkpoint_due;
 mod disk;
 pub mod faults;
 pub mod membership;
 mod node;
 mod node_group;
-mod own;
+mod own_proposals;
+mod phase_timing;
 mod service;
 mod snapshot;
 mod space;
 mod storage;
 mod transport;
-mod unwritten;
-pub mod work;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -44,7 +49,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use membership::Membership;
-pub use service::{MemberChange, NoPeers, PeerInbox, RaftService, Transport};
+pub use service::{NoPeers, PeerInbox, RaftService, Transport};
 pub use transport::GrpcTransport;
 
 use crate::config::ManagerConfig;
@@ -140,11 +145,6 @@ impl RaftHandle {
         *self.status.borrow()
     }
 
-    /// Status with change notification.
-    pub fn watch_status(&self) -> watch::Receiver<RaftStatus> {
-        self.status.clone()
-    }
-
     /// The voters and which peers were heard from lately.
     pub fn group(&self) -> GroupView {
         self.group.lock().expect("group lock").clone()
@@ -177,6 +177,7 @@ impl RaftHandle {
     }
 
     /// Feed a peer's message (a rust-protobuf encoded `eraftpb::Message`).
+    #[cfg(test)]
     pub fn step(&self, msg_bytes: &[u8]) -> Result<(), RaftError> {
         self.inbox.step(msg_bytes)
     }
@@ -184,11 +185,6 @@ impl RaftHandle {
     /// Where peer messages and transport reports enter the node.
     pub fn inbox(&self) -> PeerInbox {
         self.inbox.clone()
-    }
-
-    /// The gRPC `Raft` service feeding this node.
-    pub fn service(&self) -> RaftService {
-        RaftService::new(self.inbox.clone())
     }
 
     /// Stop the actor (pending proposals fail with `StoreError::Stopped`),

@@ -25,13 +25,13 @@ use shoal_proto::Proposal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::checkpoint_due::Unwritten;
 use super::disk::{MAX_ENTRY_BYTES, STATE_PIECE_BYTES};
-use super::own::OwnProposals;
+use super::own_proposals::OwnProposals;
+use super::phase_timing::{Phase, Work};
 use super::service::{Inbound, Transport};
 use super::space::DiskSpace;
 use super::storage::SledStorage;
-use super::unwritten::Unwritten;
-use super::work::{Phase, Work};
 use super::{GroupView, RaftError, RaftStatus, snapshot};
 use crate::store::{Applied, Leadership, ProposeRequest, Store, StoreError};
 

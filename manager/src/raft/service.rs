@@ -97,6 +97,7 @@ impl PeerInbox {
     }
 
     /// Feed a peer's message, encoded with rust-protobuf as an `eraftpb::Message`.
+    #[cfg(test)]
     pub fn step(&self, msg_bytes: &[u8]) -> Result<(), RaftError> {
         let msg = Message::parse_from_bytes(msg_bytes).map_err(RaftError::InvalidMessage)?;
         self.step_message(msg)
@@ -224,6 +225,7 @@ impl RaftService {
         self
     }
 
+    #[cfg(test)]
     /// The tonic server to add to a router.
     pub fn into_server(self) -> shoal_proto::raft_server::RaftServer<RaftService> {
         shoal_proto::raft_server::RaftServer::new(self)

@@ -45,6 +45,7 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 type Changes = broadcast::Receiver<std::sync::Arc<ChangeBatch>>;
 
 /// Assign PENDING tasks to nodes until `shutdown` is cancelled.
+#[cfg(test)]
 pub async fn run(store: Store, shutdown: CancellationToken) {
     run_with_placer(store, None, shutdown).await
 }
@@ -58,6 +59,7 @@ pub async fn run_with_placer(
 ) {
     let (state, changes) = load(&store);
     tracing::info!(
+        target: crate::FIGURES_TARGET,
         nodes = state.node_count(),
         pending = state.pending_count(),
         "scheduler started"
@@ -357,6 +359,7 @@ fn log_pass(decisions: &super::Decisions, created: &[shoal_proto::Task], started
     let assigned = decisions.assigned.len() + created_assigned.count();
     if assigned > 0 || decisions.unplaceable > 0 {
         tracing::info!(
+            target: crate::FIGURES_TARGET,
             assigned,
             unplaceable = decisions.unplaceable,
             elapsed_ms = started.elapsed().as_millis() as u64,

@@ -7,7 +7,7 @@ use shoal_proto::{Node, Task, TaskState};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::scheduler::ASSIGNED_MESSAGE;
+use crate::scheduler::pass::ASSIGNED_MESSAGE;
 use crate::scheduler::pass::tests::{node, pending};
 use crate::store::{Action, Object, Store};
 

@@ -163,8 +163,6 @@ fn trim_number(value: f64) -> String {
 
 /// One check of the pipeline.
 pub trait Filter: Send + Sync {
-    /// Short name, for logs.
-    fn name(&self) -> &'static str;
     /// True when the verdict cannot change while tasks of one group are placed.
     fn is_static(&self) -> bool;
     /// False when the requirements give this filter nothing to check.
@@ -177,9 +175,6 @@ pub trait Filter: Send + Sync {
 /// The node's agent is connected and healthy.
 pub struct ReadyFilter;
 impl Filter for ReadyFilter {
-    fn name(&self) -> &'static str {
-        "ready"
-    }
     fn is_static(&self) -> bool {
         true
     }
@@ -200,9 +195,6 @@ impl Filter for ReadyFilter {
 /// Paused and drained nodes take no new tasks.
 pub struct AvailabilityFilter;
 impl Filter for AvailabilityFilter {
-    fn name(&self) -> &'static str {
-        "availability"
-    }
     fn is_static(&self) -> bool {
         true
     }
@@ -223,9 +215,6 @@ impl Filter for AvailabilityFilter {
 /// Placement constraints (`node.labels.zone==east`).
 pub struct ConstraintFilter;
 impl Filter for ConstraintFilter {
-    fn name(&self) -> &'static str {
-        "constraints"
-    }
     fn is_static(&self) -> bool {
         true
     }
@@ -243,9 +232,6 @@ impl Filter for ConstraintFilter {
 /// CPU and memory reservations fit in what the node has left.
 pub struct ResourceFilter;
 impl Filter for ResourceFilter {
-    fn name(&self) -> &'static str {
-        "resources"
-    }
     fn is_static(&self) -> bool {
         false
     }
@@ -267,9 +253,6 @@ impl Filter for ResourceFilter {
 /// The fixed published ports are free on the node.
 pub struct HostPortFilter;
 impl Filter for HostPortFilter {
-    fn name(&self) -> &'static str {
-        "host ports"
-    }
     fn is_static(&self) -> bool {
         false
     }
@@ -287,9 +270,6 @@ impl Filter for HostPortFilter {
 /// At most `max_replicas` tasks of the service per node.
 pub struct MaxReplicasFilter;
 impl Filter for MaxReplicasFilter {
-    fn name(&self) -> &'static str {
-        "max replicas"
-    }
     fn is_static(&self) -> bool {
         false
     }

@@ -15,12 +15,10 @@
 //!   and commits decisions in batches.
 //! - [`placer`]: the orchestrator's new tasks, placed before they are written,
 //!   so a task is created already ASSIGNED (one write instead of two).
-//! - [`fasthash`]: the hasher of the internal id-keyed maps.
 //!
 //! Everything but the driver is pure and tested on plain data.
 
 pub mod driver;
-pub mod fasthash;
 pub mod filters;
 pub mod nodeinfo;
 pub mod pass;
@@ -28,9 +26,5 @@ pub mod placer;
 pub mod spread;
 pub mod state;
 
-pub use driver::run;
-pub use filters::{Rejection, Requirements, explain};
-pub use nodeinfo::NodeInfo;
-pub use pass::{ASSIGNED_MESSAGE, Decisions};
-pub use placer::{PlaceRequest, Placer, placer};
-pub use state::SchedulerState;
+pub use pass::Decisions;
+pub use placer::{Placer, placer};

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use shoal_proto::{Node, PortProtocol, Task, TaskState};
 
-use super::fasthash::FastMap;
+use crate::fasthash::FastMap;
 
 /// A host-mode published port: unique per node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -160,6 +160,7 @@ impl NodeInfo {
     }
 
     /// Reserved (nano CPUs, memory bytes).
+    #[cfg(test)]
     pub fn reserved(&self) -> (i64, i64) {
         (self.reserved_cpus, self.reserved_memory)
     }

@@ -13,11 +13,11 @@ use shoal_proto::{Task, TaskState};
 use std::borrow::Cow;
 use std::hash::{BuildHasher, BuildHasherDefault};
 
-use super::fasthash::{FastHasher, FastMap};
 use super::filters::{Pipeline, Rejection, Requirements, explain};
 use super::nodeinfo::{Footprint, is_counted};
 use super::spread::{Entry, Tree};
 use super::state::{PendingTask, SchedulerState, same_requirements};
+use crate::fasthash::{FastHasher, FastMap};
 
 /// The status message of a task the scheduler placed.
 pub const ASSIGNED_MESSAGE: &str = "scheduler assigned task to node";
@@ -27,6 +27,7 @@ pub const ASSIGNED_MESSAGE: &str = "scheduler assigned task to node";
 pub struct Decisions {
     /// Tasks to write back ASSIGNED to their node (carrying the version read).
     /// Boxed as they were held, so a big pass moves pointers, not tasks.
+    #[expect(clippy::vec_box, reason = "the state holds tasks boxed; moving the boxes is cheap")]
     pub assigned: Vec<Box<Task>>,
     /// Tasks still PENDING whose status message must change to say why.
     pub messages: Vec<Task>,

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use shoal_proto::{Node, Placement, ResourceRequirements, Task};
 
-use super::fasthash::FastMap;
 use super::nodeinfo::{self, Footprint, NodeInfo};
+use crate::fasthash::FastMap;
 
 /// A task waiting for a node.
 #[derive(Debug, Clone)]
@@ -97,6 +97,7 @@ impl SchedulerState {
             .count()
     }
 
+    #[cfg(test)]
     pub fn node_info(&self, node_id: &str) -> Option<&NodeInfo> {
         self.by_id
             .get(node_id)

@@ -24,8 +24,9 @@ use shoal_proto::{
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub(crate) use apply::share_spec;
-pub use apply::{Outcome, ingress_ports};
-pub use object::{Kind, Object, ObjectExt, Stored, decode, encode};
+#[cfg(test)]
+pub use object::encode;
+pub use object::{Kind, Object, ObjectExt, Stored, decode};
 pub use tables::{LookupError, MemState, service_name};
 
 /// Number of change batches a slow subscriber may fall behind before it is told
@@ -182,7 +183,9 @@ fn plural(n: usize) -> &'static str {
 /// A committed write: its Raft index and what it changed.
 #[derive(Debug, Default)]
 pub struct Applied {
+    #[cfg_attr(not(test), expect(dead_code, reason = "read by tests only"))]
     pub index: u64,
+    #[cfg_attr(not(test), expect(dead_code, reason = "read by tests only"))]
     pub batch: Arc<ChangeBatch>,
     /// Actions refused in a non-atomic proposal.
     pub refused: Vec<(usize, StoreError)>,
@@ -251,6 +254,7 @@ impl Store {
         }
     }
 
+    #[cfg(test)]
     /// A store without Raft or disk, that commits every proposal at once: for
     /// unit tests of the components that sit on the store.
     pub fn in_memory() -> Store {

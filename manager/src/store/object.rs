@@ -65,6 +65,7 @@ pub trait ObjectExt {
     fn id(&self) -> &str;
     fn meta(&self) -> Option<&Meta>;
     fn meta_mut(&mut self) -> &mut Meta;
+    #[cfg(test)]
     /// The key under which the object is persisted.
     fn storage_key(&self) -> Vec<u8> {
         let mut key = self.kind().key_prefix().to_vec();
@@ -177,6 +178,7 @@ impl Stored {
     }
 }
 
+#[cfg(test)]
 /// Encode an object for the sled state tree.
 ///
 /// The bytes are a `StoreObject` message, written without cloning the object.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use shoal_proto::{Cluster, Config, Meta, Node, Secret, Service, Task};
 
 use super::object::{Kind, Stored};
-use crate::scheduler::fasthash::{FastMap, FastSet};
+use crate::fasthash::{FastMap, FastSet};
 
 /// Every stored object, plus the Raft index of the last applied entry. Objects
 /// are held as [`Stored`] holds them, behind an `Arc` that the committed
@@ -75,6 +75,7 @@ impl MemState {
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
         self.tasks.values().map(Arc::as_ref)
     }
+    #[cfg(test)]
     pub fn task_count(&self) -> usize {
         self.tasks.len()
     }
@@ -227,6 +228,7 @@ impl MemState {
         unique_prefix(Kind::Task, reference, self.tasks(), |t| &t.id)
     }
 
+    #[cfg(test)]
     /// The current value of the object with `kind` and `id`, shared.
     pub fn get(&self, kind: Kind, id: &str) -> Option<Stored> {
         match kind {
@@ -239,6 +241,7 @@ impl MemState {
         }
     }
 
+    #[cfg(test)]
     /// Current meta.version of an object, if it exists.
     pub fn version_of(&self, kind: Kind, id: &str) -> Option<u64> {
         self.meta_of(kind, id).map(|m| m.version)
@@ -365,6 +368,7 @@ impl MemState {
         }
     }
 
+    #[cfg(test)]
     /// Every object, shared.
     pub fn objects(&self) -> impl Iterator<Item = Stored> + '_ {
         let nodes = self.nodes.values().cloned().map(Stored::Node);

@@ -76,10 +76,10 @@ impl Default for ScheduleArgs {
 
 /// The manager's log filter in benchmarks: the orchestrator logs every task it
 /// creates at info, which would cost more than the scheduling being measured;
-/// only the scheduler's one line per pass and raft-rs's few lines on roles
-/// and elections are kept.
-pub const BENCH_LOG: &str = "warn,shoal_manager::scheduler=info,raft::raft=info,\
-shoal_manager::orchestrator::driver=info,shoal_manager::raft::work=info";
+/// only the figures' lines (one per scheduling and orchestrator pass, raft
+/// work summaries, under `shoal_manager::FIGURES_TARGET`) and raft-rs's few
+/// lines on roles and elections are kept.
+pub const BENCH_LOG: &str = "warn,shoal::figures=info,raft::raft=info";
 
 pub async fn run(args: ScheduleArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.managers > 0, "--managers must be above 0");

@@ -59,7 +59,7 @@ impl Harness {
         let config = OrchestratorConfig {
             task_history_limit: history,
         };
-        let handle = tokio::spawn(super::run(store.clone(), config, shutdown.clone()));
+        let handle = tokio::spawn(super::driver::run(store.clone(), config, shutdown.clone()));
         Harness {
             store,
             shutdown,

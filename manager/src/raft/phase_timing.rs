@@ -1,14 +1,11 @@
 //! Where the Raft task's time goes: applying committed entries to the tables,
 //! persisting the log (append, hard state, fsync), and writing the state
 //! checkpoint. Summed over about a second and logged as one info line under
-//! the target [`TARGET`] while there is work, so a benchmark (or an operator
-//! with `shoal_manager::raft::work=info`) can break a run down by phase
-//! without a profiler.
+//! [`crate::FIGURES_TARGET`] while there is work, so a benchmark (or an
+//! operator with `SHOAL_LOG=info,shoal::figures=info`) can break a run down by
+//! phase without a profiler.
 
 use std::time::{Duration, Instant};
-
-/// The log target of the summary lines.
-pub const TARGET: &str = "shoal_manager::raft::work";
 
 /// How much work one summary line covers, at least.
 const PERIOD: Duration = Duration::from_secs(1);
@@ -82,7 +79,7 @@ impl Work {
     pub(crate) fn log_if_due(&mut self) {
         if let Some(s) = self.take_due(Instant::now()) {
             tracing::info!(
-                target: TARGET,
+                target: crate::FIGURES_TARGET,
                 cycles = s.cycles,
                 entries = s.entries,
                 apply_ms = s.apply_ms,
