@@ -335,3 +335,7 @@ impl<R: Runtime> TaskController<R> {
         self.reporter.report(&self.task.id, status);
     }
 }
+
+#[cfg(all(test, feature = "fake"))]
+#[path = "controller_tests.rs"]
+mod tests;

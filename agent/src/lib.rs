@@ -37,8 +37,8 @@ pub mod step;
 pub mod vault;
 pub mod worker;
 
-#[cfg(all(test, feature = "fake"))]
-mod tests;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 

@@ -399,38 +399,5 @@ fn period(ms: i64, fallback: Duration) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn busy(code: tonic::Code, hint: Option<&str>) -> tonic::Status {
-        let mut status = tonic::Status::new(code, "the manager is busy admitting nodes");
-        if let Some(hint) = hint {
-            status.metadata_mut().insert(
-                shoal_proto::RETRY_AFTER_MS_METADATA,
-                hint.parse().expect("ascii"),
-            );
-        }
-        status
-    }
-
-    #[test]
-    fn a_busy_managers_hint_is_read_and_bounded() {
-        let hint = |s: &tonic::Status| retry_after(s);
-        assert_eq!(
-            hint(&busy(tonic::Code::ResourceExhausted, Some("2500"))),
-            Some(Duration::from_millis(2500))
-        );
-        assert_eq!(
-            hint(&busy(tonic::Code::ResourceExhausted, Some("99999999"))),
-            Some(Duration::from_secs(60))
-        );
-        // A full disk (no hint), another code, or a garbled hint: the
-        // session ends and the usual backoff applies.
-        assert_eq!(hint(&busy(tonic::Code::ResourceExhausted, None)), None);
-        assert_eq!(hint(&busy(tonic::Code::Unavailable, Some("100"))), None);
-        assert_eq!(
-            hint(&busy(tonic::Code::ResourceExhausted, Some("soon"))),
-            None
-        );
-    }
-}
+#[path = "session_tests.rs"]
+mod tests;

@@ -212,3 +212,7 @@ fn wanted(task: &Task) -> bool {
     let reported = task.status.as_ref().map_or(TaskState::New, |s| s.state());
     from_i32(task.desired_state) <= TaskState::Running && !is_terminal(reported)
 }
+
+#[cfg(all(test, feature = "fake"))]
+#[path = "worker_tests.rs"]
+mod tests;

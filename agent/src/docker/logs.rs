@@ -100,50 +100,5 @@ pub(super) fn frame_lines(frame: LogOutput) -> Vec<LogLine> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn out(text: &str) -> LogOutput {
-        LogOutput::StdOut {
-            message: text.as_bytes().to_vec().into(),
-        }
-    }
-
-    #[test]
-    fn a_timestamped_frame_is_one_line() {
-        let lines = frame_lines(out("2024-02-29T23:59:59.123456789Z hello world\n"));
-        assert_eq!(
-            lines,
-            vec![LogLine {
-                stream: LogStream::Stdout,
-                timestamp_ns: 1_709_251_199_123_456_789,
-                data: b"hello world".to_vec(),
-            }]
-        );
-    }
-
-    #[test]
-    fn stderr_stays_stderr_and_empty_lines_survive() {
-        let lines = frame_lines(LogOutput::StdErr {
-            message: b"1970-01-01T00:00:01Z \n".to_vec().into(),
-        });
-        assert_eq!(lines.len(), 1);
-        assert_eq!(lines[0].stream, LogStream::Stderr);
-        assert_eq!(lines[0].timestamp_ns, 1_000_000_000);
-        assert!(lines[0].data.is_empty());
-    }
-
-    #[test]
-    fn frames_without_a_timestamp_or_with_several_lines() {
-        let lines = frame_lines(out("no timestamp here\r\nsecond\n"));
-        let texts: Vec<&[u8]> = lines.iter().map(|l| l.data.as_slice()).collect();
-        assert_eq!(texts, [b"no timestamp here".as_slice(), b"second"]);
-        assert!(lines.iter().all(|l| l.timestamp_ns == 0));
-        assert!(
-            frame_lines(LogOutput::StdIn {
-                message: Default::default()
-            })
-            .is_empty()
-        );
-    }
-}
+#[path = "logs_tests.rs"]
+mod tests;

@@ -1,4 +1,4 @@
-//! [`DockerRuntime::logs`] against the real engine: a container labelled as a
+//! The log frames parsed (pure), and [`DockerRuntime::logs`] against the real engine: a container labelled as a
 //! task of a test node (no network: it needs none), whose log is read back
 //! demultiplexed, tailed and followed. Skipped without an engine unless
 //! `SHOAL_REQUIRE_DOCKER=1`.
@@ -11,10 +11,55 @@ use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOp
 use futures::StreamExt;
 use shoal_proto::LogStream;
 
-use super::spec::{LABEL_NODE_ID, LABEL_TASK_ID};
-use super::test_image::ensure_test_image;
 use super::*;
+use crate::docker::spec::{LABEL_NODE_ID, LABEL_TASK_ID};
+use crate::docker::test_image::ensure_test_image;
+use crate::docker::*;
 use crate::runtime::LogLine;
+
+fn out(text: &str) -> LogOutput {
+    LogOutput::StdOut {
+        message: text.as_bytes().to_vec().into(),
+    }
+}
+
+#[test]
+fn a_timestamped_frame_is_one_line() {
+    let lines = frame_lines(out("2024-02-29T23:59:59.123456789Z hello world\n"));
+    assert_eq!(
+        lines,
+        vec![LogLine {
+            stream: LogStream::Stdout,
+            timestamp_ns: 1_709_251_199_123_456_789,
+            data: b"hello world".to_vec(),
+        }]
+    );
+}
+
+#[test]
+fn stderr_stays_stderr_and_empty_lines_survive() {
+    let lines = frame_lines(LogOutput::StdErr {
+        message: b"1970-01-01T00:00:01Z \n".to_vec().into(),
+    });
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].stream, LogStream::Stderr);
+    assert_eq!(lines[0].timestamp_ns, 1_000_000_000);
+    assert!(lines[0].data.is_empty());
+}
+
+#[test]
+fn frames_without_a_timestamp_or_with_several_lines() {
+    let lines = frame_lines(out("no timestamp here\r\nsecond\n"));
+    let texts: Vec<&[u8]> = lines.iter().map(|l| l.data.as_slice()).collect();
+    assert_eq!(texts, [b"no timestamp here".as_slice(), b"second"]);
+    assert!(lines.iter().all(|l| l.timestamp_ns == 0));
+    assert!(
+        frame_lines(LogOutput::StdIn {
+            message: Default::default()
+        })
+        .is_empty()
+    );
+}
 
 const DEADLINE: Duration = Duration::from_secs(30);
 

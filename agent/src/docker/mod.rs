@@ -451,6 +451,4 @@ impl Runtime for DockerRuntime {
 }
 
 #[cfg(test)]
-mod logs_tests;
-#[cfg(test)]
 mod tests;

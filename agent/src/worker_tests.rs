@@ -6,10 +6,10 @@ use std::sync::Arc;
 use shoal_proto::{AssignmentsMessage, AssignmentsType, Task, TaskState};
 use tokio_util::sync::CancellationToken;
 
-use super::{NODE, eventually, reported, task};
 use crate::fake::FakeRuntime;
 use crate::reporter::Reporter;
 use crate::runtime::ContainerState;
+use crate::testing::{NODE, eventually, reported, task};
 use crate::worker::Worker;
 
 fn complete(tasks: Vec<Task>) -> AssignmentsMessage {

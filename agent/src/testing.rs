@@ -1,9 +1,5 @@
-//! Tests that drive controllers, the worker and whole sessions against the fake
-//! runtime (feature `fake`).
-
-mod controller;
-mod session;
-mod worker;
+//! What the agent's tests share: a test task, and waiting on a condition
+//! with a deadline.
 
 use std::future::Future;
 use std::time::Duration;

@@ -9,11 +9,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{NODE, reported, task};
 use crate::controller::TaskController;
 use crate::fake::FakeRuntime;
 use crate::reporter::Reporter;
 use crate::runtime::{ContainerState, Runtime};
+use crate::testing::{NODE, reported, task};
 
 struct Harness {
     fake: Arc<FakeRuntime>,
