@@ -1,5 +1,6 @@
-//! What the client commands print: aligned tables like Docker's, and JSON rows
-//! (small serde structs, enums as lowercase words) for `--format json`.
+//! What the client commands print: aligned tables like Docker's, JSON rows
+//! (small serde structs, enums as lowercase words) for `--format json`, and
+//! errors in one line for the user ([`describe`]).
 
 use std::collections::HashMap;
 
@@ -9,6 +10,8 @@ use shoal_proto::{
     RestartCondition, ServiceMode, ServiceSummary, Task, UpdateFailureAction, UpdateOrder, ids,
     state,
 };
+
+use crate::connect;
 
 /// Print rows under headers, columns padded like Docker's tabwriter (3 spaces).
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
@@ -420,6 +423,31 @@ pub const NODE_HEADERS: [&str; 6] = [
     "ENGINE VERSION",
 ];
 
+/// One line for the user: a refused certificate says so (whatever the failed
+/// call shows); a gRPC status shows only its message (the manager words it
+/// for people); anything else shows its chain of causes.
+pub fn describe(err: &anyhow::Error) -> String {
+    if let Some(why) = connect::refusal() {
+        return why;
+    }
+    for cause in err.chain() {
+        if let Some(status) = cause.downcast_ref::<tonic::Status>() {
+            return match status.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+                    if status.message().is_empty() =>
+                {
+                    format!("the manager failed: {status}")
+                }
+                tonic::Code::Unavailable => {
+                    format!("the manager is unavailable: {}", status.message())
+                }
+                _ => status.message().to_string(),
+            };
+        }
+    }
+    format!("{err:#}").replace('\n', " ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,5 +506,18 @@ mod tests {
         assert_eq!(cells[1], " \\_ web.2");
         assert_eq!(cells[5], "Rejected 2 seconds ago");
         assert_eq!(cells[6], "\"no such image\"");
+    }
+
+    #[test]
+    fn grpc_errors_show_their_message() {
+        let err = anyhow::Error::new(tonic::Status::invalid_argument(
+            "replicas: must not be negative",
+        ));
+        assert_eq!(describe(&err), "replicas: must not be negative");
+        let err = anyhow::Error::new(tonic::Status::not_found("service web not found"))
+            .context("ignored");
+        assert_eq!(describe(&err), "service web not found");
+        let err = anyhow::anyhow!("root cause").context("outer");
+        assert_eq!(describe(&err), "outer: root cause");
     }
 }

@@ -173,7 +173,10 @@ where
         match remove(name.clone()).await {
             Ok(()) => println!("{name}"),
             Err(status) => {
-                eprintln!("Error: {}", crate::describe(&anyhow::Error::new(status)));
+                eprintln!(
+                    "Error: {}",
+                    crate::output::describe(&anyhow::Error::new(status))
+                );
                 failed.push(name.as_str());
             }
         }

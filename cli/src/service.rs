@@ -139,7 +139,7 @@ async fn scale(client: &mut Client, args: &ScaleArgs) -> anyhow::Result<()> {
                 println!("{reference} scaled to {replicas}");
                 scaled.push(service);
             }
-            Err(e) => failures.push(format!("{reference}: {}", crate::describe(&e))),
+            Err(e) => failures.push(format!("{reference}: {}", crate::output::describe(&e))),
         }
     }
     if !args.detach {
