@@ -9,6 +9,7 @@
 //!   `progress` shows a service converging.
 //! - `daemon`: the daemons and their shutdown; `join_tokens`: join tokens
 //!   handed over through files (`--export-join-tokens`, `--token-file`).
+//! - `testing` (tests only): fixtures the unit tests share.
 
 mod args;
 mod connect;
@@ -21,6 +22,8 @@ mod progress;
 mod secret;
 mod service;
 mod supervise;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::io::IsTerminal;
 

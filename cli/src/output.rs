@@ -451,6 +451,7 @@ pub fn describe(err: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{failed, task};
 
     #[test]
     fn tables_align_columns() {
@@ -482,22 +483,14 @@ mod tests {
 
     #[test]
     fn task_rows_name_slots_and_nodes() {
-        let task = Task {
-            id: "abcdefghijklmnopqrstuvwxy".into(),
-            service_name: "web".into(),
-            slot: 2,
-            node_id: "n1".into(),
-            desired_state: shoal_proto::TaskState::Running as i32,
-            status: Some(shoal_proto::TaskStatus {
-                state: shoal_proto::TaskState::Rejected as i32,
-                err: "no such image".into(),
-                timestamp: 1_000,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let mut t = failed(
+            task(2, "n1", 1, shoal_proto::TaskState::Rejected),
+            "no such image",
+        );
+        t.id = "abcdefghijklmnopqrstuvwxy".into();
+        t.status.as_mut().unwrap().timestamp = 1_000;
         let hosts = HashMap::from([("n1".to_string(), "box1".to_string())]);
-        let row = TaskRow::new(&task, &hosts);
+        let row = TaskRow::new(&t, &hosts);
         assert_eq!(row.name, "web.2");
         assert_eq!(row.node, "box1");
         assert_eq!((row.desired_state, row.state), ("running", "rejected"));

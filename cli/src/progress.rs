@@ -220,27 +220,7 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_proto::{Meta, TaskStatus};
-
-    fn task(slot: u64, node: &str, created: i64, st: TaskState, version: u64, err: &str) -> Task {
-        Task {
-            id: format!("t{slot}{created}"),
-            slot,
-            node_id: node.into(),
-            spec_version: version,
-            desired_state: TaskState::Running as i32,
-            meta: Some(Meta {
-                created_at: created,
-                ..Default::default()
-            }),
-            status: Some(TaskStatus {
-                state: st as i32,
-                err: err.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
+    use crate::testing::{failed, task};
 
     const GOAL: Goal = Goal {
         global: false,
@@ -251,8 +231,8 @@ mod tests {
     #[test]
     fn counts_running_slots() {
         let tasks = vec![
-            task(1, "n", 1, TaskState::Running, 1, ""),
-            task(2, "n", 1, TaskState::Preparing, 1, ""),
+            task(1, "n", 1, TaskState::Running),
+            task(2, "n", 1, TaskState::Preparing),
         ];
         let p = summarize(&tasks, GOAL);
         assert_eq!(
@@ -269,13 +249,13 @@ mod tests {
 
     #[test]
     fn shows_the_newest_task_and_its_error() {
-        let mut old = task(1, "n", 1, TaskState::Rejected, 1, "no such image");
+        let mut old = failed(task(1, "n", 1, TaskState::Rejected), "no such image");
         old.desired_state = TaskState::Shutdown as i32;
         let tasks = vec![
             old,
-            task(1, "n", 5, TaskState::Rejected, 1, "still no image"),
-            task(2, "n", 1, TaskState::Running, 1, ""),
-            task(3, "n", 1, TaskState::Running, 1, ""),
+            failed(task(1, "n", 5, TaskState::Rejected), "still no image"),
+            task(2, "n", 1, TaskState::Running),
+            task(3, "n", 1, TaskState::Running),
         ];
         let p = summarize(&tasks, GOAL);
         assert_eq!(p.lines[1], "1/3: rejected: still no image");
@@ -286,7 +266,7 @@ mod tests {
     #[test]
     fn converges_only_on_the_current_spec_version() {
         let mut tasks: Vec<Task> = (1..=3)
-            .map(|s| task(s, "n", 1, TaskState::Running, 1, ""))
+            .map(|s| task(s, "n", 1, TaskState::Running))
             .collect();
         assert!(summarize(&tasks, GOAL).converged);
         let updating = Goal {
@@ -309,8 +289,8 @@ mod tests {
         };
         assert!(!summarize(&[], goal).converged);
         let tasks = vec![
-            task(0, "node-a", 1, TaskState::Running, 1, ""),
-            task(0, "node-b", 1, TaskState::Starting, 1, ""),
+            task(0, "node-a", 1, TaskState::Running),
+            task(0, "node-b", 1, TaskState::Starting),
         ];
         let p = summarize(&tasks, goal);
         assert_eq!(p.lines[0], "overall progress: 1 out of 2 tasks");
