@@ -48,7 +48,6 @@ pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Print a value as pretty JSON.
 /// Print list rows the docker way: ids only with `-q`, else JSON or a table.
 pub fn print_list<R: Serialize>(
     rows: &[R],
@@ -74,6 +73,7 @@ pub fn print_list<R: Serialize>(
     }
 }
 
+/// Print a value as pretty JSON.
 pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
