@@ -1,6 +1,7 @@
 //! `shoal`: the one binary. Client commands talk to a manager over its
-//! `Control` API; `manager`, `agent` and `up` run the daemons from the
-//! shoal-manager and shoal-agent libraries.
+//! `Control` API (and its `Watch` API, to show a service converging);
+//! `manager`, `agent` and `up` run the daemons from the shoal-manager and
+//! shoal-agent libraries.
 //!
 //! - `args`: the clap command line.
 //! - `connect`: finding and dialling the manager; [`connect::default_data_dir`].
