@@ -495,4 +495,5 @@ pub struct NodeUpdateArgs {
 }
 
 #[cfg(test)]
+#[path = "args_tests.rs"]
 mod tests;

@@ -14,6 +14,7 @@ use shoal_proto::tls::client::{self, ClientTls};
 use shoal_proto::tls::refusal::{self, RefusalWatch};
 use shoal_proto::tls::{Credentials, SharedCredentials};
 use shoal_proto::validate::MAX_REPLY_BYTES;
+use shoal_proto::watch_client::WatchClient;
 use tonic::transport::{Channel, Endpoint};
 
 /// Name of the control socket inside a manager's data directory.
@@ -93,11 +94,26 @@ pub fn target(host: Option<&str>) -> anyhow::Result<Target> {
 
 /// Connect to the manager named by `--host` (or the default socket).
 pub async fn control(host: Option<&str>) -> anyhow::Result<ControlClient<Channel>> {
-    let target = target(host)?;
-    let channel = channel(&target).await?;
+    Ok(control_client(dial(host).await?))
+}
+
+/// A connection to the manager named by `--host` (or the default socket),
+/// for the clients below: one connection serves both.
+pub async fn dial(host: Option<&str>) -> anyhow::Result<Channel> {
+    channel(&target(host)?).await
+}
+
+/// The manager's `Control` API on `channel`.
+pub fn control_client(channel: Channel) -> ControlClient<Channel> {
     // Replies may be as large as the manager sends (lists of many services);
     // task lists come in pages.
-    Ok(ControlClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES))
+    ControlClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES)
+}
+
+/// The manager's `Watch` API on `channel`: one message holds the changes of
+/// one committed entry, as large as the manager sends.
+pub fn watch_client(channel: Channel) -> WatchClient<Channel> {
+    WatchClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES)
 }
 
 fn unreachable(target: &Target) -> String {

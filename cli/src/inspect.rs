@@ -257,20 +257,16 @@ fn sorted(map: &std::collections::HashMap<String, String>) -> Vec<(&String, &Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{self, SERVICE_ID, spec};
 
     #[test]
     fn service_json_uses_words_for_enums() {
-        let s = Service {
-            id: "svc".into(),
-            spec: Some(ServiceSpec {
-                name: "web".into(),
-                mode: shoal_proto::ServiceMode::Global as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let s = testing::service(ServiceSpec {
+            mode: shoal_proto::ServiceMode::Global as i32,
+            ..spec("web", 0)
+        });
         let v = service(&s);
-        assert_eq!(v["id"], "svc");
+        assert_eq!(v["id"], SERVICE_ID);
         assert_eq!(v["spec"]["mode"], "global");
         assert_eq!(v["spec"]["name"], "web");
         assert!(service_pretty(&s).contains("Mode:          global"));

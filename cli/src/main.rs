@@ -1,13 +1,16 @@
 //! `shoal`: the one binary. Client commands talk to a manager over its
-//! `Control` API; `manager`, `agent` and `up` run the daemons from the
-//! shoal-manager and shoal-agent libraries.
+//! `Control` API (and its `Watch` API, to show a service converging);
+//! `manager`, `agent` and `up` run the daemons from the shoal-manager and
+//! shoal-agent libraries.
 //!
 //! - `args`: the clap command line.
 //! - `connect`: finding and dialling the manager; [`connect::default_data_dir`].
-//! - `service`, `node`, `secret` (secrets and configs): the client commands; `output` and `inspect` print;
+//! - `service`, `node`, `secret` (secrets and configs): the client commands; `output` and `inspect` print
+//!   (`output` also words errors for the user, [`output::describe`]);
 //!   `progress` shows a service converging.
 //! - `daemon`: the daemons and their shutdown; `join_tokens`: join tokens
 //!   handed over through files (`--export-join-tokens`, `--token-file`).
+//! - `testing` (tests only): fixtures the unit tests share.
 
 mod args;
 mod connect;
@@ -20,6 +23,8 @@ mod progress;
 mod secret;
 mod service;
 mod supervise;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::io::IsTerminal;
 
@@ -71,7 +76,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {}", describe(&e));
+            eprintln!("Error: {}", output::describe(&e));
             std::process::ExitCode::FAILURE
         }
     }
@@ -104,47 +109,4 @@ fn init_tracing(daemon: bool) {
         // Colours only for a person watching; log files stay plain text.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-}
-
-/// One line for the user: a refused certificate says so (whatever the failed
-/// call shows); a gRPC status shows only its message (the manager words it
-/// for people); anything else shows its chain of causes.
-pub fn describe(err: &anyhow::Error) -> String {
-    if let Some(why) = connect::refusal() {
-        return why;
-    }
-    for cause in err.chain() {
-        if let Some(status) = cause.downcast_ref::<tonic::Status>() {
-            return match status.code() {
-                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
-                    if status.message().is_empty() =>
-                {
-                    format!("the manager failed: {status}")
-                }
-                tonic::Code::Unavailable => {
-                    format!("the manager is unavailable: {}", status.message())
-                }
-                _ => status.message().to_string(),
-            };
-        }
-    }
-    format!("{err:#}").replace('\n', " ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_errors_show_their_message() {
-        let err = anyhow::Error::new(tonic::Status::invalid_argument(
-            "replicas: must not be negative",
-        ));
-        assert_eq!(describe(&err), "replicas: must not be negative");
-        let err = anyhow::Error::new(tonic::Status::not_found("service web not found"))
-            .context("ignored");
-        assert_eq!(describe(&err), "service web not found");
-        let err = anyhow::anyhow!("root cause").context("outer");
-        assert_eq!(describe(&err), "outer: root cause");
-    }
 }

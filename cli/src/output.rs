@@ -1,5 +1,6 @@
-//! What the client commands print: aligned tables like Docker's, and JSON rows
-//! (small serde structs, enums as lowercase words) for `--format json`.
+//! What the client commands print: aligned tables like Docker's, JSON rows
+//! (small serde structs, enums as lowercase words) for `--format json`, and
+//! errors in one line for the user ([`describe`]).
 
 use std::collections::HashMap;
 
@@ -9,6 +10,8 @@ use shoal_proto::{
     RestartCondition, ServiceMode, ServiceSummary, Task, UpdateFailureAction, UpdateOrder, ids,
     state,
 };
+
+use crate::connect;
 
 /// Print rows under headers, columns padded like Docker's tabwriter (3 spaces).
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
@@ -45,7 +48,6 @@ pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Print a value as pretty JSON.
 /// Print list rows the docker way: ids only with `-q`, else JSON or a table.
 pub fn print_list<R: Serialize>(
     rows: &[R],
@@ -71,6 +73,7 @@ pub fn print_list<R: Serialize>(
     }
 }
 
+/// Print a value as pretty JSON.
 pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -420,9 +423,35 @@ pub const NODE_HEADERS: [&str; 6] = [
     "ENGINE VERSION",
 ];
 
+/// One line for the user: a refused certificate says so (whatever the failed
+/// call shows); a gRPC status shows only its message (the manager words it
+/// for people); anything else shows its chain of causes.
+pub fn describe(err: &anyhow::Error) -> String {
+    if let Some(why) = connect::refusal() {
+        return why;
+    }
+    for cause in err.chain() {
+        if let Some(status) = cause.downcast_ref::<tonic::Status>() {
+            return match status.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+                    if status.message().is_empty() =>
+                {
+                    format!("the manager failed: {status}")
+                }
+                tonic::Code::Unavailable => {
+                    format!("the manager is unavailable: {}", status.message())
+                }
+                _ => status.message().to_string(),
+            };
+        }
+    }
+    format!("{err:#}").replace('\n', " ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{failed, task};
 
     #[test]
     fn tables_align_columns() {
@@ -454,22 +483,14 @@ mod tests {
 
     #[test]
     fn task_rows_name_slots_and_nodes() {
-        let task = Task {
-            id: "abcdefghijklmnopqrstuvwxy".into(),
-            service_name: "web".into(),
-            slot: 2,
-            node_id: "n1".into(),
-            desired_state: shoal_proto::TaskState::Running as i32,
-            status: Some(shoal_proto::TaskStatus {
-                state: shoal_proto::TaskState::Rejected as i32,
-                err: "no such image".into(),
-                timestamp: 1_000,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let mut t = failed(
+            task(2, "n1", 1, shoal_proto::TaskState::Rejected),
+            "no such image",
+        );
+        t.id = "abcdefghijklmnopqrstuvwxy".into();
+        t.status.as_mut().unwrap().timestamp = 1_000;
         let hosts = HashMap::from([("n1".to_string(), "box1".to_string())]);
-        let row = TaskRow::new(&task, &hosts);
+        let row = TaskRow::new(&t, &hosts);
         assert_eq!(row.name, "web.2");
         assert_eq!(row.node, "box1");
         assert_eq!((row.desired_state, row.state), ("running", "rejected"));
@@ -478,5 +499,18 @@ mod tests {
         assert_eq!(cells[1], " \\_ web.2");
         assert_eq!(cells[5], "Rejected 2 seconds ago");
         assert_eq!(cells[6], "\"no such image\"");
+    }
+
+    #[test]
+    fn grpc_errors_show_their_message() {
+        let err = anyhow::Error::new(tonic::Status::invalid_argument(
+            "replicas: must not be negative",
+        ));
+        assert_eq!(describe(&err), "replicas: must not be negative");
+        let err = anyhow::Error::new(tonic::Status::not_found("service web not found"))
+            .context("ignored");
+        assert_eq!(describe(&err), "service web not found");
+        let err = anyhow::anyhow!("root cause").context("outer");
+        assert_eq!(describe(&err), "outer: root cause");
     }
 }

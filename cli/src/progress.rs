@@ -1,6 +1,6 @@
 //! The live convergence display of `service create|update|scale` (unless
-//! `--detach`): polls the service's tasks every 200 ms and shows one line per
-//! slot, like Docker:
+//! `--detach`): follows the service's tasks through the manager's `Watch` API
+//! and shows one line per slot, like Docker:
 //!
 //! ```text
 //! overall progress: 2 out of 3 tasks
@@ -10,9 +10,12 @@
 //! verify: Service converged
 //! ```
 //!
-//! [`summarize`] is the pure part (tasks in, lines out); [`watch`] does the IO,
-//! redrawing in place on a terminal and printing only changed lines otherwise.
-//! Ctrl-C stops watching and leaves the service alone.
+//! [`Tasks`] holds what the CLI knows of the service's tasks: one `ListTasks`
+//! sets it, then every watch event about them updates it. [`summarize`] is the
+//! pure part (tasks in, lines out); [`watch`] does the IO, redrawing on each
+//! change: in place on a terminal, only the changed lines otherwise. Ctrl-C
+//! stops watching and leaves the service alone; so does a watch stream that
+//! ends, with an error that says so.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -20,10 +23,14 @@ use std::time::Duration;
 
 use anyhow::bail;
 use shoal_proto::control_client::ControlClient;
-use shoal_proto::{ListTasksRequest, Service, ServiceMode, Task, TaskState, ids, state};
+use shoal_proto::store_object::Object;
+use shoal_proto::watch_client::WatchClient;
+use shoal_proto::{
+    ListTasksRequest, Service, ServiceMode, Task, TaskState, WatchEvent, WatchKind, WatchRequest,
+    ids, state,
+};
 use tonic::transport::Channel;
 
-const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const DEADLINE: Duration = Duration::from_secs(120);
 
 /// What convergence means for one service.
@@ -57,6 +64,88 @@ pub struct Progress {
     pub last_error: Option<String>,
 }
 
+/// The tasks of one service as the CLI knows them: a listing, then the watch
+/// events that follow it.
+#[derive(Debug, Clone)]
+pub struct Tasks {
+    service_id: String,
+    /// By id, so that [`summarize`] sees them in a stable order.
+    tasks: BTreeMap<String, Task>,
+}
+
+/// What a watch event meant to the display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Nothing about the service's tasks (another service, a stale copy).
+    Unchanged,
+    /// One of its tasks came, changed or went: redraw.
+    Changed,
+    /// The service itself was removed.
+    ServiceRemoved,
+}
+
+impl Tasks {
+    /// The service's tasks as `ListTasks` returned them.
+    pub fn new(service_id: &str, listed: Vec<Task>) -> Tasks {
+        Tasks {
+            service_id: service_id.to_string(),
+            tasks: listed.into_iter().map(|t| (t.id.clone(), t)).collect(),
+        }
+    }
+
+    /// Apply one watch event. Events carry whole objects, and a task's
+    /// `meta.version` is the Raft index of its last change: an event older
+    /// than the copy in hand (the watch opens before the listing, so the
+    /// first events may predate it) is ignored.
+    pub fn apply(&mut self, event: &WatchEvent) -> Seen {
+        let Some(object) = event.object.as_ref().and_then(|o| o.object.as_ref()) else {
+            return Seen::Unchanged;
+        };
+        let deleted = event.kind == WatchKind::Delete as i32;
+        match object {
+            Object::Service(service) if deleted && service.id == self.service_id => {
+                Seen::ServiceRemoved
+            }
+            Object::Task(task) if task.service_id == self.service_id => {
+                if deleted {
+                    return match self.tasks.remove(&task.id) {
+                        Some(_) => Seen::Changed,
+                        None => Seen::Unchanged,
+                    };
+                }
+                let version = |t: &Task| t.meta.unwrap_or_default().version;
+                match self.tasks.get(&task.id) {
+                    Some(known) if version(known) > version(task) || *known == **task => {
+                        Seen::Unchanged
+                    }
+                    _ => {
+                        self.tasks.insert(task.id.clone(), Task::clone(task));
+                        Seen::Changed
+                    }
+                }
+            }
+            _ => Seen::Unchanged,
+        }
+    }
+
+    /// Apply the events of one watch message, in order.
+    pub fn apply_all(&mut self, events: &[WatchEvent]) -> Seen {
+        let mut seen = Seen::Unchanged;
+        for event in events {
+            match self.apply(event) {
+                Seen::ServiceRemoved => return Seen::ServiceRemoved,
+                Seen::Changed => seen = Seen::Changed,
+                Seen::Unchanged => {}
+            }
+        }
+        seen
+    }
+
+    pub fn summarize(&self, goal: Goal) -> Progress {
+        summarize(self.tasks.values(), goal)
+    }
+}
+
 /// The live task of a slot: the newest one the manager still wants.
 fn newest<'a>(tasks: impl Iterator<Item = &'a Task>) -> Option<&'a Task> {
     tasks.max_by_key(|t| {
@@ -66,7 +155,7 @@ fn newest<'a>(tasks: impl Iterator<Item = &'a Task>) -> Option<&'a Task> {
 }
 
 /// Turn the task list into the lines to show.
-pub fn summarize(tasks: &[Task], goal: Goal) -> Progress {
+pub fn summarize<'a>(tasks: impl IntoIterator<Item = &'a Task>, goal: Goal) -> Progress {
     // Group by slot (replicated) or node (global); BTreeMap keeps the order stable.
     let mut groups: BTreeMap<(u64, String), Vec<&Task>> = BTreeMap::new();
     for t in tasks {
@@ -172,10 +261,25 @@ impl Screen {
 
 /// Show progress until the service converges, Ctrl-C, or the deadline.
 pub async fn watch(
-    client: &mut ControlClient<Channel>,
+    control: &mut ControlClient<Channel>,
+    watcher: &mut WatchClient<Channel>,
     service_id: &str,
     goal: Goal,
 ) -> anyhow::Result<()> {
+    // Watch first, then list: a change in between arrives as an event, and
+    // one the listing holds already is known by its version.
+    let request = WatchRequest {
+        kinds: vec!["service".into(), "task".into()],
+    };
+    let mut events = watcher.watch(request).await?.into_inner();
+    let request = ListTasksRequest {
+        services: vec![service_id.to_string()],
+        ..Default::default()
+    };
+    let mut tasks = Tasks::new(
+        service_id,
+        crate::service::list_tasks(control, request).await?,
+    );
     let mut screen = Screen {
         tty: std::io::stdout().is_terminal(),
         previous: Vec::new(),
@@ -185,12 +289,7 @@ pub async fn watch(
     tokio::pin!(ctrl_c);
     let mut last_error = None;
     loop {
-        let request = ListTasksRequest {
-            services: vec![service_id.to_string()],
-            ..Default::default()
-        };
-        let tasks = crate::service::list_tasks(client, request).await?;
-        let progress = summarize(&tasks, goal);
+        let progress = tasks.summarize(goal);
         screen.draw(&progress.lines);
         if progress.last_error.is_some() {
             last_error = progress.last_error;
@@ -199,131 +298,49 @@ pub async fn watch(
             println!("verify: Service converged");
             return Ok(());
         }
-        tokio::select! {
-            _ = &mut ctrl_c => {
-                println!("Operation continuing in background.");
-                println!("Use `shoal service ps {service_id}` to check progress.");
-                return Ok(());
+        // Wait for a change to the service's tasks.
+        loop {
+            let received = tokio::select! {
+                _ = &mut ctrl_c => {
+                    println!("Operation continuing in background.");
+                    println!("Use `shoal service ps {service_id}` to check progress.");
+                    return Ok(());
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let why = last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
+                    bail!(
+                        "service {service_id} did not converge within {} seconds{why}; it keeps trying in the background",
+                        DEADLINE.as_secs()
+                    );
+                }
+                received = events.message() => received,
+            };
+            let message = match received {
+                Ok(Some(message)) => message,
+                Ok(None) => bail!(watch_ended(service_id, "the manager closed the stream")),
+                Err(status) if status.message().is_empty() => {
+                    bail!(watch_ended(service_id, &status.to_string()))
+                }
+                Err(status) => bail!(watch_ended(service_id, status.message())),
+            };
+            match tasks.apply_all(&message.events) {
+                Seen::Unchanged => {}
+                Seen::Changed => break,
+                // What `ListTasks` answers for a service that is gone.
+                Seen::ServiceRemoved => bail!("service {service_id} not found"),
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                let why = last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
-                bail!(
-                    "service {service_id} did not converge within {} seconds{why}; it keeps trying in the background",
-                    DEADLINE.as_secs()
-                );
-            }
-            _ = tokio::time::sleep(POLL_INTERVAL) => {}
         }
     }
+}
+
+/// Why the display stopped before the service converged, when the watch did.
+fn watch_ended(service_id: &str, why: &str) -> String {
+    format!(
+        "the watch of service {service_id}'s tasks ended before it converged ({why}); \
+         it keeps trying in the background: see `shoal service ps {service_id}`"
+    )
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use shoal_proto::{Meta, TaskStatus};
-
-    fn task(slot: u64, node: &str, created: i64, st: TaskState, version: u64, err: &str) -> Task {
-        Task {
-            id: format!("t{slot}{created}"),
-            slot,
-            node_id: node.into(),
-            spec_version: version,
-            desired_state: TaskState::Running as i32,
-            meta: Some(Meta {
-                created_at: created,
-                ..Default::default()
-            }),
-            status: Some(TaskStatus {
-                state: st as i32,
-                err: err.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    const GOAL: Goal = Goal {
-        global: false,
-        replicas: 3,
-        spec_version: 1,
-    };
-
-    #[test]
-    fn counts_running_slots() {
-        let tasks = vec![
-            task(1, "n", 1, TaskState::Running, 1, ""),
-            task(2, "n", 1, TaskState::Preparing, 1, ""),
-        ];
-        let p = summarize(&tasks, GOAL);
-        assert_eq!(
-            p.lines,
-            [
-                "overall progress: 1 out of 3 tasks",
-                "1/3: running",
-                "2/3: preparing",
-                "3/3: new"
-            ]
-        );
-        assert!(!p.converged);
-    }
-
-    #[test]
-    fn shows_the_newest_task_and_its_error() {
-        let mut old = task(1, "n", 1, TaskState::Rejected, 1, "no such image");
-        old.desired_state = TaskState::Shutdown as i32;
-        let tasks = vec![
-            old,
-            task(1, "n", 5, TaskState::Rejected, 1, "still no image"),
-            task(2, "n", 1, TaskState::Running, 1, ""),
-            task(3, "n", 1, TaskState::Running, 1, ""),
-        ];
-        let p = summarize(&tasks, GOAL);
-        assert_eq!(p.lines[1], "1/3: rejected: still no image");
-        assert_eq!(p.last_error.as_deref(), Some("still no image"));
-        assert!(!p.converged);
-    }
-
-    #[test]
-    fn converges_only_on_the_current_spec_version() {
-        let mut tasks: Vec<Task> = (1..=3)
-            .map(|s| task(s, "n", 1, TaskState::Running, 1, ""))
-            .collect();
-        assert!(summarize(&tasks, GOAL).converged);
-        let updating = Goal {
-            spec_version: 2,
-            ..GOAL
-        };
-        assert!(!summarize(&tasks, updating).converged);
-        for t in &mut tasks {
-            t.spec_version = 2;
-        }
-        assert!(summarize(&tasks, updating).converged);
-    }
-
-    #[test]
-    fn global_services_count_nodes() {
-        let goal = Goal {
-            global: true,
-            replicas: 0,
-            spec_version: 1,
-        };
-        assert!(!summarize(&[], goal).converged);
-        let tasks = vec![
-            task(0, "node-a", 1, TaskState::Running, 1, ""),
-            task(0, "node-b", 1, TaskState::Starting, 1, ""),
-        ];
-        let p = summarize(&tasks, goal);
-        assert_eq!(p.lines[0], "overall progress: 1 out of 2 tasks");
-        assert_eq!(p.lines[1], "node-a: running");
-    }
-
-    #[test]
-    fn scaled_to_zero_is_converged() {
-        let goal = Goal {
-            global: false,
-            replicas: 0,
-            spec_version: 1,
-        };
-        assert!(summarize(&[], goal).converged);
-    }
-}
+#[path = "progress_tests.rs"]
+mod tests;

@@ -173,7 +173,10 @@ where
         match remove(name.clone()).await {
             Ok(()) => println!("{name}"),
             Err(status) => {
-                eprintln!("Error: {}", crate::describe(&anyhow::Error::new(status)));
+                eprintln!(
+                    "Error: {}",
+                    crate::output::describe(&anyhow::Error::new(status))
+                );
                 failed.push(name.as_str());
             }
         }
@@ -309,11 +312,10 @@ pub fn inspect_config(c: &Config) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::args::Cli;
-    use clap::Parser;
+    use crate::testing::parse;
 
     fn create_args(argv: &[&str]) -> SecretCreateArgs {
-        match Cli::try_parse_from(argv).unwrap().command {
+        match parse(argv).unwrap() {
             crate::args::Command::Secret(SecretCommand::Create(a)) => a,
             crate::args::Command::Config(ConfigCommand::Create(a)) => a,
             other => panic!("{other:?}"),

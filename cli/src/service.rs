@@ -8,6 +8,7 @@ pub mod spec;
 
 use anyhow::bail;
 use shoal_proto::control_client::ControlClient;
+use shoal_proto::watch_client::WatchClient;
 use shoal_proto::{
     CreateServiceRequest, GetServiceRequest, ListServicesRequest, ListTasksRequest,
     RemoveServiceRequest, Service, ServiceMode, UpdateServiceRequest,
@@ -22,22 +23,28 @@ use crate::progress::{self, Goal};
 use crate::{connect, inspect};
 
 type Client = ControlClient<Channel>;
+/// The `Watch` API, for the progress display.
+type Watcher = WatchClient<Channel>;
 
 pub async fn run(host: Option<&str>, command: ServiceCommand) -> anyhow::Result<()> {
     // Build and check the spec before connecting: a typo should not need a manager.
     if let ServiceCommand::Create(args) = &command {
         let spec = spec::create_spec(args, &spec::process_env)?;
-        let mut client = connect::control(host).await?;
-        return create(&mut client, args, spec).await;
+        let channel = connect::dial(host).await?;
+        let mut watcher = connect::watch_client(channel.clone());
+        let mut client = connect::control_client(channel);
+        return create(&mut client, &mut watcher, args, spec).await;
     }
-    let mut client = connect::control(host).await?;
+    let channel = connect::dial(host).await?;
+    let mut watcher = connect::watch_client(channel.clone());
+    let mut client = connect::control_client(channel);
     match command {
         ServiceCommand::Create(_) => unreachable!("handled above"),
         ServiceCommand::Ls(args) => list(&mut client, &args).await,
         ServiceCommand::Ps(args) => ps::run(&mut client, &args).await,
         ServiceCommand::Inspect(args) => inspect_services(&mut client, &args).await,
-        ServiceCommand::Scale(args) => scale(&mut client, &args).await,
-        ServiceCommand::Update(args) => update(&mut client, &args).await,
+        ServiceCommand::Scale(args) => scale(&mut client, &mut watcher, &args).await,
+        ServiceCommand::Update(args) => update(&mut client, &mut watcher, &args).await,
         ServiceCommand::Rm(args) => remove(&mut client, &args).await,
         ServiceCommand::Logs(args) => logs::run(&mut client, &args).await,
     }
@@ -45,6 +52,7 @@ pub async fn run(host: Option<&str>, command: ServiceCommand) -> anyhow::Result<
 
 async fn create(
     client: &mut Client,
+    watcher: &mut Watcher,
     args: &CreateArgs,
     spec: shoal_proto::ServiceSpec,
 ) -> anyhow::Result<()> {
@@ -57,7 +65,7 @@ async fn create(
     if args.detach || args.quiet {
         return Ok(());
     }
-    progress::watch(client, &service.id, Goal::of(&service)).await
+    progress::watch(client, watcher, &service.id, Goal::of(&service)).await
 }
 
 pub async fn get(client: &mut Client, reference: &str) -> anyhow::Result<Service> {
@@ -130,7 +138,7 @@ async fn inspect_services(client: &mut Client, args: &InspectArgs) -> anyhow::Re
     output::print_json(&values)
 }
 
-async fn scale(client: &mut Client, args: &ScaleArgs) -> anyhow::Result<()> {
+async fn scale(client: &mut Client, watcher: &mut Watcher, args: &ScaleArgs) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     let mut scaled = Vec::new();
     for (reference, replicas) in &args.targets {
@@ -139,12 +147,12 @@ async fn scale(client: &mut Client, args: &ScaleArgs) -> anyhow::Result<()> {
                 println!("{reference} scaled to {replicas}");
                 scaled.push(service);
             }
-            Err(e) => failures.push(format!("{reference}: {}", crate::describe(&e))),
+            Err(e) => failures.push(format!("{reference}: {}", crate::output::describe(&e))),
         }
     }
     if !args.detach {
         for service in &scaled {
-            progress::watch(client, &service.id, Goal::of(service)).await?;
+            progress::watch(client, watcher, &service.id, Goal::of(service)).await?;
         }
     }
     finish(failures)
@@ -160,7 +168,11 @@ async fn scale_one(client: &mut Client, reference: &str, replicas: u64) -> anyho
     send_update(client, &service, spec).await
 }
 
-async fn update(client: &mut Client, args: &UpdateArgs) -> anyhow::Result<()> {
+async fn update(
+    client: &mut Client,
+    watcher: &mut Watcher,
+    args: &UpdateArgs,
+) -> anyhow::Result<()> {
     let service = get(client, &args.service).await?;
     let mut spec = service.spec.clone().unwrap_or_default();
     spec::apply_update(&mut spec, args, &spec::process_env)?;
@@ -171,7 +183,7 @@ async fn update(client: &mut Client, args: &UpdateArgs) -> anyhow::Result<()> {
     if args.detach || args.quiet {
         return Ok(());
     }
-    progress::watch(client, &updated.id, Goal::of(&updated)).await
+    progress::watch(client, watcher, &updated.id, Goal::of(&updated)).await
 }
 
 /// Send a changed spec with the version it was read at, so a concurrent change

@@ -119,13 +119,16 @@ mod tests {
 
     use super::*;
     use crate::args::{Cli, Command, ServiceCommand};
+    use crate::testing::parse;
 
     fn args(flags: &[&str]) -> LogsArgs {
-        let argv = ["shoal", "service", "logs"]
+        let argv: Vec<&str> = ["shoal", "service", "logs"]
             .iter()
             .chain(flags)
-            .chain(&["web"]);
-        match Cli::try_parse_from(argv).unwrap().command {
+            .chain(&["web"])
+            .copied()
+            .collect();
+        match parse(&argv).unwrap() {
             Command::Service(ServiceCommand::Logs(a)) => a,
             other => panic!("parsed as {other:?}"),
         }

@@ -101,30 +101,23 @@ pub fn with_history_marks(tasks: &[Task]) -> Vec<(bool, &Task)> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use shoal_proto::Meta;
+    use shoal_proto::TaskState;
 
-    fn task(id: &str, slot: u64, created: i64) -> Task {
-        Task {
-            id: id.into(),
-            service_name: "web".into(),
-            slot,
-            meta: Some(Meta {
-                created_at: created,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
+    use super::*;
+    use crate::testing::task;
 
     #[test]
     fn newest_first_within_each_slot() {
-        let mut tasks = vec![task("old1", 1, 1), task("b2", 2, 1), task("new1", 1, 9)];
-        order(&mut tasks);
-        let marked: Vec<(bool, &str)> = with_history_marks(&tasks)
+        let mut tasks: Vec<Task> = [(1, 1), (2, 1), (1, 9)]
             .into_iter()
-            .map(|(h, t)| (h, t.id.as_str()))
+            .map(|(slot, created)| task(slot, "n", created, TaskState::Running))
             .collect();
-        assert_eq!(marked, [(false, "new1"), (true, "old1"), (false, "b2")]);
+        order(&mut tasks);
+        // (history, slot, created)
+        let marked: Vec<(bool, u64, i64)> = with_history_marks(&tasks)
+            .into_iter()
+            .map(|(h, t)| (h, t.slot, t.meta.unwrap_or_default().created_at))
+            .collect();
+        assert_eq!(marked, [(false, 1, 9), (true, 1, 1), (false, 2, 1)]);
     }
 }

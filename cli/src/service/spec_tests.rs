@@ -1,12 +1,12 @@
 //! Flag-to-spec tests: real command lines parsed by clap, turned into specs.
 
-use clap::Parser;
 use shoal_proto::{
     MountType, PortProtocol, PublishMode, RestartCondition, ServiceMode, ServiceSpec, UpdateOrder,
 };
 
 use super::*;
-use crate::args::{Cli, Command, ServiceCommand};
+use crate::args::{Command, ServiceCommand};
+use crate::testing::parse;
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -15,8 +15,7 @@ fn no_env(_: &str) -> Option<String> {
 fn create(args: &[&str]) -> anyhow::Result<ServiceSpec> {
     let mut argv = vec!["shoal", "service", "create"];
     argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).map_err(|e| anyhow::anyhow!(e.to_string()))?;
-    let Command::Service(ServiceCommand::Create(c)) = cli.command else {
+    let Command::Service(ServiceCommand::Create(c)) = parse(&argv)? else {
         panic!("not a create command");
     };
     create_spec(&c, &no_env)
@@ -26,8 +25,7 @@ fn update(spec: &mut ServiceSpec, args: &[&str]) -> anyhow::Result<()> {
     let mut argv = vec!["shoal", "service", "update"];
     argv.extend_from_slice(args);
     argv.push("web");
-    let cli = Cli::try_parse_from(argv).map_err(|e| anyhow::anyhow!(e.to_string()))?;
-    let Command::Service(ServiceCommand::Update(u)) = cli.command else {
+    let Command::Service(ServiceCommand::Update(u)) = parse(&argv)? else {
         panic!("not an update command");
     };
     apply_update(spec, &u, &|k| {
