@@ -266,20 +266,7 @@ pub async fn watch(
     service_id: &str,
     goal: Goal,
 ) -> anyhow::Result<()> {
-    // Watch first, then list: a change in between arrives as an event, and
-    // one the listing holds already is known by its version.
-    let request = WatchRequest {
-        kinds: vec!["service".into(), "task".into()],
-    };
-    let mut events = watcher.watch(request).await?.into_inner();
-    let request = ListTasksRequest {
-        services: vec![service_id.to_string()],
-        ..Default::default()
-    };
-    let mut tasks = Tasks::new(
-        service_id,
-        crate::service::list_tasks(control, request).await?,
-    );
+    let (mut events, mut tasks) = follow(control, watcher, service_id).await?;
     let mut screen = Screen {
         tty: std::io::stdout().is_terminal(),
         previous: Vec::new(),
@@ -317,6 +304,12 @@ pub async fn watch(
             };
             let message = match received {
                 Ok(Some(message)) => message,
+                // This CLI fell too far behind the changes: start over from
+                // a fresh listing, as a poll would.
+                Err(status) if status.code() == tonic::Code::DataLoss => {
+                    (events, tasks) = follow(control, watcher, service_id).await?;
+                    break;
+                }
                 Ok(None) => bail!(watch_ended(service_id, "the manager closed the stream")),
                 Err(status) if status.message().is_empty() => {
                     bail!(watch_ended(service_id, &status.to_string()))
@@ -331,6 +324,26 @@ pub async fn watch(
             }
         }
     }
+}
+
+/// Open a watch of tasks and services, then list the service's tasks: a
+/// change in between arrives as an event, and one the listing holds already
+/// is known by its version.
+async fn follow(
+    control: &mut ControlClient<Channel>,
+    watcher: &mut WatchClient<Channel>,
+    service_id: &str,
+) -> anyhow::Result<(tonic::Streaming<shoal_proto::WatchMessage>, Tasks)> {
+    let request = WatchRequest {
+        kinds: vec!["service".into(), "task".into()],
+    };
+    let events = watcher.watch(request).await?.into_inner();
+    let request = ListTasksRequest {
+        services: vec![service_id.to_string()],
+        ..Default::default()
+    };
+    let listed = crate::service::list_tasks(control, request).await?;
+    Ok((events, Tasks::new(service_id, listed)))
 }
 
 /// Why the display stopped before the service converged, when the watch did.

@@ -2,10 +2,7 @@
 //! with watch events, and [`watch`] against a manager's `Control` and `Watch`
 //! services in process.
 
-use shoal_manager::control::{ControlService, WatchService};
-use shoal_manager::store::{Action, Store};
-use shoal_proto::control_server::ControlServer;
-use shoal_proto::watch_server::WatchServer;
+use shoal_manager::testing::MemoryManager;
 use shoal_proto::{StoreObject, TaskStatus};
 use tokio_util::sync::CancellationToken;
 
@@ -181,31 +178,24 @@ fn removing_the_service_is_seen() {
     assert_eq!(tasks.apply_all(&[first, removed]), Seen::ServiceRemoved);
 }
 
-/// A manager's `Control` and `Watch` services on `store`, on a unix socket;
+/// A manager's `Control` and `Watch` services on `manager`, on a unix socket;
 /// cancelling `shutdown` ends its watch streams. Returns the `--host` value.
-fn serve(store: &Store, shutdown: CancellationToken) -> (tempfile::TempDir, String) {
+fn serve(manager: &MemoryManager, shutdown: CancellationToken) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shoal.sock");
-    let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    let server = tonic::transport::Server::builder()
-        .add_service(ControlServer::new(ControlService::new(store.clone(), None)))
-        .add_service(WatchServer::new(WatchService::new(store.clone(), shutdown)))
-        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener));
-    tokio::spawn(server);
+    manager.serve(&path, shutdown).unwrap();
     (dir, format!("unix://{}", path.display()))
 }
 
-/// A store holding service [`SERVICE_ID`] with `replicas` pending tasks.
-async fn store_with(replicas: u64) -> Store {
-    let store = Store::in_memory();
+/// A manager holding service [`SERVICE_ID`] with `replicas` pending tasks.
+async fn manager_with(replicas: u64) -> MemoryManager {
+    let manager = MemoryManager::new();
     let web = service(spec("web", replicas));
-    let mut actions = vec![Action::Create(Object::Service(Box::new(web)))];
-    for slot in 1..=replicas {
-        let pending = task(slot, "n", 0, TaskState::Pending);
-        actions.push(Action::Create(Object::Task(Box::new(pending))));
-    }
-    store.propose(actions).await.unwrap();
-    store
+    let pending = (1..=replicas)
+        .map(|slot| task(slot, "n", 0, TaskState::Pending))
+        .collect();
+    manager.create(web, pending).await.unwrap();
+    manager
 }
 
 /// [`watch`] as `service create` runs it, against the manager at `host`.
@@ -221,22 +211,18 @@ async fn watch_at(host: &str, replicas: u64) -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn watch_follows_the_tasks_until_they_run() {
-    let store = store_with(2).await;
-    let (_dir, host) = serve(&store, CancellationToken::new());
+    let manager = manager_with(2).await;
+    let (_dir, host) = serve(&manager, CancellationToken::new());
     let shown = tokio::spawn(async move { watch_at(&host, 2).await });
     // Whether these land before the watch opens or after, it ends converged.
-    let ids: Vec<String> = store.read(|s| s.tasks().map(|t| t.id.clone()).collect());
-    for id in ids {
+    for id in manager.task_ids() {
         for state in [TaskState::Assigned, TaskState::Running] {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let report = Action::Report {
-                task_id: id.clone(),
-                status: TaskStatus {
-                    state: state as i32,
-                    ..Default::default()
-                },
+            let status = TaskStatus {
+                state: state as i32,
+                ..Default::default()
             };
-            store.propose(vec![report]).await.unwrap();
+            manager.report(&id, status).await.unwrap();
         }
     }
     shown.await.unwrap().unwrap();
@@ -244,9 +230,9 @@ async fn watch_follows_the_tasks_until_they_run() {
 
 #[tokio::test]
 async fn a_watch_that_ends_stops_with_an_error() {
-    let store = store_with(1).await;
+    let manager = manager_with(1).await;
     let shutdown = CancellationToken::new();
-    let (_dir, host) = serve(&store, shutdown.clone());
+    let (_dir, host) = serve(&manager, shutdown.clone());
     let shown = tokio::spawn(async move { watch_at(&host, 1).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     shutdown.cancel();
@@ -261,13 +247,12 @@ async fn a_watch_that_ends_stops_with_an_error() {
 
 #[tokio::test]
 async fn a_removed_service_is_not_found() {
-    let store = store_with(1).await;
-    let (_dir, host) = serve(&store, CancellationToken::new());
+    let manager = manager_with(1).await;
+    let (_dir, host) = serve(&manager, CancellationToken::new());
     let shown = tokio::spawn(async move { watch_at(&host, 1).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Removed before the listing or after the watch opened: the same words.
-    let remove = Action::Delete(Object::Service(Box::new(service(spec("web", 1)))));
-    store.propose(vec![remove]).await.unwrap();
+    manager.remove(service(spec("web", 1))).await.unwrap();
     let err = shown.await.unwrap().unwrap_err();
     assert_eq!(crate::output::describe(&err), "service svc1 not found");
 }

@@ -211,7 +211,7 @@ impl ManagerConfig {
     }
 }
 
-/// Whether `addr` names a host others can connect to (not 0.0.0.0 or [::]).
+/// Whether `addr` names a host others can connect to (not `0.0.0.0` or `[::]`).
 pub fn reachable(addr: &str) -> bool {
     addr.parse::<SocketAddr>()
         .map(|a| !a.ip().is_unspecified())

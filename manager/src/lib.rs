@@ -2,7 +2,8 @@
 //!
 //! Its public surface is what the `shoal` binary and the tests need: [`run`]
 //! a manager with [`Options`], [`init`] a cluster, the [`config`] types, and
-//! [`FIGURES_TARGET`], the log target of the figures the benchmark reads. The
+//! [`FIGURES_TARGET`], the log target of the figures the benchmark reads;
+//! with the feature `testing`, what other crates' tests need (`testing`). The
 //! modules are private; in the order they build on each other:
 //!
 //! - `config`, `fasthash`, `panics`, `seal`: settings, the hasher of the
@@ -28,6 +29,8 @@
 //! - `join`: a new manager joining a cluster (certificate, then Raft
 //!   membership).
 //! - `server`: [`run`] wires it all onto a TCP listener and a unix socket.
+//! - `testing` (feature `testing`): an in-memory manager and unchecked writes
+//!   for other crates' tests.
 //!
 //! A module uses only modules above it in this list (`tests/tests/layers.rs`
 //! checks it, so the imports have no loop).
@@ -56,6 +59,9 @@ pub use join::{JoinError, JoinOptions};
 pub use raft::faults::PARTITION_FILE_ENV;
 pub use server::{Options, Ready, ServerError, init, run};
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 /// The log target of the lines the benchmark harness reads (scheduling and
 /// orchestrator passes, raft work): `SHOAL_LOG=warn,shoal::figures=info`
 /// shows only them. Module paths are not part of the interface.
@@ -65,30 +71,4 @@ pub const FIGURES_TARGET: &str = "shoal::figures";
 /// (`None` before): a manager that has joined needs no join token again.
 pub fn joined_raft_id(data_dir: &std::path::Path) -> Result<Option<u64>, String> {
     raft::membership::load_raft_id(data_dir)
-}
-
-/// Write `services` into the store of the stopped manager whose data dir
-/// `config` names, straight through Raft and without the API's checks: how
-/// the tests model a store that an older version wrote.
-pub async fn write_unchecked(
-    config: &ManagerConfig,
-    services: Vec<shoal_proto::Service>,
-) -> Result<(), ServerError> {
-    let (store, raft) = raft::start(config).await?;
-    let mut leadership = store.leadership();
-    let written = async {
-        leadership
-            .wait_for(|l| l.is_leader)
-            .await
-            .map_err(|_| store::StoreError::Stopped)?;
-        let actions = services
-            .into_iter()
-            .map(|s| store::Action::Create(store::Object::Service(s.into())))
-            .collect();
-        store.propose(actions).await
-    }
-    .await;
-    raft.shutdown().await;
-    written.map_err(|e| ServerError::Config(format!("writing around the API: {e}")))?;
-    Ok(())
 }

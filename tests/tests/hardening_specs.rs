@@ -131,7 +131,7 @@ async fn replica_counts_over_the_limit_are_refused_and_the_manager_stays_up() {
 /// Write `service` into the store of the stopped manager at `data_dir` the
 /// way an older version could have: straight through Raft, no API checks.
 async fn write_around_the_api(data_dir: &std::path::Path, service: Service) {
-    shoal_manager::write_unchecked(&ManagerConfig::new(data_dir), vec![service])
+    shoal_manager::testing::write_unchecked(&ManagerConfig::new(data_dir), vec![service])
         .await
         .expect("stored");
 }

@@ -254,7 +254,7 @@ impl Store {
         }
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testing"))]
     /// A store without Raft or disk, that commits every proposal at once: for
     /// unit tests of the components that sit on the store.
     pub fn in_memory() -> Store {
