@@ -23,12 +23,15 @@
 //! - *lost bump*: a read saw version `b` after an acknowledged bump that began
 //!   once an earlier read had returned `a >= b`.
 //!
-//! For reads alone the first two are also sufficient (placing each read at
-//! the latest call among the reads of lower rank, absent counting as lowest
-//! before the object appears and highest after it is gone, gives an order),
-//! but objects are checked one by one: two objects that disagree about a
-//! moment are not noticed. The checks are weaker than a search, never wrong
-//! about a correct history.
+//! For the reads of one object without bumps the first two are also
+//! sufficient: rank each read by the version it saw (an absence lowest if
+//! some sighting follows it, highest otherwise); with neither pattern, no
+//! read returned before a lower-ranked one began, and placing each read at
+//! the latest invocation among itself and the lower-ranked reads gives an
+//! order. With bumps, and across objects (checked one by one, so two objects
+//! that disagree about a moment go unnoticed), the checks are necessary
+//! conditions only: weaker than a search, but they never flag a correct
+//! history.
 //!
 //! **Witnesses.** A task is built from its service's spec and keeps the
 //! register value (the service's `gen` label) the service had when the
