@@ -1,7 +1,7 @@
-//! Real-Docker end-to-end support: `shoal agent` processes on the local engine,
-//! the engine's own view of shoal's containers (through bollard, not through
-//! shoal), and a guard that removes every container a test's nodes made, even
-//! when the test fails.
+//! Real-Docker end-to-end support: `shoal agent` and `shoal up` processes on
+//! the local engine, the engine's own view of shoal's containers (through
+//! bollard, not through shoal), and a guard that removes every container a
+//! test's nodes made, even when the test fails.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,6 +37,27 @@ pub async fn engine() -> Docker {
         .negotiate_version()
         .await
         .expect("the Docker engine answers")
+}
+
+/// [`engine`], or `None` when no engine answers and the test may be skipped
+/// (it says so); with `SHOAL_REQUIRE_DOCKER=1` (as `make test` sets) a
+/// missing engine fails the test instead.
+pub async fn engine_or_skip() -> Option<Docker> {
+    let answered = async {
+        let docker = Docker::connect_with_local_defaults()?
+            .negotiate_version()
+            .await?;
+        docker.ping().await?;
+        Ok::<_, bollard::errors::Error>(docker)
+    };
+    match answered.await {
+        Ok(docker) => Some(docker),
+        Err(e) if std::env::var("SHOAL_REQUIRE_DOCKER").as_deref() != Ok("1") => {
+            eprintln!("skipping Docker test: no engine answers ({e})");
+            None
+        }
+        Err(e) => panic!("SHOAL_REQUIRE_DOCKER=1 but no Docker engine answers: {e}"),
+    }
 }
 
 /// A shoal container as the engine reports it.
@@ -92,6 +113,17 @@ pub async fn env_and_cmd(docker: &Docker, id: &str) -> anyhow::Result<(Vec<Strin
         config.env.unwrap_or_default(),
         config.cmd.unwrap_or_default(),
     ))
+}
+
+/// When the engine last started a container (`State.StartedAt`): unchanged
+/// as long as the container was not restarted.
+pub async fn started_at(docker: &Docker, id: &str) -> anyhow::Result<String> {
+    let info = docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await?;
+    info.state
+        .and_then(|s| s.started_at)
+        .with_context(|| format!("container {id} has no start time"))
 }
 
 /// Host ports the engine bound for a container's `port/tcp`.
@@ -192,6 +224,97 @@ impl AgentProcess {
 }
 
 impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `shoal up`: the quick start's one-node cluster, a manager and an agent on
+/// the local engine in one process, on its own data dir and loopback port.
+pub struct UpProcess {
+    pub data_dir: TempDir,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl UpProcess {
+    pub fn start() -> anyhow::Result<UpProcess> {
+        let mut up = UpProcess {
+            data_dir: TempDir::new()?,
+            addr: crate::process::free_addr(),
+            child: None,
+        };
+        up.launch()?;
+        Ok(up)
+    }
+
+    /// Start the process (again) on the same data dir and address; its log
+    /// is appended to.
+    pub fn launch(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new(shoal_bin())
+            .arg("up")
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(["--listen-addr", &self.addr.to_string()])
+            .env(
+                "SHOAL_LOG",
+                std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("start shoal up")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.path().with_extension("log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The `--host` value for the control socket.
+    pub fn socket_host(&self) -> String {
+        format!(
+            "unix://{}",
+            self.data_dir.path().join("shoal.sock").display()
+        )
+    }
+
+    /// Run a CLI command on the control socket.
+    pub async fn cli(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(shoal_bin())
+            .arg("--host")
+            .arg(self.socket_host())
+            .args(args)
+            .output()
+            .await
+            .expect("run the shoal CLI")
+    }
+
+    /// The node id of its agent, once it has registered.
+    pub async fn node_id(&self) -> anyhow::Result<String> {
+        crate::process::wait_node_id(&self.data_dir.path().join("agent")).await
+    }
+
+    /// SIGKILL the process: manager and agent die at once, the containers
+    /// stay behind.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for UpProcess {
     fn drop(&mut self) {
         self.kill();
     }

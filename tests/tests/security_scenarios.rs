@@ -644,10 +644,17 @@ async fn a_removed_node_is_refused_at_once_and_nothing_secret_leaks() {
     }
 }
 
+/// Certificate lifetime in the renewal scenario: each side renews 13.5 to
+/// 23.4 s after issuance (half to four fifths of the life, counted from the
+/// 3 s backdate), so at least 6.6 s before expiry, a margin no scheduling
+/// delay on a loaded machine eats (12 s left 2.6 s).
+const SHORT_LIFE: i64 = 30;
+/// Deadline for each step of the renewal scenario: past the whole lifetime.
+const RENEWAL_WAIT: Duration = Duration::from_secs(60);
+
 #[tokio::test]
 async fn certificates_renew_without_dropping_the_agent_session() {
-    // 12 s certificates: each side renews 6-10 s after issuance.
-    let s = Secured::start(&["--cert-expiry", "12s"]).await;
+    let s = Secured::start(&["--cert-expiry", &format!("{SHORT_LIFE}s")]).await;
     let token = s.token("worker").await;
     let dir = TempDir::new().unwrap();
     let tls = dir.path().join("data").join("tls");
@@ -662,36 +669,51 @@ async fn certificates_renew_without_dropping_the_agent_session() {
     })
     .await
     .unwrap();
-    assert!(first.not_after - now() <= 12, "{first:?}");
+    assert!(first.not_after - now() <= SHORT_LIFE, "{first:?}");
 
     // Renewed before it expires, and the manager renewed its own too.
-    let renewed = eventually("the agent to renew its certificate", WAIT, || async {
-        let current = Credentials::load(&tls)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "no certificate".to_string())?
-            .identity()
-            .map_err(|e| e.to_string())?;
-        (current.not_after > first.not_after)
-            .then_some(current)
-            .ok_or_else(|| "not renewed yet".to_string())
-    })
+    let renewed = eventually(
+        "the agent to renew its certificate",
+        RENEWAL_WAIT,
+        || async {
+            let current = Credentials::load(&tls)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "no certificate".to_string())?
+                .identity()
+                .map_err(|e| e.to_string())?;
+            (current.not_after > first.not_after)
+                .then_some(current)
+                .ok_or_else(|| "not renewed yet".to_string())
+        },
+    )
     .await
     .unwrap();
     assert_eq!(renewed.node_id, first.node_id);
-    assert!(now() < first.not_after, "renewed only after expiry");
-    eventually("the manager to renew its own certificate", WAIT, || async {
-        s.manager
-            .log()
-            .contains("own certificate renewed")
-            .then_some(())
-            .ok_or_else(|| "not yet".to_string())
-    })
+    // When it was issued, from the certificate itself (not when this test
+    // happened to look): before the first one expired.
+    let issued = renewed.not_after - SHORT_LIFE;
+    assert!(
+        issued < first.not_after,
+        "renewed only after expiry: issued at {issued}, the first expired at {}",
+        first.not_after
+    );
+    eventually(
+        "the manager to renew its own certificate",
+        RENEWAL_WAIT,
+        || async {
+            s.manager
+                .log()
+                .contains("own certificate renewed")
+                .then_some(())
+                .ok_or_else(|| "not yet".to_string())
+        },
+    )
     .await
     .unwrap();
 
     // Past the first certificate's expiry the session that was opened with
     // it is still the only one, and the node is still ready.
-    eventually("the first certificate to expire", WAIT, || async {
+    eventually("the first certificate to expire", RENEWAL_WAIT, || async {
         (now() > first.not_after + 1)
             .then_some(())
             .ok_or_else(|| "not yet".to_string())

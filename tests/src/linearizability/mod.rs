@@ -1,6 +1,9 @@
 //! A linearizability checker for the fault tests: clients record what they
 //! asked the cluster and what came back, and [`check`] decides whether some
-//! single order of those operations explains every answer.
+//! single order of those operations explains every answer. Reads of what the
+//! clients do not write as registers (tasks, the cluster object) are checked
+//! by [`objects`], which also turns what the tasks show into bounds on the
+//! register writes.
 //!
 //! **Model.** The store is a map of independent registers, one per key (a
 //! service name). A register starts absent. A write sets it to a `u64`; a read
@@ -37,6 +40,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+
+pub mod objects;
 
 /// Search steps per key before [`check`] gives up on that key.
 pub const DEFAULT_BUDGET: u64 = 1_000_000;
@@ -152,6 +157,8 @@ pub struct History {
 struct Recorded {
     origin: Instant,
     ops: Vec<Operation>,
+    reads: Vec<objects::Read>,
+    bumps: Vec<objects::Bump>,
 }
 
 impl Default for History {
@@ -165,6 +172,8 @@ impl History {
         let inner = Recorded {
             origin: Instant::now(),
             ops: Vec::new(),
+            reads: Vec::new(),
+            bumps: Vec::new(),
         };
         History {
             inner: Arc::new(Mutex::new(inner)),

@@ -274,15 +274,24 @@ async fn next<T>(stream: &mut Streaming<T>) -> Option<T> {
 }
 
 /// Poll `check` until it gives a value, or fail after the deadline.
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+async fn eventually<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    eventually_within(what, DEADLINE, check).await
+}
+
+/// [`eventually`] with a deadline of its own.
+async fn eventually_within<T>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(value) = check() {
             return value;
         }
         assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: not reached within {DEADLINE:?}"
+            start.elapsed() < deadline,
+            "{what}: not reached within {deadline:?}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
