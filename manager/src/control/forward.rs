@@ -132,8 +132,9 @@ impl<S: NamedService> NamedService for ForwardWrites<S> {
 }
 
 /// Reads that only the leader serves; it too confirms its read index first
-/// (a deposed leader must not answer them from a stale state).
-const LEADER_READS: &[&str] = &["ListNodes", "GetNode"];
+/// (a deposed leader must not answer them from a stale state: a join token
+/// shown after it was rotated away would be refused when used).
+const LEADER_READS: &[&str] = &["ListNodes", "GetNode", "GetJoinToken"];
 
 /// The method of `path` (`/shoal.v1.Control/Method`).
 fn method(path: &str) -> &str {
