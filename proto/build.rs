@@ -18,9 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cfg.boxed(format!(".shoal.v1.StoreObject.object.{kind}"));
     }
     // A task spec is shared between a service and its tasks, and between a
-    // task's versions (src/spec.rs): the fields that hold one are a
+    // task's versions (src/task_spec.rs): the fields that hold one are a
     // `SharedTaskSpec`, and the message itself is written by hand there.
-    cfg.extern_path(".shoal.v1.TaskSpec", "crate::spec::SharedTaskSpec");
+    cfg.extern_path(".shoal.v1.TaskSpec", "crate::task_spec::SharedTaskSpec");
     check_task_spec(&cfg.load_fds(&["proto/shoal.proto"], &["proto"])?)?;
     // Every call's buffers start small (src/codec.rs): idle streams held
     // tonic's 8 KiB ones by the tens of thousands.
@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The fields of the hand-written `TaskSpec` (src/spec.rs), by number: the
+/// The fields of the hand-written `TaskSpec` (src/task_spec.rs), by number: the
 /// build stops when the schema's message no longer has exactly these.
 const TASK_SPEC_FIELDS: [(&str, i32); 4] = [
     ("container", 1),
@@ -46,7 +46,7 @@ fn check_task_spec(fds: &prost_types::FileDescriptorSet) -> Result<(), Box<dyn s
         .iter()
         .flat_map(|f| &f.message_type)
         .find(|m| m.name() == "TaskSpec")
-        .ok_or("proto/shoal.proto has no message TaskSpec; src/spec.rs writes one")?;
+        .ok_or("proto/shoal.proto has no message TaskSpec; src/task_spec.rs writes one")?;
     let fields: Vec<(&str, i32)> = message
         .field
         .iter()
@@ -55,7 +55,7 @@ fn check_task_spec(fds: &prost_types::FileDescriptorSet) -> Result<(), Box<dyn s
     if fields != TASK_SPEC_FIELDS {
         return Err(format!(
             "TaskSpec in proto/shoal.proto has the fields {fields:?}; the hand-written \
-             struct in src/spec.rs has {TASK_SPEC_FIELDS:?}: change both together"
+             struct in src/task_spec.rs has {TASK_SPEC_FIELDS:?}: change both together"
         )
         .into());
     }

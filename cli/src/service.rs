@@ -2,9 +2,9 @@
 //! Specs are built from flags in [`spec`], task listings live in [`ps`], task
 //! logs in [`logs`]; this module sends the requests and prints what comes back.
 
+pub mod from_flags;
 pub mod logs;
 pub mod ps;
-pub mod spec;
 
 use anyhow::bail;
 use shoal_proto::control_client::ControlClient;
@@ -29,7 +29,7 @@ type Watcher = WatchClient<Channel>;
 pub async fn run(host: Option<&str>, command: ServiceCommand) -> anyhow::Result<()> {
     // Build and check the spec before connecting: a typo should not need a manager.
     if let ServiceCommand::Create(args) = &command {
-        let spec = spec::create_spec(args, &spec::process_env)?;
+        let spec = from_flags::create_spec(args, &from_flags::process_env)?;
         let channel = connect::dial(host).await?;
         let mut watcher = connect::watch_client(channel.clone());
         let mut client = connect::control_client(channel);
@@ -175,7 +175,7 @@ async fn update(
 ) -> anyhow::Result<()> {
     let service = get(client, &args.service).await?;
     let mut spec = service.spec.clone().unwrap_or_default();
-    spec::apply_update(&mut spec, args, &spec::process_env)?;
+    from_flags::apply_update(&mut spec, args, &from_flags::process_env)?;
     let updated = send_update(client, &service, spec).await?;
     if !args.quiet {
         println!("{}", args.service);

@@ -20,8 +20,8 @@ pub mod constraint;
 pub mod ids;
 mod redact;
 pub mod rfc3339;
-pub mod spec;
 pub mod state;
+pub mod task_spec;
 pub mod tls;
 pub mod validate;
 
@@ -31,7 +31,7 @@ pub mod v1 {
     tonic::include_proto!("shoal.v1");
 }
 
-pub use spec::{SharedTaskSpec, TaskSpec};
+pub use task_spec::{SharedTaskSpec, TaskSpec};
 pub use v1::*;
 
 /// gRPC metadata a follower adds when it refuses a call only the leader

@@ -32,7 +32,7 @@ pub use parse::{
 use std::collections::{HashMap, HashSet};
 
 use crate::constraint;
-use crate::spec::TaskSpec;
+use crate::task_spec::TaskSpec;
 use crate::v1::{
     NodeAvailability, NodeRole, NodeSpec, PortProtocol, PublishMode, RestartCondition, ServiceMode,
     ServiceSpec, UpdateConfig, UpdateFailureAction, UpdateOrder,

@@ -1,6 +1,6 @@
 //! Secret and config files on the host, for the Docker runtime: each task's
 //! live in a directory of their own, `<root>/<node id>/<task id>/`, and are
-//! bind-mounted read-only into its container ([`super::spec::file_mounts`]).
+//! bind-mounted read-only into its container ([`super::translate::file_mounts`]).
 //!
 //! The root must be memory-backed (tmpfs or ramfs, checked against
 //! `/proc/self/mountinfo` before anything is written), so a secret value
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::runtime::{RuntimeError, TaskFiles};
 
-use super::spec::host_file_name;
+use super::translate::host_file_name;
 
 /// Where the Docker runtime keeps secret and config files by default.
 pub const DEFAULT_FILES_DIR: &str = "/dev/shm/shoal";

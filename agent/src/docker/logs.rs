@@ -13,7 +13,7 @@ use futures::StreamExt;
 use shoal_proto::LogStream;
 
 use super::DockerRuntime;
-use super::spec::{LABEL_NODE_ID, LABEL_TASK_ID};
+use super::translate::{LABEL_NODE_ID, LABEL_TASK_ID};
 use crate::runtime::{LogLine, LogLines, LogOptions, RuntimeError};
 
 pub(super) async fn logs(

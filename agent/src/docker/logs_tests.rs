@@ -12,8 +12,8 @@ use futures::StreamExt;
 use shoal_proto::LogStream;
 
 use super::*;
-use crate::docker::spec::{LABEL_NODE_ID, LABEL_TASK_ID};
 use crate::docker::test_image::ensure_test_image;
+use crate::docker::translate::{LABEL_NODE_ID, LABEL_TASK_ID};
 use crate::docker::*;
 use crate::runtime::LogLine;
 

@@ -3,15 +3,15 @@
 //! [`spec`]; this module makes the calls and turns the engine's answers and errors
 //! into shoal's ([`RuntimeError`], [`ContainerInfo`]); waiting for health and exit
 //! is in `wait`, reading task logs in `logs`. Containers are addressed by their deterministic name
-//! ([`spec::container_name`]) and recognised by their `shoal.task.id` label, so
+//! ([`translate::container_name`]) and recognised by their `shoal.task.id` label, so
 //! every call is idempotent and survives an agent restart. Secret and config
 //! files are written to a memory-backed directory on the host and bind-mounted
 //! read-only (`files`).
 
 pub mod files;
 mod logs;
-pub mod spec;
 pub mod test_image;
+pub mod translate;
 mod wait;
 
 use std::collections::{HashMap, HashSet};
@@ -32,7 +32,7 @@ use crate::runtime::{
     ContainerInfo, ContainerState, EngineInfo, Exit, LogLines, LogOptions, Runtime, RuntimeError,
     TaskFiles,
 };
-use spec::{LABEL_NODE_ID, LABEL_TASK_ID, container_name};
+use translate::{LABEL_NODE_ID, LABEL_TASK_ID, container_name};
 
 /// Time allowed for the engine to answer a request (streams: to start answering).
 const REQUEST_TIMEOUT_SECS: u64 = 120;
@@ -128,7 +128,7 @@ impl DockerRuntime {
         let dir = tokio::task::spawn_blocking(move || files::write(&root, &node, &id, &owned))
             .await
             .map_err(|e| RuntimeError::Other(format!("writing the task's files: {e}")))??;
-        Ok(spec::file_mounts(files, &dir))
+        Ok(translate::file_mounts(files, &dir))
     }
 
     /// The bollard client, for callers (and tests) that need more than the trait.
@@ -166,7 +166,7 @@ impl DockerRuntime {
             Err(e) if status(&e) == Some(404) => {}
             Err(e) => return Err(self.error(e)),
         }
-        let reference = spec::pull_reference(image);
+        let reference = translate::pull_reference(image);
         tracing::info!(image = %reference, "image not present locally, pulling");
         let options = CreateImageOptionsBuilder::new()
             .from_image(&reference)
@@ -285,7 +285,11 @@ impl Runtime for DockerRuntime {
                 ) => ContainerState::Running,
                 _ => {
                     // The list has only a status line; inspect when it says nothing.
-                    let code = match c.status.as_deref().and_then(spec::exit_code_from_status) {
+                    let code = match c
+                        .status
+                        .as_deref()
+                        .and_then(translate::exit_code_from_status)
+                    {
                         Some(code) => code,
                         None => self
                             .inspect(&container_id)
@@ -312,8 +316,8 @@ impl Runtime for DockerRuntime {
         if let Some(existing) = self.inspect(&name).await? {
             return Self::check_owner(task, &name, &existing);
         }
-        let mut config = spec::container_config(task, &task.node_id);
-        spec::add_mounts(&mut config, file_mounts);
+        let mut config = translate::container_config(task, &task.node_id);
+        translate::add_mounts(&mut config, file_mounts);
         let image = config.image.clone().unwrap_or_default();
         if image.is_empty() {
             return Err(RuntimeError::Invalid(format!(
@@ -429,7 +433,7 @@ impl Runtime for DockerRuntime {
         }
         match self.inspect(&container_name(task)).await {
             Ok(Some(c)) => match c.network_settings.and_then(|n| n.ports) {
-                Some(bound) => spec::published_ports(&task.ports, &bound),
+                Some(bound) => translate::published_ports(&task.ports, &bound),
                 None => Vec::new(),
             },
             Ok(None) => Vec::new(),

@@ -12,8 +12,8 @@ use shoal_proto::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::spec::{LABEL_NODE_ID, LABEL_SERVICE_NAME, LABEL_TASK_ID, container_name};
 use super::test_image::ensure_test_image;
+use super::translate::{LABEL_NODE_ID, LABEL_SERVICE_NAME, LABEL_TASK_ID, container_name};
 use super::*;
 
 /// Generous bound for anything the engine should do "at once" on a busy machine.

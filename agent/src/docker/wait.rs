@@ -13,7 +13,7 @@ use bollard::query_parameters::{EventsOptionsBuilder, WaitContainerOptions};
 use futures::{Stream, StreamExt};
 use shoal_proto::Task;
 
-use super::spec::{NO_EXIT_CODE, container_name, health_event, process_exit, unhealthy_exit};
+use super::translate::{NO_EXIT_CODE, container_name, health_event, process_exit, unhealthy_exit};
 use super::{DockerRuntime, status};
 use crate::runtime::Exit;
 

@@ -452,9 +452,9 @@ pub fn split_words(line: &str) -> Vec<String> {
 }
 
 #[cfg(test)]
-#[path = "spec_tests.rs"]
+#[path = "from_flags_tests.rs"]
 mod tests;
 
 #[cfg(test)]
-#[path = "spec_proptests.rs"]
+#[path = "from_flags_proptests.rs"]
 mod proptests;

@@ -391,5 +391,5 @@ pub fn health_event(action: &str) -> Option<bool> {
 }
 
 #[cfg(test)]
-#[path = "spec_tests.rs"]
+#[path = "translate_tests.rs"]
 mod tests;
