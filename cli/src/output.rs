@@ -445,13 +445,50 @@ pub fn describe(err: &anyhow::Error) -> String {
             };
         }
     }
-    format!("{err:#}").replace('\n', " ")
+    chain(err).replace('\n', " ")
+}
+
+/// The causes of `err` joined with ": ", skipping one whose text the previous
+/// cause already shows (many errors print their source in their own message).
+fn chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    let mut previous = String::new();
+    for cause in err.chain() {
+        let this = cause.to_string();
+        if !previous.is_empty() && previous.contains(&this) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&this);
+        previous = this;
+    }
+    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::{failed, task};
+
+    #[test]
+    fn a_cause_shown_in_its_parent_is_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot open the store: {0}")]
+        struct Open(#[source] std::io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("starting raft")]
+        struct Start(#[source] Open);
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied");
+        let err = anyhow::Error::new(Start(Open(io)));
+        assert_eq!(
+            describe(&err),
+            "starting raft: cannot open the store: permission denied"
+        );
+        let plain = anyhow::anyhow!("outer").context("context");
+        assert_eq!(describe(&plain), "context: outer");
+    }
 
     #[test]
     fn tables_align_columns() {

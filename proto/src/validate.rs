@@ -383,7 +383,4 @@ fn ports(endpoint: &crate::v1::EndpointSpec) -> Result {
 mod tests;
 
 #[cfg(test)]
-mod limits_tests;
-
-#[cfg(test)]
 mod proptests;

@@ -128,3 +128,7 @@ pub const MAX_REPLY_BYTES: usize = 256 * 1024 * 1024;
 
 /// How many characters of a bad value an error quotes ([`super::quoted`]).
 pub const QUOTE_CHARS: usize = 64;
+
+#[cfg(test)]
+#[path = "limits_tests.rs"]
+mod tests;

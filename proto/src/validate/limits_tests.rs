@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use prost::Message;
 
-use super::*;
+use crate::validate::*;
 use crate::v1::{
     ConfigReference, ConfigSpec, ContainerSpec, EndpointSpec, HealthConfig, Mount, MountType,
     Placement, PortConfig, PublishMode, ResourceRequirements, Resources, RestartPolicy,
