@@ -260,7 +260,7 @@ fn matters_to_agent(old: &Task, new: &Task) -> bool {
 }
 
 #[cfg(test)]
-mod unit {
+mod tests {
     use std::sync::Arc;
 
     use shoal_proto::TaskStatus;

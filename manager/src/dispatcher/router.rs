@@ -262,7 +262,7 @@ fn has_ended(task: &Task) -> bool {
 }
 
 #[cfg(test)]
-mod unit {
+mod tests {
     use shoal_proto::{Node, TaskState, TaskStatus};
 
     use super::*;

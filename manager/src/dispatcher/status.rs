@@ -242,7 +242,7 @@ async fn commit(store: &Store, merged: HashMap<String, TaskStatus>) -> Result<()
 }
 
 #[cfg(test)]
-mod unit {
+mod tests {
     use super::*;
     use crate::store::Object;
     use shoal_proto::Task;

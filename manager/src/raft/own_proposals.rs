@@ -43,7 +43,7 @@ impl OwnProposals {
 }
 
 #[cfg(test)]
-mod unit {
+mod tests {
     use super::*;
 
     fn proposal(id: u64) -> Proposal {
