@@ -49,6 +49,8 @@ mod scheduler;
 mod seal;
 mod server;
 mod store;
+#[cfg(test)]
+mod testing;
 
 pub use ca::NewCluster;
 pub use config::ManagerConfig;

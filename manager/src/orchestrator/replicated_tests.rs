@@ -1,8 +1,8 @@
 //! Unit tests of replicated reconciliation (`replicated.rs`).
 
 use super::super::task::desired;
-use super::super::task::fixtures::*;
 use super::*;
+use crate::testing::{node, nodes, service, task};
 use shoal_proto::{NodeAvailability, NodeState, RestartPolicy};
 use std::time::{Duration, Instant};
 

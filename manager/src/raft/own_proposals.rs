@@ -89,7 +89,7 @@ mod tests {
             store_object::Object,
         };
 
-        let mut service = crate::orchestrator::task::fixtures::service("svc1", 3);
+        let mut service = crate::testing::service("svc1", 3);
         let spec = service.spec.as_mut().unwrap();
         spec.labels.insert("tier".into(), "web".into());
         spec.labels.insert("empty".into(), String::new());

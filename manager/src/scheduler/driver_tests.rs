@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::scheduler::pass::ASSIGNED_MESSAGE;
-use crate::scheduler::pass::tests::{node, pending};
 use crate::store::{Action, Object, Store};
+use crate::testing::{pending, ready_node};
 
 async fn create(store: &Store, objects: Vec<Object>) {
     let actions = objects.into_iter().map(Action::Create).collect();
@@ -18,7 +18,7 @@ async fn create(store: &Store, objects: Vec<Object>) {
 
 fn nodes(ids: &[&str]) -> Vec<Object> {
     ids.iter()
-        .map(|id| Object::Node(Box::new(node(id, &[]))))
+        .map(|id| Object::Node(Box::new(ready_node(id, &[]))))
         .collect()
 }
 
@@ -103,7 +103,7 @@ async fn constrained_task_waits_with_a_reason_then_lands_on_a_matching_node() {
         TaskState::Pending
     );
 
-    let east: Node = node("east-1", &[("zone", "east")]);
+    let east: Node = ready_node("east-1", &[("zone", "east")]);
     create(&store, vec![Object::Node(east.into())]).await;
     eventually(&store, "the task assigned to east-1", |all| {
         state_of(&all[0]) == TaskState::Assigned && all[0].node_id == "east-1"

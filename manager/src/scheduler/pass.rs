@@ -27,7 +27,10 @@ pub const ASSIGNED_MESSAGE: &str = "scheduler assigned task to node";
 pub struct Decisions {
     /// Tasks to write back ASSIGNED to their node (carrying the version read).
     /// Boxed as they were held, so a big pass moves pointers, not tasks.
-    #[expect(clippy::vec_box, reason = "the state holds tasks boxed; moving the boxes is cheap")]
+    #[expect(
+        clippy::vec_box,
+        reason = "the state holds tasks boxed; moving the boxes is cheap"
+    )]
     pub assigned: Vec<Box<Task>>,
     /// Tasks still PENDING whose status message must change to say why.
     pub messages: Vec<Task>,
@@ -338,4 +341,4 @@ impl SchedulerState {
 
 #[cfg(test)]
 #[path = "pass_tests.rs"]
-pub(crate) mod tests;
+mod tests;
