@@ -1,11 +1,15 @@
-//! Unit tests of the assignments stream (`assignments.rs`).
+//! The assignments stream (`assignments.rs`): unit tests of what a node is
+//! sent for each change, then scenarios over gRPC (the harness of
+//! `dispatcher/tests.rs`): complete then incremental, no echo of the agent's
+//! own reports, a fresh complete set for an agent that fell behind.
 
 use std::sync::Arc;
 
 use shoal_proto::TaskStatus;
 
 use super::*;
-use crate::store::{Change, ChangeBatch};
+use crate::dispatcher::tests::{Harness, next, svc_task, task_state};
+use crate::store::{Action, Change, ChangeBatch, Object};
 
 /// The index of the snapshot the tests' COMPLETE messages stand for.
 const SNAPSHOT: u64 = 1;
@@ -181,4 +185,123 @@ fn changes_the_snapshot_already_holds_are_not_sent_again() {
     );
     let m = view.incremental(p).expect("committed after the snapshot");
     assert_eq!(ids(&m), vec!["a"]);
+}
+
+#[tokio::test]
+async fn assignments_arrive_complete_then_as_changes() {
+    let mut h = Harness::start_patient().await;
+    let (first, _session) = h.open("n1", "host-a").await;
+    h.create_task("t1", "n1", TaskState::Assigned).await;
+    h.create_task("other", "n2", TaskState::Assigned).await;
+    h.create_task("waiting", "n1", TaskState::Pending).await;
+
+    let mut stream = h.assignments(&first.session_id).await;
+    let complete = next(&mut stream).await.expect("complete");
+    assert_eq!(complete.r#type(), AssignmentsType::Complete);
+    let ids: Vec<_> = complete.tasks.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, vec!["t1"]);
+
+    h.create_task("t2", "n1", TaskState::Assigned).await;
+    let added = next(&mut stream).await.expect("incremental");
+    assert_eq!(added.r#type(), AssignmentsType::Incremental);
+    assert!(added.sequence > complete.sequence);
+    assert_eq!(
+        added
+            .tasks
+            .iter()
+            .map(|t| t.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["t2"]
+    );
+    assert!(added.removed.is_empty());
+
+    let t1 = h.task("t1");
+    h.write(Action::Delete(Object::Task(t1.into()))).await;
+    let removed = next(&mut stream).await.expect("removal");
+    assert_eq!(removed.r#type(), AssignmentsType::Incremental);
+    assert!(removed.sequence > added.sequence);
+    assert!(removed.tasks.is_empty());
+    assert_eq!(removed.removed, vec!["t1".to_string()]);
+}
+
+#[tokio::test]
+async fn agents_do_not_receive_their_own_status_back() {
+    let mut h = Harness::start_patient().await;
+    let (first, _session) = h.open("n1", "host-a").await;
+    h.create_task("t1", "n1", TaskState::Assigned).await;
+    let mut stream = h.assignments(&first.session_id).await;
+    assert_eq!(next(&mut stream).await.expect("complete").tasks.len(), 1);
+
+    h.report(&first.session_id, &[("t1", TaskState::Running)])
+        .await
+        .expect("report");
+    // Then something the agent does care about. If the status report had been
+    // echoed, it would arrive first.
+    let mut t1 = h.task("t1");
+    t1.desired_state = TaskState::Shutdown as i32;
+    h.write(Action::Update(Object::Task(t1.into()))).await;
+    let message = next(&mut stream).await.expect("desired state change");
+    assert_eq!(message.tasks.len(), 1);
+    assert_eq!(message.tasks[0].desired_state(), TaskState::Shutdown);
+    assert_eq!(task_state(&message.tasks[0]), TaskState::Running);
+}
+
+#[tokio::test]
+async fn an_agent_that_falls_behind_gets_a_fresh_complete_set() {
+    let mut h = Harness::start_patient().await;
+    let (first, _session) = h.open("n1", "host-a").await;
+    let mut stream = h.assignments(&first.session_id).await;
+    assert!(next(&mut stream).await.expect("complete").tasks.is_empty());
+
+    // The agent does not read while far more changes than the store's watch
+    // buffers are committed, each large enough to fill the transport's windows.
+    let big = vec!["X".repeat(4096)];
+    let count = 8000;
+    for i in 0..count {
+        let mut t = svc_task(
+            &format!("t{i:05}"),
+            "n1",
+            TaskState::Assigned,
+            TaskState::Running,
+        );
+        t.spec = Some(
+            shoal_proto::TaskSpec {
+                container: Some(shoal_proto::ContainerSpec {
+                    env: big.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+            .into(),
+        );
+        h.write(Action::Create(Object::Task(t.into()))).await;
+    }
+
+    // Replaying the messages must give exactly the store's set, and the lag
+    // must have been answered with a new COMPLETE message.
+    let mut assigned = std::collections::BTreeSet::new();
+    let mut sequence = 1;
+    let mut completes = 0;
+    while assigned.len() < count {
+        let message = next(&mut stream).await.expect("stream open");
+        assert!(message.sequence > sequence, "sequence increases");
+        sequence = message.sequence;
+        if message.r#type() == AssignmentsType::Complete {
+            completes += 1;
+            assigned.clear();
+        }
+        assigned.extend(message.tasks.into_iter().map(|t| t.id));
+        for id in message.removed {
+            assigned.remove(&id);
+        }
+    }
+    println!(
+        "{count} changes reached a lagging agent in {} messages, {completes} of them complete",
+        sequence - 1
+    );
+    assert!(completes >= 1, "a lagging agent gets a complete set");
+    assert_eq!(
+        assigned.len(),
+        h.store.read(|s| s.tasks_on_node("n1").count())
+    );
 }
