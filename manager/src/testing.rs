@@ -10,16 +10,19 @@ use std::time::{Duration, Instant};
 
 use ::raft::eraftpb::{ConfState, Message, MessageType, Snapshot};
 use protobuf::Message as _;
+use shoal_proto::control_server::Control;
 use shoal_proto::{
-    Meta, Node, NodeAvailability, NodeDescription, NodeSpec, NodeState, NodeStatus, Resources,
-    Service, ServiceMode, ServiceSpec, StoreSnapshot, Task, TaskSpec, TaskState, TaskStatus,
+    Cluster, ContainerSpec, CreateServiceRequest, Meta, Node, NodeAvailability, NodeDescription,
+    NodeSpec, NodeState, NodeStatus, Resources, Service, ServiceMode, ServiceSpec, StoreSnapshot,
+    Task, TaskSpec, TaskState, TaskStatus,
 };
 use tokio::sync::mpsc;
 
 use crate::config::ManagerConfig;
+use crate::control::ControlService;
 use crate::orchestrator::task::new_task;
 use crate::raft::Transport;
-use crate::store::Object;
+use crate::store::{Action, Object, Store};
 
 const GIB: i64 = 1 << 30;
 
@@ -144,6 +147,57 @@ pub(crate) fn pending(id: &str, service: &str) -> Task {
     }
 }
 
+/// Task `id` of service `svc` on `node`, in `state`, desired `desired`.
+pub(crate) fn svc_task(id: &str, node: &str, state: TaskState, desired: TaskState) -> Task {
+    Task {
+        id: id.into(),
+        service_id: "svc".into(),
+        node_id: node.into(),
+        desired_state: desired as i32,
+        status: Some(TaskStatus {
+            state: state as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The state a task's status reports (NEW without one).
+pub(crate) fn task_state(task: &Task) -> TaskState {
+    task.status.as_ref().map(|s| s.state()).unwrap_or_default()
+}
+
+/// Service spec `name`: `replicas` of `image`.
+pub(crate) fn spec(name: &str, image: &str, replicas: u64) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        replicas,
+        task: Some(
+            TaskSpec {
+                container: Some(ContainerSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+            .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// Create a service through the control API, as the CLI does.
+pub(crate) async fn create_service(
+    api: &ControlService,
+    spec: ServiceSpec,
+) -> Result<Service, tonic::Status> {
+    api.create_service(tonic::Request::new(CreateServiceRequest {
+        spec: Some(spec),
+    }))
+    .await
+    .map(|r| r.into_inner().service.unwrap())
+}
+
 /// Service `id` named `name`, with nothing else set, as a store object.
 pub(crate) fn service_object(id: &str, name: &str) -> Object {
     Object::Service(Box::new(Service {
@@ -164,6 +218,16 @@ pub(crate) fn task_object(id: &str, service: &str, node: &str) -> Object {
         node_id: node.into(),
         ..Default::default()
     }))
+}
+
+/// A store in memory whose cluster object is `cluster`.
+pub(crate) async fn store_with_cluster(cluster: Cluster) -> Store {
+    let store = Store::in_memory();
+    store
+        .propose(vec![Action::Create(Object::Cluster(cluster.into()))])
+        .await
+        .unwrap();
+    store
 }
 
 /// The config of a manager in `dir` whose Raft ticks every `tick_ms`.

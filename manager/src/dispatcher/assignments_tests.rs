@@ -8,8 +8,9 @@ use std::sync::Arc;
 use shoal_proto::TaskStatus;
 
 use super::*;
-use crate::dispatcher::tests::{Harness, next, svc_task, task_state};
+use crate::dispatcher::tests::{Harness, next};
 use crate::store::{Action, Change, ChangeBatch, Object};
+use crate::testing::{svc_task, task_state};
 
 /// The index of the snapshot the tests' COMPLETE messages stand for.
 const SNAPSHOT: u64 = 1;

@@ -6,7 +6,8 @@ use shoal_proto::HeartbeatRequest;
 use tonic::Code;
 
 use super::*;
-use crate::dispatcher::tests::{DEADLINE, Harness, PERIOD, eventually, next, node_state};
+use crate::dispatcher::tests::{Harness, PERIOD, eventually, next, node_state};
+use crate::testing::DEADLINE;
 
 /// The grace period of the unit tests, and of the harness (100 ms × 3).
 const GRACE: Duration = Duration::from_millis(300);

@@ -7,8 +7,9 @@ use shoal_proto::Task;
 use tonic::Code;
 
 use super::*;
-use crate::dispatcher::tests::{Harness, answer, status_request, svc_task, task_state};
+use crate::dispatcher::tests::{Harness, answer, status_request};
 use crate::store::Object;
+use crate::testing::{svc_task, task_state};
 
 fn status(state: TaskState, message: &str) -> TaskStatus {
     TaskStatus {

@@ -27,10 +27,9 @@ use tonic::{Code, Streaming};
 use super::Dispatcher;
 use crate::config::DispatcherConfig;
 use crate::store::{Action, Object, Store};
+use crate::testing::{DEADLINE, svc_task};
 
 pub(super) const PERIOD: Duration = Duration::from_millis(100);
-/// Upper bound for anything expected to happen "soon" on a loaded machine.
-pub(super) const DEADLINE: Duration = Duration::from_secs(10);
 
 pub(super) struct Harness {
     pub(super) store: Store,
@@ -219,24 +218,6 @@ impl Drop for Harness {
 
 pub(super) fn node_state(node: &Node) -> NodeState {
     node.status.as_ref().map(|s| s.state()).unwrap_or_default()
-}
-
-pub(super) fn task_state(task: &Task) -> TaskState {
-    task.status.as_ref().map(|s| s.state()).unwrap_or_default()
-}
-
-pub(super) fn svc_task(id: &str, node: &str, state: TaskState, desired: TaskState) -> Task {
-    Task {
-        id: id.into(),
-        service_id: "svc".into(),
-        node_id: node.into(),
-        desired_state: desired as i32,
-        status: Some(TaskStatus {
-            state: state as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 /// A status report of `updates` for `session_id`.

@@ -2,23 +2,14 @@
 
 use std::sync::Arc;
 
-use shoal_proto::{TaskState, TaskStatus};
+use shoal_proto::TaskState;
 
 use super::*;
 use crate::store::Change;
+use crate::testing::svc_task;
 
 fn reported(id: &str, state: TaskState) -> Task {
-    Task {
-        id: id.into(),
-        service_id: "svc".into(),
-        node_id: "n1".into(),
-        desired_state: TaskState::Running as i32,
-        status: Some(TaskStatus {
-            state: state as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    svc_task(id, "n1", state, TaskState::Running)
 }
 
 fn dirty_after(kind: ChangeKind, new: Task, old: Option<Task>) -> bool {

@@ -12,16 +12,15 @@
 use std::time::{Duration, Instant};
 
 use shoal_proto::{
-    ContainerSpec, Node, NodeAvailability, NodeSpec, NodeState, NodeStatus, RestartPolicy, Service,
-    ServiceSpec, Task, TaskSpec, TaskState,
+    Node, NodeAvailability, NodeSpec, NodeState, NodeStatus, RestartPolicy, Service, ServiceSpec,
+    Task, TaskState,
 };
 use tokio_util::sync::CancellationToken;
 
 use super::task::{desired, is_live, is_terminal, observed};
 use crate::config::OrchestratorConfig;
 use crate::store::{Action, MemState, Object, Store, StoreError};
-
-pub(super) const DEADLINE: Duration = Duration::from_secs(10);
+use crate::testing::{DEADLINE, spec};
 
 /// The name of a service whose reconcile panics (a stand-in for a bug).
 static PANIC_ON: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
@@ -284,21 +283,11 @@ pub(super) fn live_slots(tasks: &[Task]) -> Vec<u64> {
 }
 
 pub(super) fn replicated(replicas: u64) -> ServiceSpec {
-    ServiceSpec {
-        name: format!("web-{}", shoal_proto::ids::new_id()),
+    spec(
+        &format!("web-{}", shoal_proto::ids::new_id()),
+        "nginx:1",
         replicas,
-        task: Some(
-            TaskSpec {
-                container: Some(ContainerSpec {
-                    image: "nginx:1".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }
-            .into(),
-        ),
-        ..Default::default()
-    }
+    )
 }
 
 pub(super) fn with_restart(mut spec: ServiceSpec, policy: RestartPolicy) -> ServiceSpec {

@@ -10,8 +10,9 @@ use shoal_proto::{
 };
 
 use crate::orchestrator::task::{is_live, observed};
-use crate::orchestrator::tests::{DEADLINE, Harness, live, live_slots, replicated, with_restart};
+use crate::orchestrator::tests::{Harness, live, live_slots, replicated, with_restart};
 use crate::store::{MemState, Stored};
+use crate::testing::DEADLINE;
 
 /// What a watcher of every committed state saw of one service's slots.
 #[derive(Debug, Default, Clone, Copy)]
