@@ -154,7 +154,7 @@ mod tests {
     use shoal_proto::Cluster;
 
     use super::*;
-    use crate::store::{Action, Object};
+    use crate::test_fixtures::store_with_cluster;
 
     fn peer(role: Role, node: &str, cluster: &str) -> Arc<PeerIdentity> {
         Arc::new(PeerIdentity {
@@ -172,23 +172,18 @@ mod tests {
         request
     }
 
-    async fn store_with_cluster() -> Store {
-        let store = Store::in_memory();
+    async fn cluster_store() -> Store {
         let mut cluster = Cluster {
             id: "c1".into(),
             ..Default::default()
         };
         cluster.removed_nodes.insert("gone".into(), i64::MAX);
-        store
-            .propose(vec![Action::Create(Object::Cluster(cluster.into()))])
-            .await
-            .unwrap();
-        store
+        store_with_cluster(cluster).await
     }
 
     #[tokio::test]
     async fn roles_map_to_services() {
-        let store = store_with_cluster().await;
+        let store = cluster_store().await;
         let code = |mut auth: Authorize, req: Request<()>| match auth.call(req) {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),

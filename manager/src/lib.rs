@@ -52,6 +52,8 @@ mod scheduler;
 mod seal;
 mod server;
 mod store;
+#[cfg(test)]
+mod test_fixtures;
 
 pub use ca::NewCluster;
 pub use config::ManagerConfig;

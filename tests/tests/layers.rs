@@ -30,11 +30,13 @@ fn layers(lib_rs: &str) -> BTreeMap<String, usize> {
     layer_of
 }
 
-/// Whether `path` holds only tests (`tests.rs`, `x_tests.rs`, `tests/`,
-/// `x_proptests.rs`, `tests_x.rs`).
+/// Whether `path` holds only tests (`tests.rs`, `x_tests.rs`,
+/// `x_proptests.rs`, a `tests/` folder) or their fixtures (`test_x.rs`).
 fn is_test_file(path: &Path) -> bool {
-    path.components()
-        .any(|c| c.as_os_str().to_string_lossy().contains("tests"))
+    path.components().any(|c| {
+        let name = c.as_os_str().to_string_lossy();
+        name.contains("tests") || name.starts_with("test_")
+    })
 }
 
 /// `source` without comments and without `#[cfg(test)]` items (the braced

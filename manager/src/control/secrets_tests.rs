@@ -8,6 +8,7 @@ use tonic::{Code, Request};
 use crate::control::ControlService;
 use crate::seal::DataKey;
 use crate::store::{Object, Store, encode};
+use crate::test_fixtures::create_service;
 
 const VALUE: &[u8] = b"correct horse battery staple";
 
@@ -70,12 +71,6 @@ fn service(name: &str, secrets: &[&str], configs: &[&str]) -> ServiceSpec {
         ),
         ..Default::default()
     }
-}
-
-async fn create_service(api: &ControlService, spec: ServiceSpec) -> Result<Service, tonic::Status> {
-    api.create_service(Request::new(CreateServiceRequest { spec: Some(spec) }))
-        .await
-        .map(|r| r.into_inner().service.unwrap())
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

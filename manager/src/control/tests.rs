@@ -4,36 +4,15 @@ use tonic::{Code, Request};
 
 use super::ControlService;
 use crate::store::Store;
-
-fn spec(name: &str, image: &str, replicas: u64) -> ServiceSpec {
-    ServiceSpec {
-        name: name.into(),
-        replicas,
-        task: Some(
-            TaskSpec {
-                container: Some(ContainerSpec {
-                    image: image.into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }
-            .into(),
-        ),
-        ..Default::default()
-    }
-}
-
-async fn create(api: &ControlService, spec: ServiceSpec) -> Result<Service, tonic::Status> {
-    api.create_service(Request::new(CreateServiceRequest { spec: Some(spec) }))
-        .await
-        .map(|r| r.into_inner().service.unwrap())
-}
+use crate::test_fixtures::{create_service, spec};
 
 #[tokio::test]
 async fn create_then_find_by_name_and_prefix() {
     let store = Store::in_memory();
     let api = ControlService::new(store.clone(), None);
-    let svc = create(&api, spec("web", "nginx:1.27", 3)).await.unwrap();
+    let svc = create_service(&api, spec("web", "nginx:1.27", 3))
+        .await
+        .unwrap();
     assert_eq!(svc.spec_version, 1);
     for reference in [svc.id.clone(), "web".to_string(), svc.id[..6].to_string()] {
         let got = api
@@ -51,7 +30,7 @@ async fn create_then_find_by_name_and_prefix() {
 async fn bad_input_is_refused_naming_the_field_and_nothing_is_written() {
     let store = Store::in_memory();
     let api = ControlService::new(store.clone(), None);
-    create(&api, spec("web", "nginx", 1)).await.unwrap();
+    create_service(&api, spec("web", "nginx", 1)).await.unwrap();
     let cases = [
         (spec("", "nginx", 1), Code::InvalidArgument, "name"),
         (spec("api", "", 1), Code::InvalidArgument, "image"),
@@ -59,7 +38,7 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_written() {
         (spec("web", "nginx", 1), Code::AlreadyExists, "web"),
     ];
     for (bad, code, needle) in cases {
-        let err = create(&api, bad).await.unwrap_err();
+        let err = create_service(&api, bad).await.unwrap_err();
         assert_eq!(err.code(), code, "{}", err.message());
         assert!(
             err.message().contains(needle),
@@ -82,9 +61,9 @@ async fn a_port_published_by_another_service_is_refused() {
             ..Default::default()
         }],
     });
-    create(&api, a.clone()).await.unwrap();
+    create_service(&api, a.clone()).await.unwrap();
     a.name = "b".into();
-    let err = create(&api, a).await.unwrap_err();
+    let err = create_service(&api, a).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     assert!(
         err.message().contains("publish") && err.message().contains("8080"),
@@ -98,7 +77,9 @@ async fn a_port_published_by_another_service_is_refused() {
 async fn scaling_keeps_spec_version_and_an_image_change_bumps_it() {
     let store = Store::in_memory();
     let api = ControlService::new(store.clone(), None);
-    let svc = create(&api, spec("web", "nginx:1", 2)).await.unwrap();
+    let svc = create_service(&api, spec("web", "nginx:1", 2))
+        .await
+        .unwrap();
     let update = |spec: ServiceSpec, version: u64| UpdateServiceRequest {
         service: "web".into(),
         version,
@@ -146,7 +127,7 @@ async fn scaling_keeps_spec_version_and_an_image_change_bumps_it() {
 async fn remove_deletes_the_service() {
     let store = Store::in_memory();
     let api = ControlService::new(store.clone(), None);
-    create(&api, spec("web", "nginx", 1)).await.unwrap();
+    create_service(&api, spec("web", "nginx", 1)).await.unwrap();
     api.remove_service(Request::new(RemoveServiceRequest {
         service: "web".into(),
     }))
@@ -183,9 +164,15 @@ async fn the_services_together_ask_for_at_most_the_cluster_task_limit() {
     let store = Store::in_memory();
     let api = ControlService::new(store.clone(), None);
     let half = super::services::MAX_CLUSTER_TASKS / 2;
-    let a = create(&api, spec("a", "nginx", half)).await.unwrap();
-    let b = create(&api, spec("b", "nginx", half - 1)).await.unwrap();
-    let err = create(&api, spec("c", "nginx", 2)).await.unwrap_err();
+    let a = create_service(&api, spec("a", "nginx", half))
+        .await
+        .unwrap();
+    let b = create_service(&api, spec("b", "nginx", half - 1))
+        .await
+        .unwrap();
+    let err = create_service(&api, spec("c", "nginx", 2))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.message().starts_with("replicas: "), "{}", err.message());
     assert!(
@@ -198,7 +185,7 @@ async fn the_services_together_ask_for_at_most_the_cluster_task_limit() {
         store.read(|s| s.service_by_name("c").is_none()),
         "nothing written"
     );
-    create(&api, spec("c", "nginx", 1)).await.unwrap();
+    create_service(&api, spec("c", "nginx", 1)).await.unwrap();
     let err = scale(&api, &b, half).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
     // Scaling down is always allowed, and makes room.
@@ -232,11 +219,15 @@ async fn a_large_cluster_takes_fewer_tasks_and_says_why() {
     let api = ControlService::new(store.clone(), None);
     let limit = super::services::cluster_task_limit(6_000);
     assert_eq!(limit, 144_000);
-    create(&api, spec("a", "nginx", 100_000)).await.unwrap();
-    create(&api, spec("a2", "nginx", limit - 100_001))
+    create_service(&api, spec("a", "nginx", 100_000))
         .await
         .unwrap();
-    let err = create(&api, spec("b", "nginx", 2)).await.unwrap_err();
+    create_service(&api, spec("a2", "nginx", limit - 100_001))
+        .await
+        .unwrap();
+    let err = create_service(&api, spec("b", "nginx", 2))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(
         err.message()
@@ -244,7 +235,7 @@ async fn a_large_cluster_takes_fewer_tasks_and_says_why() {
         "{}",
         err.message()
     );
-    create(&api, spec("b", "nginx", 1)).await.unwrap();
+    create_service(&api, spec("b", "nginx", 1)).await.unwrap();
 }
 
 #[tokio::test]
@@ -256,7 +247,7 @@ async fn task_pages_hold_at_most_their_budget_and_add_up_to_the_whole_list() {
     container.env = (0..30)
         .map(|i| format!("V{i}={}", "x".repeat(1000)))
         .collect();
-    let svc = create(&api, big).await.unwrap();
+    let svc = create_service(&api, big).await.unwrap();
     // 300 tasks of about 31 KB each: about 9 MB, over a client's 4 MiB.
     let tasks: Vec<_> = (0..300u64)
         .map(|slot| {

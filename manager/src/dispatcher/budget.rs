@@ -74,7 +74,7 @@ impl DownBudget {
 }
 
 #[cfg(test)]
-mod unit {
+mod tests {
     use super::*;
 
     const GRACE: Duration = Duration::from_secs(6);

@@ -108,7 +108,7 @@ impl Lag {
 }
 
 #[cfg(test)]
-mod unit {
+mod tests {
     use super::*;
 
     #[test]

@@ -213,7 +213,7 @@ async fn mark_down(inner: &Inner, expired: &[Expired]) -> Result<(), StoreError>
 }
 
 #[cfg(test)]
-mod unit {
+mod tests {
     use super::*;
 
     #[test]

@@ -461,4 +461,4 @@ async fn register_node(
 
 #[cfg(test)]
 #[path = "session_tests.rs"]
-mod unit;
+mod tests;

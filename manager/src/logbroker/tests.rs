@@ -2,8 +2,6 @@
 //! `LogSubscriptions` streams, and `publish` calls standing in for their
 //! `PublishLogs` streams.
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use shoal_proto::*;
 use tokio_util::sync::CancellationToken;
@@ -11,8 +9,7 @@ use tonic::Code;
 
 use super::{LogBroker, LogStream, SubscriptionStream};
 use crate::store::{Action, Object, Store};
-
-const DEADLINE: Duration = Duration::from_secs(10);
+use crate::test_fixtures::DEADLINE;
 
 /// A service "web" with a running task in slot 1 on n1 and slot 2 on n2, and
 /// one still pending.

@@ -33,7 +33,7 @@ pub(super) fn batches(actions: Vec<(String, Action)>) -> Vec<(Vec<String>, Vec<A
 }
 
 #[cfg(test)]
-mod unit {
+mod tests {
     use shoal_proto::{ContainerSpec, Task, TaskSpec};
 
     use crate::store::Object;

@@ -549,3 +549,7 @@ impl PassWrites {
         self.writes += 1;
     }
 }
+
+#[cfg(test)]
+#[path = "driver_tests.rs"]
+mod tests;

@@ -126,8 +126,8 @@ pub fn reconcile(
 #[cfg(test)]
 mod tests {
     use super::super::task::desired;
-    use super::super::task::fixtures::*;
     use super::*;
+    use crate::test_fixtures::{global, node, nodes, task};
     use shoal_proto::{NodeSpec, Placement};
     use std::collections::HashMap;
     use std::time::Instant;

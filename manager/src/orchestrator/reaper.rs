@@ -59,8 +59,8 @@ pub fn remove_service_tasks(tasks: &[Task]) -> Vec<Op> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::task::fixtures::*;
     use super::*;
+    use crate::test_fixtures::{node, nodes, service, task};
     use shoal_proto::{NodeAvailability, NodeState};
 
     fn deleted(ops: &[Op]) -> Vec<&str> {

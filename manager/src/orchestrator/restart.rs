@@ -116,8 +116,8 @@ fn condition_allows(task: &Task) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::task::fixtures::*;
     use super::*;
+    use crate::test_fixtures::{service, task};
     use shoal_proto::{ContainerStatus, RestartPolicy, Service};
 
     fn with_policy(policy: RestartPolicy) -> Service {

@@ -200,83 +200,9 @@ pub fn age_key(task: &Task) -> (i64, i64, &str) {
 }
 
 #[cfg(test)]
-pub(crate) mod fixtures {
-    //! Builders for the pure tests of the orchestrator modules.
-    use super::*;
-    use shoal_proto::{Meta, NodeSpec, NodeStatus, ServiceSpec};
-
-    pub fn service(id: &str, replicas: u64) -> Service {
-        Service {
-            id: id.into(),
-            meta: Some(Meta {
-                version: 1,
-                ..Default::default()
-            }),
-            spec: Some(ServiceSpec {
-                name: format!("svc-{id}"),
-                replicas,
-                task: Some(TaskSpec::default().into()),
-                ..Default::default()
-            }),
-            spec_version: 1,
-            ..Default::default()
-        }
-    }
-
-    pub fn global(id: &str) -> Service {
-        let mut s = service(id, 0);
-        s.spec.as_mut().unwrap().mode = ServiceMode::Global as i32;
-        s
-    }
-
-    pub fn node(id: &str, state: NodeState, availability: NodeAvailability) -> Node {
-        Node {
-            id: id.into(),
-            meta: Some(Meta {
-                version: 1,
-                ..Default::default()
-            }),
-            spec: Some(NodeSpec {
-                availability: availability as i32,
-                ..Default::default()
-            }),
-            status: Some(NodeStatus {
-                state: state as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    pub fn nodes(list: Vec<Node>) -> HashMap<String, Node> {
-        list.into_iter().map(|n| (n.id.clone(), n)).collect()
-    }
-
-    /// A task of `service` in `slot`, with the given states, created at `order`.
-    pub fn task(
-        service: &Service,
-        slot: u64,
-        node: &str,
-        desired: TaskState,
-        observed: TaskState,
-        order: i64,
-    ) -> Task {
-        let mut t = new_task(service, slot, node, desired, order);
-        t.id = format!("t{slot}-{node}-{order}");
-        t.meta = Some(Meta {
-            version: 1,
-            created_at: order,
-            updated_at: order,
-        });
-        t.status.as_mut().unwrap().state = observed as i32;
-        t
-    }
-}
-
-#[cfg(test)]
 mod tests {
-    use super::fixtures::*;
     use super::*;
+    use crate::test_fixtures::{node, nodes, service, task};
 
     #[test]
     fn new_task_copies_the_template() {

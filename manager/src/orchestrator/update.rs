@@ -180,8 +180,8 @@ pub fn judge(m: &Monitored, task: Option<&Task>, now_ms: i64, monitor: Duration)
 
 #[cfg(test)]
 mod tests {
-    use super::super::task::fixtures::*;
     use super::*;
+    use crate::test_fixtures::{global, node, nodes, service, task};
     use shoal_proto::{NodeAvailability, NodeState, UpdateConfig};
 
     #[test]

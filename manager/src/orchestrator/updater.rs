@@ -435,3 +435,7 @@ fn update_state(service: &Service) -> UpdateState {
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+#[path = "updater_tests.rs"]
+mod tests;

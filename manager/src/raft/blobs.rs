@@ -60,7 +60,7 @@ impl BlobSync {
 }
 
 #[cfg(test)]
-mod unit {
+mod tests {
     use super::*;
 
     #[test]

@@ -77,7 +77,7 @@ impl Unwritten {
 }
 
 #[cfg(test)]
-mod unit {
+mod tests {
     use super::*;
 
     #[test]

@@ -288,3 +288,7 @@ pub(super) fn decode_index(bytes: &[u8]) -> Result<u64, RaftError> {
     })?;
     Ok(u64::from_be_bytes(array))
 }
+
+#[cfg(test)]
+#[path = "disk_tests.rs"]
+mod tests;

@@ -454,17 +454,14 @@ mod tests {
     use super::*;
     use shoal_proto::Cluster;
 
+    use crate::test_fixtures::store_with_cluster;
+
     async fn cluster_store() -> Store {
-        let store = Store::in_memory();
-        let cluster = Cluster {
+        store_with_cluster(Cluster {
             id: "c1".into(),
             ..Default::default()
-        };
-        store
-            .propose(vec![Action::Create(Object::Cluster(cluster.into()))])
-            .await
-            .unwrap();
-        store
+        })
+        .await
     }
 
     #[tokio::test]

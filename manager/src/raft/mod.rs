@@ -422,9 +422,3 @@ fn read_prefix(id: u64) -> [u8; 16] {
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_disk;
-#[cfg(test)]
-mod tests_peers;
-#[cfg(test)]
-mod tests_transport;

@@ -574,3 +574,7 @@ impl Node {
         let _ = self.leadership.send(Leadership::default());
     }
 }
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;

@@ -161,3 +161,85 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Linearizable reads on a follower, with a scripted leader (Raft id 2).
+
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use protobuf::Message as _;
+    use raft::eraftpb::MessageType;
+    use tokio::sync::mpsc;
+
+    use crate::raft::start_with_transport;
+    use crate::store::StoreError;
+    use crate::test_fixtures::{Capture, leader_snapshot, message, next_of, raft_config, wait_for};
+
+    #[tokio::test]
+    async fn a_follower_read_waits_for_the_leaders_read_index_and_fails_fast_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut config = raft_config(dir.path(), 20);
+        // Keep node 1 a follower of the scripted peer for the whole test.
+        config.raft.election_ticks = 50;
+        let (store, raft) = start_with_transport(&config, Arc::new(Capture(Mutex::new(tx))))
+            .await
+            .unwrap();
+        // A lone voter confirms its own reads.
+        raft.inbox()
+            .read_barrier(Duration::from_secs(5))
+            .await
+            .unwrap();
+
+        raft.step(&leader_snapshot()).unwrap();
+        wait_for("node 1 to follow peer 2", || {
+            store.read(|s| s.applied_index) == 100 && store.leadership().borrow().leader_id == 2
+        })
+        .await;
+        let inbox = raft.inbox();
+        let read = tokio::spawn(async move { inbox.read_barrier(Duration::from_secs(5)).await });
+        let ask = next_of(&mut rx, MessageType::MsgReadIndex).await;
+        assert_eq!(ask.to, 2, "a follower asks the leader");
+        // The leader confirms index 102, which node 1 has not applied yet.
+        let mut answer = message(MessageType::MsgReadIndexResp, 5);
+        answer.index = 102;
+        answer.set_entries(ask.entries.clone());
+        raft.step(&answer.write_to_bytes().unwrap()).unwrap();
+        // A heartbeat's answer shows the node has handled the read index.
+        let mut heartbeat = message(MessageType::MsgHeartbeat, 5);
+        heartbeat.commit = 100;
+        raft.step(&heartbeat.write_to_bytes().unwrap()).unwrap();
+        next_of(&mut rx, MessageType::MsgHeartbeatResponse).await;
+        assert!(!read.is_finished(), "the read waits until 102 is applied");
+
+        let mut append = message(MessageType::MsgAppend, 5);
+        append.index = 100;
+        append.log_term = 5;
+        append.commit = 102;
+        append.set_entries(
+            (101..=102)
+                .map(|index| raft::eraftpb::Entry {
+                    index,
+                    term: 5,
+                    ..Default::default()
+                })
+                .collect(),
+        );
+        raft.step(&append.write_to_bytes().unwrap()).unwrap();
+        read.await.unwrap().unwrap();
+        assert!(store.read(|s| s.applied_index) >= 102);
+
+        // Nobody answers this one: "no quorum" once the time is up, not a hang.
+        let started = Instant::now();
+        let err = raft
+            .inbox()
+            .read_barrier(Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert_eq!(err, StoreError::NoQuorum);
+        assert!(started.elapsed() < Duration::from_secs(3));
+        raft.shutdown().await;
+    }
+}

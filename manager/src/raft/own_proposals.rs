@@ -43,7 +43,7 @@ impl OwnProposals {
 }
 
 #[cfg(test)]
-mod unit {
+mod tests {
     use super::*;
 
     fn proposal(id: u64) -> Proposal {
@@ -89,7 +89,7 @@ mod unit {
             store_object::Object,
         };
 
-        let mut service = crate::orchestrator::task::fixtures::service("svc1", 3);
+        let mut service = crate::test_fixtures::service("svc1", 3);
         let spec = service.spec.as_mut().unwrap();
         spec.labels.insert("tier".into(), "web".into());
         spec.labels.insert("empty".into(), String::new());

@@ -380,8 +380,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_manager_may_only_send_raft_messages_as_itself() {
-        use crate::store::{Action, Object};
-        let store = crate::store::Store::in_memory();
         let cluster = shoal_proto::Cluster {
             id: "c1".into(),
             managers: vec![
@@ -398,10 +396,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        store
-            .propose(vec![Action::Create(Object::Cluster(cluster.into()))])
-            .await
-            .unwrap();
+        let store = crate::test_fixtures::store_with_cluster(cluster).await;
         let (tx, mut rx) = mpsc::channel(4);
         let inbox = PeerInbox::new(tx);
         let membership = Membership::new(store, inbox.clone(), crate::seal::DataKey::generate(), 1);

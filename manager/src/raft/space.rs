@@ -226,7 +226,7 @@ impl DiskSpace {
 }
 
 #[cfg(test)]
-mod unit {
+mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 

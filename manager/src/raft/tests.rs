@@ -1,39 +1,22 @@
 //! Scenarios for the Raft node on a real sled directory: commits, restarts,
-//! concurrency, conflicts, compaction and large values.
+//! concurrency, conflicts, compaction and large values; where a new
+//! cluster's log starts, and a joined manager's first start.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shoal_proto::{Meta, Service, ServiceSpec, Task, TaskStatus};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Message, MessageType};
+use shoal_proto::{Meta, Service, Task, TaskStatus};
+use tokio::sync::mpsc;
 
 use super::disk::{self, Disk};
 use super::*;
 use crate::store::{Action, Kind, Object, ObjectExt, StoreError};
-
-fn config(dir: &std::path::Path) -> ManagerConfig {
-    let mut config = ManagerConfig::new(dir);
-    config.raft.tick_interval = Duration::from_millis(10);
-    config
-}
-
-fn service(id: &str, name: &str) -> Object {
-    Object::Service(Box::new(Service {
-        id: id.into(),
-        spec: Some(ServiceSpec {
-            name: name.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }))
-}
-
-fn task(id: &str, service: &str) -> Object {
-    Object::Task(Box::new(Task {
-        id: id.into(),
-        service_id: service.into(),
-        ..Default::default()
-    }))
-}
+use crate::test_fixtures::{
+    Capture, leader_snapshot, next_of, raft_config, service_object, task_object, wait_for,
+};
 
 /// Every object with its version, sorted, plus the applied index.
 fn snapshot_of(store: &Store) -> (Vec<(String, u64, Vec<u8>)>, u64) {
@@ -53,24 +36,16 @@ fn snapshot_of(store: &Store) -> (Vec<(String, u64, Vec<u8>)>, u64) {
     })
 }
 
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test]
 async fn proposals_commit_and_apply() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, raft) = start(&config(dir.path())).await.unwrap();
+    let (store, raft) = start(&raft_config(dir.path(), 10)).await.unwrap();
     assert!(store.is_leader(), "a sole voter leads at once");
 
     let applied = store
         .propose(vec![
-            Action::Create(service("s1", "web")),
-            Action::Create(task("t1", "s1")),
+            Action::Create(service_object("s1", "web")),
+            Action::Create(task_object("t1", "s1", "")),
         ])
         .await
         .unwrap();
@@ -93,7 +68,7 @@ async fn proposals_commit_and_apply() {
     raft.shutdown().await;
     assert_eq!(
         store
-            .propose(vec![Action::Create(task("t2", "s1"))])
+            .propose(vec![Action::Create(task_object("t2", "s1", ""))])
             .await
             .unwrap_err(),
         StoreError::Stopped
@@ -103,14 +78,18 @@ async fn proposals_commit_and_apply() {
 #[tokio::test]
 async fn restart_keeps_objects_applied_index_and_versions() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, raft) = start(&config(dir.path())).await.unwrap();
+    let (store, raft) = start(&raft_config(dir.path(), 10)).await.unwrap();
     store
-        .propose(vec![Action::Create(service("s1", "web"))])
+        .propose(vec![Action::Create(service_object("s1", "web"))])
         .await
         .unwrap();
     for i in 0..5 {
         store
-            .propose(vec![Action::Create(task(&format!("t{i}"), "s1"))])
+            .propose(vec![Action::Create(task_object(
+                &format!("t{i}"),
+                "s1",
+                "",
+            ))])
             .await
             .unwrap();
     }
@@ -121,13 +100,13 @@ async fn restart_keeps_objects_applied_index_and_versions() {
         .await
         .unwrap();
     store
-        .propose(vec![Action::Delete(task("t4", "s1"))])
+        .propose(vec![Action::Delete(task_object("t4", "s1", ""))])
         .await
         .unwrap();
     let before = snapshot_of(&store);
     raft.shutdown().await;
 
-    let (store, raft) = start(&config(dir.path())).await.unwrap();
+    let (store, raft) = start(&raft_config(dir.path(), 10)).await.unwrap();
     let after = snapshot_of(&store);
     assert_eq!(after.0, before.0, "every object and version survives");
     assert!(
@@ -143,7 +122,7 @@ async fn restart_keeps_objects_applied_index_and_versions() {
     });
     // New writes land after the old log, with higher versions.
     let applied = store
-        .propose(vec![Action::Create(task("t9", "s1"))])
+        .propose(vec![Action::Create(task_object("t9", "s1", ""))])
         .await
         .unwrap();
     assert!(applied.index > before.1);
@@ -153,14 +132,18 @@ async fn restart_keeps_objects_applied_index_and_versions() {
 #[tokio::test]
 async fn entries_whose_state_was_lost_are_replayed_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, raft) = start(&config(dir.path())).await.unwrap();
+    let (store, raft) = start(&raft_config(dir.path(), 10)).await.unwrap();
     let created = store
-        .propose(vec![Action::Create(service("s1", "web"))])
+        .propose(vec![Action::Create(service_object("s1", "web"))])
         .await
         .unwrap();
     for i in 0..3 {
         store
-            .propose(vec![Action::Create(task(&format!("t{i}"), "s1"))])
+            .propose(vec![Action::Create(task_object(
+                &format!("t{i}"),
+                "s1",
+                "",
+            ))])
             .await
             .unwrap();
     }
@@ -181,7 +164,7 @@ async fn entries_whose_state_was_lost_are_replayed_from_the_log() {
     );
     drop(disk);
 
-    let (store, raft) = start(&config(dir.path())).await.unwrap();
+    let (store, raft) = start(&raft_config(dir.path(), 10)).await.unwrap();
     wait_for("the log to be replayed", || {
         store.read(|s| s.applied_index) >= before.1
     })
@@ -197,7 +180,7 @@ async fn entries_whose_state_was_lost_are_replayed_from_the_log() {
 #[tokio::test]
 async fn concurrent_proposals_each_get_their_own_result() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, raft) = start(&config(dir.path())).await.unwrap();
+    let (store, raft) = start(&raft_config(dir.path(), 10)).await.unwrap();
     let mut joins = Vec::new();
     for p in 0..20 {
         let store = store.clone();
@@ -205,7 +188,7 @@ async fn concurrent_proposals_each_get_their_own_result() {
             let ids: Vec<String> = (0..10).map(|i| format!("t{p}-{i}")).collect();
             let actions = ids
                 .iter()
-                .map(|id| Action::Create(task(id, "s1")))
+                .map(|id| Action::Create(task_object(id, "s1", "")))
                 .collect();
             let applied = store.propose(actions).await.unwrap();
             (ids, applied)
@@ -234,9 +217,9 @@ async fn concurrent_proposals_each_get_their_own_result() {
 #[tokio::test]
 async fn a_conflicting_proposal_fails_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, raft) = start(&config(dir.path())).await.unwrap();
+    let (store, raft) = start(&raft_config(dir.path(), 10)).await.unwrap();
     store
-        .propose(vec![Action::Create(service("s1", "web"))])
+        .propose(vec![Action::Create(service_object("s1", "web"))])
         .await
         .unwrap();
     let mut stale = store.read(|s| s.service("s1").unwrap().clone());
@@ -250,7 +233,7 @@ async fn a_conflicting_proposal_fails_alone() {
         let action = if i == 5 {
             Action::Update(Object::Service(stale.clone().into()))
         } else {
-            Action::Create(task(&format!("t{i}"), "s1"))
+            Action::Create(task_object(&format!("t{i}"), "s1", ""))
         };
         joins.push(tokio::spawn(async move {
             (i, store.propose(vec![action]).await)
@@ -272,16 +255,20 @@ async fn a_conflicting_proposal_fails_alone() {
 #[tokio::test]
 async fn compaction_keeps_state_across_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path());
+    let mut config = raft_config(dir.path(), 10);
     config.raft.snapshot_interval = 20;
     let (store, raft) = start(&config).await.unwrap();
     store
-        .propose(vec![Action::Create(service("s1", "web"))])
+        .propose(vec![Action::Create(service_object("s1", "web"))])
         .await
         .unwrap();
     for i in 0..100 {
         store
-            .propose(vec![Action::Create(task(&format!("t{i}"), "s1"))])
+            .propose(vec![Action::Create(task_object(
+                &format!("t{i}"),
+                "s1",
+                "",
+            ))])
             .await
             .unwrap();
     }
@@ -311,7 +298,7 @@ async fn compaction_keeps_state_across_restart() {
     assert_eq!(after.0, before.0);
     assert_eq!(store.read(|s| s.task_count()), 100);
     let applied = store
-        .propose(vec![Action::Create(task("t-last", "s1"))])
+        .propose(vec![Action::Create(task_object("t-last", "s1", ""))])
         .await
         .unwrap();
     assert!(applied.index > before.1);
@@ -321,7 +308,7 @@ async fn compaction_keeps_state_across_restart() {
 #[tokio::test]
 async fn a_value_larger_than_128_kib_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, raft) = start(&config(dir.path())).await.unwrap();
+    let (store, raft) = start(&raft_config(dir.path(), 10)).await.unwrap();
     let message: String = (0..300 * 1024)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
@@ -337,7 +324,7 @@ async fn a_value_larger_than_128_kib_survives_restart() {
     store.propose(vec![Action::Create(big)]).await.unwrap();
     raft.shutdown().await;
 
-    let (store, raft) = start(&config(dir.path())).await.unwrap();
+    let (store, raft) = start(&raft_config(dir.path(), 10)).await.unwrap();
     let kept = store.read(|s| {
         s.task("big")
             .and_then(|t| t.status.clone())
@@ -350,7 +337,7 @@ async fn a_value_larger_than_128_kib_survives_restart() {
 #[tokio::test]
 async fn an_oversized_proposal_is_refused_with_its_size() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, raft) = start(&config(dir.path())).await.unwrap();
+    let (store, raft) = start(&raft_config(dir.path(), 10)).await.unwrap();
     let huge = Object::Task(Box::new(Task {
         id: "huge".into(),
         status: Some(TaskStatus {
@@ -370,7 +357,7 @@ async fn an_oversized_proposal_is_refused_with_its_size() {
 #[tokio::test]
 async fn garbage_from_a_peer_is_an_invalid_message() {
     let dir = tempfile::tempdir().unwrap();
-    let (_store, raft) = start(&config(dir.path())).await.unwrap();
+    let (_store, raft) = start(&raft_config(dir.path(), 10)).await.unwrap();
     assert!(matches!(
         raft.step(&[0xff, 0xff, 0xff]),
         Err(RaftError::InvalidMessage(_))
@@ -391,7 +378,7 @@ async fn raft_throughput() {
     const PER_PROPOSAL: usize = 1_000;
     const IN_FLIGHT: usize = 8;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path());
+    let mut config = raft_config(dir.path(), 10);
     config.raft.tick_interval = Duration::from_millis(100);
     let (store, raft) = start(&config).await.unwrap();
 
@@ -435,7 +422,7 @@ fn the_state_tree_holds_one_checkpoint_and_reads_the_one_object_per_key_layout()
     let dir = tempfile::tempdir().unwrap();
     let disk = Disk::open(&dir.path().join("store")).unwrap();
     // The layout before checkpoints were pieces: one object per key.
-    let old = task("t-old", "s1");
+    let old = task_object("t-old", "s1", "");
     disk.state
         .insert(old.storage_key(), crate::store::encode(&old))
         .unwrap();
@@ -451,7 +438,7 @@ fn the_state_tree_holds_one_checkpoint_and_reads_the_one_object_per_key_layout()
 
     let mut state = state;
     for i in 0..300 {
-        state.put(task(&format!("t{i:03}"), "s1"));
+        state.put(task_object(&format!("t{i:03}"), "s1", ""));
     }
     let pieces = snapshot::encode(&state, 512);
     assert!(pieces.len() > 3);
@@ -549,4 +536,58 @@ fn the_store_counts_as_closed_only_once_sleds_lock_is_released() {
     drop(open);
     assert!(disk::wait_closed(&path, Duration::from_secs(5)));
     Disk::open(&path).expect("opens again");
+}
+
+#[tokio::test]
+async fn a_new_cluster_logs_after_a_bootstrap_snapshot_so_joiners_start_from_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, raft) = start(&raft_config(dir.path(), 20)).await.unwrap();
+    assert!(store.is_leader());
+    let service = Object::Service(Box::new(Service {
+        id: "s1".into(),
+        ..Default::default()
+    }));
+    store.propose(vec![Action::Create(service)]).await.unwrap();
+    raft.shutdown().await;
+
+    let disk = disk::Disk::open(&dir.path().join("store")).unwrap();
+    assert_eq!(disk.snapshot_index(), 1);
+    let (first, _) = disk.log_bounds();
+    assert_eq!(
+        first,
+        Some(2),
+        "the log starts after the bootstrap snapshot"
+    );
+}
+
+#[tokio::test]
+async fn a_joined_manager_starts_with_its_raft_id_and_no_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    membership::store_raft_id(dir.path(), 5).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (store, raft) = start_with_transport(
+        &raft_config(dir.path(), 20),
+        Arc::new(Capture(Mutex::new(tx))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(raft.status().id, 5);
+    assert!(!store.is_leader());
+    // The leader's snapshot, naming it a voter, is what gives it a
+    // configuration and a state.
+    let mut msg = Message::parse_from_bytes(&leader_snapshot()).unwrap();
+    msg.to = 5;
+    let mut cs = ConfState::default();
+    cs.set_voters(vec![2, 5]);
+    msg.mut_snapshot().mut_metadata().set_conf_state(cs);
+    raft.step(&msg.write_to_bytes().unwrap()).unwrap();
+    wait_for("the snapshot to be installed", || {
+        store.read(|s| s.applied_index) == 100
+    })
+    .await;
+    // It acknowledges the snapshot once it is durable (after the state is
+    // visible, so wait for the answer rather than peek).
+    let answer = next_of(&mut rx, MessageType::MsgAppendResponse).await;
+    assert_eq!((answer.from, answer.to), (5, 2), "it answers the leader");
+    raft.shutdown().await;
 }

@@ -363,3 +363,7 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     }
     cause.to_string()
 }
+
+#[cfg(test)]
+#[path = "transport_tests.rs"]
+mod tests;

@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::scheduler::pass::ASSIGNED_MESSAGE;
-use crate::scheduler::pass::tests::{node, pending};
 use crate::store::{Action, Object, Store};
+use crate::test_fixtures::{pending, ready_node, task_state};
 
 async fn create(store: &Store, objects: Vec<Object>) {
     let actions = objects.into_iter().map(Action::Create).collect();
@@ -18,7 +18,7 @@ async fn create(store: &Store, objects: Vec<Object>) {
 
 fn nodes(ids: &[&str]) -> Vec<Object> {
     ids.iter()
-        .map(|id| Object::Node(Box::new(node(id, &[]))))
+        .map(|id| Object::Node(Box::new(ready_node(id, &[]))))
         .collect()
 }
 
@@ -44,13 +44,6 @@ async fn eventually(store: &Store, what: &str, check: impl Fn(&[Task]) -> bool) 
     }
 }
 
-fn state_of(t: &Task) -> TaskState {
-    t.status
-        .as_ref()
-        .map(|s| s.state())
-        .unwrap_or(TaskState::New)
-}
-
 fn start(store: &Store) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(run(store.clone(), shutdown.clone()));
@@ -66,7 +59,7 @@ async fn assigns_pending_tasks_evenly() {
     let (shutdown, handle) = start(&store);
     create(&store, tasks("late", 3)).await;
     eventually(&store, "6 assigned tasks", |all| {
-        all.len() == 6 && all.iter().all(|t| state_of(t) == TaskState::Assigned)
+        all.len() == 6 && all.iter().all(|t| task_state(t) == TaskState::Assigned)
     })
     .await;
     let all: Vec<Task> = store.read(|s| s.tasks().cloned().collect());
@@ -99,14 +92,14 @@ async fn constrained_task_waits_with_a_reason_then_lands_on_a_matching_node() {
     })
     .await;
     assert_eq!(
-        state_of(&store.read(|s| s.task("t1").cloned()).unwrap()),
+        task_state(&store.read(|s| s.task("t1").cloned()).unwrap()),
         TaskState::Pending
     );
 
-    let east: Node = node("east-1", &[("zone", "east")]);
+    let east: Node = ready_node("east-1", &[("zone", "east")]);
     create(&store, vec![Object::Node(east.into())]).await;
     eventually(&store, "the task assigned to east-1", |all| {
-        state_of(&all[0]) == TaskState::Assigned && all[0].node_id == "east-1"
+        task_state(&all[0]) == TaskState::Assigned && all[0].node_id == "east-1"
     })
     .await;
     shutdown.cancel();
@@ -122,7 +115,7 @@ async fn commits_large_batches_in_chunks() {
     let n = CHUNK * MAX_IN_FLIGHT + 500;
     create(&store, tasks("t", n)).await;
     eventually(&store, "all tasks assigned", |all| {
-        all.len() == n && all.iter().all(|t| state_of(t) == TaskState::Assigned)
+        all.len() == n && all.iter().all(|t| task_state(t) == TaskState::Assigned)
     })
     .await;
     let per_node = store.read(|s| ["a", "b", "c", "d"].map(|id| s.tasks_on_node(id).count()));
@@ -173,12 +166,12 @@ async fn new_tasks_handed_over_are_written_once_already_placed() {
     assert_eq!(all.len(), 5);
     let assigned: Vec<&Task> = all
         .iter()
-        .filter(|t| state_of(t) == TaskState::Assigned)
+        .filter(|t| task_state(t) == TaskState::Assigned)
         .collect();
     assert_eq!(assigned.len(), 4);
     assert_eq!(assigned.iter().filter(|t| t.node_id == "a").count(), 2);
     let east = store.read(|s| s.task("east").cloned()).unwrap();
-    assert_eq!(state_of(&east), TaskState::Pending);
+    assert_eq!(task_state(&east), TaskState::Pending);
     let message = east
         .status
         .as_ref()
@@ -230,7 +223,7 @@ async fn a_refused_creation_gives_its_place_back() {
     };
     queued.outcome().await.expect("committed");
     let next = store.read(|s| s.task("next").cloned()).unwrap();
-    assert_eq!(state_of(&next), TaskState::Assigned, "{next:?}");
+    assert_eq!(task_state(&next), TaskState::Assigned, "{next:?}");
     assert_eq!(next.node_id, "a");
     shutdown.cancel();
     handle.await.unwrap();

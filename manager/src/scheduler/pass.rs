@@ -341,4 +341,4 @@ impl SchedulerState {
 
 #[cfg(test)]
 #[path = "pass_tests.rs"]
-pub(crate) mod tests;
+mod tests;

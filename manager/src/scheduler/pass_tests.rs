@@ -3,57 +3,15 @@
 use std::collections::HashMap;
 
 use shoal_proto::{
-    Meta, Node, NodeAvailability, NodeDescription, NodeSpec, NodeState, NodeStatus, Placement,
-    ResourceRequirements, Resources, SpreadPreference, Task, TaskSpec, TaskState, TaskStatus,
+    Node, NodeAvailability, NodeState, Placement, ResourceRequirements, Resources,
+    SpreadPreference, Task, TaskState,
 };
 
 use super::*;
+use crate::test_fixtures::{pending, ready_node};
 
 const GIB: i64 = 1 << 30;
 const MIB: i64 = 1 << 20;
-
-pub(crate) fn node(id: &str, labels: &[(&str, &str)]) -> Node {
-    Node {
-        id: id.into(),
-        meta: Some(Meta::default()),
-        spec: Some(NodeSpec {
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        }),
-        description: Some(NodeDescription {
-            hostname: format!("host-{id}"),
-            resources: Some(Resources {
-                nano_cpus: 4_000_000_000,
-                memory_bytes: GIB,
-            }),
-            ..Default::default()
-        }),
-        status: Some(NodeStatus {
-            state: NodeState::Ready as i32,
-            ..Default::default()
-        }),
-        manager_status: None,
-    }
-}
-
-pub(crate) fn pending(id: &str, service: &str) -> Task {
-    Task {
-        id: id.into(),
-        meta: Some(Meta::default()),
-        service_id: service.into(),
-        spec_version: 1,
-        desired_state: TaskState::Running as i32,
-        spec: Some(TaskSpec::default().into()),
-        status: Some(TaskStatus {
-            state: TaskState::Pending as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 fn with_placement(mut t: Task, constraints: &[&str], spread: &[&str], max_replicas: u64) -> Task {
     t.spec.get_or_insert_with(Default::default).placement = Some(Placement {
@@ -101,7 +59,11 @@ fn commit(s: &mut SchedulerState, d: &Decisions) {
 
 #[test]
 fn spreads_evenly_and_marks_tasks_assigned() {
-    let nodes = [node("a", &[]), node("b", &[]), node("c", &[])];
+    let nodes = [
+        ready_node("a", &[]),
+        ready_node("b", &[]),
+        ready_node("c", &[]),
+    ];
     let tasks: Vec<Task> = (0..6).map(|i| pending(&format!("t{i}"), "svc")).collect();
     let mut s = state(&nodes, &tasks);
     let d = s.schedule(42);
@@ -124,7 +86,7 @@ fn spreads_evenly_and_marks_tasks_assigned() {
 
 #[test]
 fn prefers_nodes_with_fewer_tasks_of_the_service_then_fewer_tasks() {
-    let nodes = [node("a", &[]), node("b", &[])];
+    let nodes = [ready_node("a", &[]), ready_node("b", &[])];
     let mut running = pending("r1", "other");
     running.node_id = "a".into();
     running.status.as_mut().unwrap().state = TaskState::Running as i32;
@@ -135,11 +97,11 @@ fn prefers_nodes_with_fewer_tasks_of_the_service_then_fewer_tasks() {
 
 #[test]
 fn explains_why_no_node_fits() {
-    let mut drained = node("d", &[]);
+    let mut drained = ready_node("d", &[]);
     drained.spec.as_mut().unwrap().availability = NodeAvailability::Drain as i32;
-    let mut down = node("x", &[]);
+    let mut down = ready_node("x", &[]);
     down.status.as_mut().unwrap().state = NodeState::Unknown as i32;
-    let nodes = [node("a", &[]), node("b", &[]), drained, down];
+    let nodes = [ready_node("a", &[]), ready_node("b", &[]), drained, down];
     let big = with_memory(pending("t1", "svc"), 2 * GIB);
     let mut s = state(&nodes, &[big]);
     let d = s.schedule(0);
@@ -172,7 +134,7 @@ fn explains_why_no_node_fits() {
 #[test]
 fn reservations_fill_nodes_up() {
     let mut s = state(
-        &[node("a", &[])],
+        &[ready_node("a", &[])],
         &(0..3)
             .map(|i| with_memory(pending(&format!("t{i}"), "svc"), 512 * MIB))
             .collect::<Vec<_>>(),
@@ -196,7 +158,7 @@ fn reservations_fill_nodes_up() {
 #[test]
 fn constrained_task_waits_for_a_matching_node() {
     let task = with_placement(pending("t1", "svc"), &["node.labels.zone==east"], &[], 0);
-    let mut s = state(&[node("a", &[("zone", "west")])], &[task]);
+    let mut s = state(&[ready_node("a", &[("zone", "west")])], &[task]);
     let d = s.schedule(0);
     assert_eq!(
         d.messages[0].status.as_ref().unwrap().message,
@@ -204,7 +166,7 @@ fn constrained_task_waits_for_a_matching_node() {
     );
     commit(&mut s, &d);
     assert!(!s.needs_pass());
-    s.upsert_node(&node("b", &[("zone", "east")]));
+    s.upsert_node(&ready_node("b", &[("zone", "east")]));
     assert!(s.needs_pass());
     let d = s.schedule(0);
     assert_eq!(d.assigned.len(), 1);
@@ -214,7 +176,7 @@ fn constrained_task_waits_for_a_matching_node() {
 #[test]
 fn invalid_constraint_is_reported() {
     let task = with_placement(pending("t1", "svc"), &["node.foo==x"], &[], 0);
-    let mut s = state(&[node("a", &[])], &[task]);
+    let mut s = state(&[ready_node("a", &[])], &[task]);
     let d = s.schedule(0);
     assert!(
         d.messages[0]
@@ -231,7 +193,7 @@ fn max_replicas_per_node() {
     let tasks: Vec<Task> = (0..5)
         .map(|i| with_placement(pending(&format!("t{i}"), "svc"), &[], &[], 2))
         .collect();
-    let mut s = state(&[node("a", &[]), node("b", &[])], &tasks);
+    let mut s = state(&[ready_node("a", &[]), ready_node("b", &[])], &tasks);
     let d = s.schedule(0);
     assert_eq!(d.assigned.len(), 4);
     assert_eq!(
@@ -242,7 +204,7 @@ fn max_replicas_per_node() {
 
 #[test]
 fn preassigned_tasks_are_checked_against_their_node_only() {
-    let mut drained = node("d", &[]);
+    let mut drained = ready_node("d", &[]);
     drained.spec.as_mut().unwrap().availability = NodeAvailability::Drain as i32;
     let mut on_a = pending("ga", "global");
     on_a.node_id = "a".into();
@@ -251,7 +213,7 @@ fn preassigned_tasks_are_checked_against_their_node_only() {
     let mut on_gone = pending("gz", "global");
     on_gone.node_id = "zz".into();
     let mut s = state(
-        &[node("a", &[]), node("b", &[]), drained],
+        &[ready_node("a", &[]), ready_node("b", &[]), drained],
         &[on_a, on_d, on_gone],
     );
     let d = s.schedule(0);
@@ -272,9 +234,9 @@ fn preassigned_tasks_are_checked_against_their_node_only() {
 #[test]
 fn spread_preference_balances_label_values() {
     let nodes = [
-        node("a", &[("zone", "east")]),
-        node("b", &[("zone", "east")]),
-        node("c", &[("zone", "west")]),
+        ready_node("a", &[("zone", "east")]),
+        ready_node("b", &[("zone", "east")]),
+        ready_node("c", &[("zone", "west")]),
     ];
     let tasks: Vec<Task> = (0..4)
         .map(|i| {
@@ -295,7 +257,7 @@ fn spread_preference_balances_label_values() {
 
 #[test]
 fn a_conflicting_change_puts_the_task_back() {
-    let mut s = state(&[node("a", &[])], &[pending("t1", "svc")]);
+    let mut s = state(&[ready_node("a", &[])], &[pending("t1", "svc")]);
     let d = s.schedule(0);
     assert_eq!(s.node_info("a").unwrap().active_tasks(), 1);
     // Someone else rewrote the task before our assignment committed: the store
@@ -324,7 +286,7 @@ fn tasks_being_stopped_keep_their_host_port() {
     old.desired_state = TaskState::Shutdown as i32;
     let mut new = port_task;
     new.id = "new".into();
-    let mut s = state(&[node("a", &[])], &[old.clone(), new]);
+    let mut s = state(&[ready_node("a", &[])], &[old.clone(), new]);
     let d = s.schedule(0);
     assert_eq!(
         d.messages[0].status.as_ref().unwrap().message,
@@ -337,7 +299,7 @@ fn tasks_being_stopped_keep_their_host_port() {
 
 #[test]
 fn new_tasks_the_pass_leaves_as_they_are_come_back_unchanged() {
-    let mut s = state(&[node("a", &[])], &[]);
+    let mut s = state(&[ready_node("a", &[])], &[]);
     let mut waiting = with_placement(pending("w", "svc"), &["node.labels.zone==east"], &[], 0);
     waiting.status.as_mut().unwrap().message =
         "no suitable node (1 node does not satisfy constraint node.labels.zone==east)".into();
@@ -359,7 +321,10 @@ fn new_tasks_the_pass_leaves_as_they_are_come_back_unchanged() {
 
 #[test]
 fn new_tasks_come_back_placed_in_their_order_and_the_others_as_decisions() {
-    let mut s = state(&[node("a", &[]), node("b", &[])], &[pending("old", "svc")]);
+    let mut s = state(
+        &[ready_node("a", &[]), ready_node("b", &[])],
+        &[pending("old", "svc")],
+    );
     let fresh = vec![
         pending("n1", "svc"),
         with_placement(pending("n2", "other"), &["node.labels.zone==east"], &[], 0),
@@ -407,7 +372,7 @@ fn new_tasks_come_back_placed_in_their_order_and_the_others_as_decisions() {
 #[test]
 fn places_100k_tasks_on_1k_nodes_evenly() {
     let nodes: Vec<Node> = (0..1000)
-        .map(|i| node(&format!("node-{i:04}"), &[]))
+        .map(|i| ready_node(&format!("node-{i:04}"), &[]))
         .collect();
     let tasks: Vec<Task> = (0..100_000)
         .map(|i| pending(&format!("task-{i:06}"), &format!("svc-{}", i % 10)))

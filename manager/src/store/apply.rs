@@ -355,5 +355,5 @@ pub fn ingress_ports(service: &Service) -> impl Iterator<Item = (i32, u32)> + '_
 }
 
 #[cfg(test)]
-#[path = "secrets_tests.rs"]
-mod secrets_tests;
+#[path = "apply_tests.rs"]
+mod tests;

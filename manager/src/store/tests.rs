@@ -1,34 +1,15 @@
-use shoal_proto::{Meta, Service, ServiceSpec, Task};
+use shoal_proto::{Meta, Task};
 
 use super::*;
-
-fn service(id: &str, name: &str) -> Object {
-    Object::Service(Box::new(Service {
-        id: id.into(),
-        spec: Some(ServiceSpec {
-            name: name.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }))
-}
-
-fn task(id: &str, service: &str, node: &str) -> Object {
-    Object::Task(Box::new(Task {
-        id: id.into(),
-        service_id: service.into(),
-        node_id: node.into(),
-        ..Default::default()
-    }))
-}
+use crate::test_fixtures::{service_object, task_object};
 
 #[tokio::test]
 async fn create_sets_version_and_indexes() {
     let store = Store::in_memory();
     let applied = store
         .propose(vec![
-            Action::Create(service("s1", "web")),
-            Action::Create(task("t1", "s1", "n1")),
+            Action::Create(service_object("s1", "web")),
+            Action::Create(task_object("t1", "s1", "n1")),
         ])
         .await
         .unwrap();
@@ -48,7 +29,7 @@ async fn create_sets_version_and_indexes() {
 async fn stale_version_is_refused() {
     let store = Store::in_memory();
     store
-        .propose(vec![Action::Create(service("s1", "web"))])
+        .propose(vec![Action::Create(service_object("s1", "web"))])
         .await
         .unwrap();
     let mut stale = store.read(|s| s.service("s1").unwrap().clone());
@@ -67,13 +48,13 @@ async fn stale_version_is_refused() {
 async fn atomic_proposal_rolls_back_on_refusal() {
     let store = Store::in_memory();
     store
-        .propose(vec![Action::Create(service("s1", "web"))])
+        .propose(vec![Action::Create(service_object("s1", "web"))])
         .await
         .unwrap();
     let err = store
         .propose(vec![
-            Action::Create(task("t1", "s1", "n1")),
-            Action::Create(service("s2", "web")),
+            Action::Create(task_object("t1", "s1", "n1")),
+            Action::Create(service_object("s2", "web")),
         ])
         .await
         .unwrap_err();
@@ -92,8 +73,8 @@ async fn non_atomic_proposal_applies_what_it_can() {
     let store = Store::in_memory();
     let applied = store
         .propose_each(vec![
-            Action::Create(task("t1", "s1", "")),
-            Action::Create(task("t1", "s1", "")),
+            Action::Create(task_object("t1", "s1", "")),
+            Action::Create(task_object("t1", "s1", "")),
         ])
         .await
         .unwrap();
@@ -106,7 +87,7 @@ async fn non_atomic_proposal_applies_what_it_can() {
 async fn reassigning_a_task_moves_it_between_node_indexes() {
     let store = Store::in_memory();
     store
-        .propose(vec![Action::Create(task("t1", "s1", ""))])
+        .propose(vec![Action::Create(task_object("t1", "s1", ""))])
         .await
         .unwrap();
     let mut t = store.read(|s| s.task("t1").unwrap().clone());
@@ -148,7 +129,7 @@ fn assert_indexes_match(s: &MemState, services: &[&str], nodes: &[&str]) {
 fn task_updates_keep_the_indexes_in_step() {
     let mut s = MemState::default();
     let t = |id: &str, service: &str, node: &str, version: u64| {
-        let Object::Task(mut t) = task(id, service, node) else {
+        let Object::Task(mut t) = task_object(id, service, node) else {
             unreachable!()
         };
         t.meta = Some(Meta {
@@ -184,8 +165,8 @@ async fn a_refused_atomic_proposal_puts_a_moved_task_back_in_its_indexes() {
     let store = Store::in_memory();
     store
         .propose(vec![
-            Action::Create(service("s1", "web")),
-            Action::Create(task("t1", "s1", "n1")),
+            Action::Create(service_object("s1", "web")),
+            Action::Create(task_object("t1", "s1", "n1")),
         ])
         .await
         .unwrap();
@@ -194,7 +175,7 @@ async fn a_refused_atomic_proposal_puts_a_moved_task_back_in_its_indexes() {
     let err = store
         .propose(vec![
             Action::Update(Object::Task(moved.into())),
-            Action::Create(service("s2", "web")),
+            Action::Create(service_object("s2", "web")),
         ])
         .await
         .unwrap_err();
@@ -209,13 +190,13 @@ async fn a_refused_atomic_proposal_puts_a_moved_task_back_in_its_indexes() {
 async fn subscribers_see_each_committed_batch_once() {
     let store = Store::in_memory();
     store
-        .propose(vec![Action::Create(service("s1", "a"))])
+        .propose(vec![Action::Create(service_object("s1", "a"))])
         .await
         .unwrap();
     let (count, mut rx) = store.read_and_subscribe(|s| s.services().count());
     assert_eq!(count, 1);
     store
-        .propose(vec![Action::Create(service("s2", "b"))])
+        .propose(vec![Action::Create(service_object("s2", "b"))])
         .await
         .unwrap();
     let batch = rx.recv().await.unwrap();
@@ -226,7 +207,7 @@ async fn subscribers_see_each_committed_batch_once() {
 
 #[test]
 fn objects_round_trip_through_their_encoding() {
-    let obj = task("t9", "s1", "n1");
+    let obj = task_object("t9", "s1", "n1");
     let back = decode(&encode(&obj)).unwrap();
     assert_eq!(back.id(), "t9");
     assert_eq!(back.storage_key(), b"t/t9".to_vec());
@@ -236,12 +217,12 @@ fn objects_round_trip_through_their_encoding() {
 async fn queued_proposals_commit_in_queue_order() {
     let store = Store::in_memory();
     let first = store
-        .queue_each(vec![Action::Create(task("t1", "s1", "n1"))])
+        .queue_each(vec![Action::Create(task_object("t1", "s1", "n1"))])
         .await
         .unwrap();
     // Queued behind the create: it finds t1 even though nobody awaited it yet.
     let second = store
-        .queue_each(vec![Action::Delete(task("t1", "s1", "n1"))])
+        .queue_each(vec![Action::Delete(task_object("t1", "s1", "n1"))])
         .await
         .unwrap();
     let (second, first) = (
@@ -257,7 +238,7 @@ async fn queued_proposals_commit_in_queue_order() {
 async fn a_committed_change_shares_the_tables_copy_of_each_version() {
     let store = Store::in_memory();
     let created = store
-        .propose(vec![Action::Create(task("t1", "s1", ""))])
+        .propose(vec![Action::Create(task_object("t1", "s1", ""))])
         .await
         .unwrap();
     let Stored::Task(first) = &created.batch.changes[0].object else {
@@ -308,7 +289,7 @@ async fn a_report_changes_only_the_status_and_never_moves_it_back() {
     };
     let store = Store::in_memory();
     let created = store
-        .propose(vec![Action::Create(task("t1", "s1", "n1"))])
+        .propose(vec![Action::Create(task_object("t1", "s1", "n1"))])
         .await
         .unwrap();
     let before = store.read(|s| s.task("t1").unwrap().clone());
@@ -420,9 +401,9 @@ async fn a_created_task_with_its_services_spec_holds_the_services_copy() {
     // Equal specs, each its own copy: as a follower decodes them.
     store
         .propose(vec![
-            Action::Create(with_spec(service("s1", "web"), "web:1")),
-            Action::Create(with_spec(task("t1", "s1", "n1"), "web:1")),
-            Action::Create(with_spec(task("t2", "s1", "n1"), "web:0")),
+            Action::Create(with_spec(service_object("s1", "web"), "web:1")),
+            Action::Create(with_spec(task_object("t1", "s1", "n1"), "web:1")),
+            Action::Create(with_spec(task_object("t2", "s1", "n1"), "web:0")),
         ])
         .await
         .unwrap();

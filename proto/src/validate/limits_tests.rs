@@ -6,12 +6,12 @@ use std::collections::HashMap;
 
 use prost::Message;
 
-use crate::validate::*;
 use crate::v1::{
     ConfigReference, ConfigSpec, ContainerSpec, EndpointSpec, HealthConfig, Mount, MountType,
     Placement, PortConfig, PublishMode, ResourceRequirements, Resources, RestartPolicy,
     SecretReference, SecretSpec, SpreadPreference,
 };
+use crate::validate::*;
 
 /// A change to a valid spec, with the field its refusal must name.
 type Edit = Box<dyn Fn(&mut ServiceSpec)>;

@@ -1,7 +1,7 @@
 //! The Raft node on a disk that fills: what sled 0.34.7 does on ENOSPC (it
 //! fails the write and then every later one: the reason `space` refuses
-//! writes before the disk is full), and that a node whose store failed (or
-//! whose thread panicked) stops and reports it rather than serve half-alive.
+//! writes before the disk is full), and that a node whose store failed stops
+//! and reports it rather than serve half-alive.
 //!
 //! The disk tests mount a small tmpfs of their own, so they need root;
 //! without it a test says so and passes vacuously (CI runs as root).
@@ -10,9 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::disk::{self, Disk};
 use super::*;
-use crate::store::{Action, Object, StoreError};
+use crate::raft::{RaftError, disk, space, start, start_with_transport};
+use crate::store::{Action, Object, Store, StoreError};
+use crate::test_fixtures::{
+    Capture, leader_snapshot, message, next_of, raft_config, service_object,
+};
 
 /// A tmpfs mounted on a temp dir for one test, unmounted however it ends.
 struct Tmpfs {
@@ -136,27 +139,15 @@ fn sled_fails_every_write_once_one_failed_for_lack_of_space() {
     assert!(is_enospc(&again), "the first error again: {again}");
 }
 
+/// Service `id`, named `id`.
 fn service(id: &str) -> Object {
-    Object::Service(Box::new(shoal_proto::Service {
-        id: id.into(),
-        spec: Some(shoal_proto::ServiceSpec {
-            name: id.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }))
-}
-
-fn config(dir: &Path) -> ManagerConfig {
-    let mut config = ManagerConfig::new(dir);
-    config.raft.tick_interval = Duration::from_millis(10);
-    config
+    service_object(id, id)
 }
 
 #[tokio::test]
 async fn a_full_disk_refuses_proposals_with_the_figures_and_takes_them_once_freed() {
     let Some(fs) = Tmpfs::mount(96) else { return };
-    let (store, raft) = start(&config(fs.path())).await.unwrap();
+    let (store, raft) = start(&raft_config(fs.path(), 10)).await.unwrap();
     store
         .propose(vec![Action::Create(service("before"))])
         .await
@@ -200,7 +191,7 @@ async fn a_full_disk_refuses_proposals_with_the_figures_and_takes_them_once_free
         }
     }
     raft.shutdown().await;
-    let (store, raft) = start(&config(fs.path())).await.unwrap();
+    let (store, raft) = start(&raft_config(fs.path(), 10)).await.unwrap();
     assert!(store.read(|s| s.find_service("before").is_ok() && s.find_service("after").is_ok()));
     raft.shutdown().await;
 }
@@ -228,7 +219,7 @@ async fn wait_refused(store: &Store) -> StoreError {
 #[tokio::test]
 async fn a_write_that_fails_for_lack_of_space_stops_the_node_and_reports_it() {
     let Some(fs) = Tmpfs::mount(96) else { return };
-    let (store, raft) = start(&config(fs.path())).await.unwrap();
+    let (store, raft) = start(&raft_config(fs.path(), 10)).await.unwrap();
     store
         .propose(vec![Action::Create(service("before"))])
         .await
@@ -270,14 +261,13 @@ async fn a_write_that_fails_for_lack_of_space_stops_the_node_and_reports_it() {
 
 #[tokio::test]
 async fn a_follower_short_of_space_leaves_appends_unanswered_and_takes_them_once_freed() {
-    use super::tests_peers::{Capture, leader_snapshot, message, next_of};
     use protobuf::Message as _;
     use raft::eraftpb::{Entry, MessageType};
 
     let Some(fs) = Tmpfs::mount(96) else { return };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let capture = std::sync::Arc::new(Capture(std::sync::Mutex::new(tx)));
-    let (store, raft) = start_with_transport(&config(fs.path()), capture)
+    let (store, raft) = start_with_transport(&raft_config(fs.path(), 10), capture)
         .await
         .unwrap();
     // Peer 2 leads term 5 and brings node 1 to index 100 with a snapshot.
@@ -342,37 +332,5 @@ async fn a_follower_short_of_space_leaves_appends_unanswered_and_takes_them_once
     assert_eq!(ack.index, next, "the append is taken once space is back");
     assert!(raft.failure.borrow().is_none(), "the node never failed");
     assert!(!store.is_leader());
-    raft.shutdown().await;
-}
-
-/// A transport that panics once told to, as raft-rs does on some storage
-/// errors, in the middle of the Ready loop.
-struct PanicsWhenArmed(std::sync::atomic::AtomicBool);
-
-impl Transport for PanicsWhenArmed {
-    fn send(&self, _messages: Vec<raft::eraftpb::Message>) {
-        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
-            panic!("injected: the transport broke");
-        }
-    }
-}
-
-#[tokio::test]
-async fn a_panic_of_the_raft_thread_is_reported_as_a_failure() {
-    let dir = tempfile::tempdir().unwrap();
-    let transport = std::sync::Arc::new(PanicsWhenArmed(false.into()));
-    let (store, raft) = start_with_transport(&config(dir.path()), transport.clone())
-        .await
-        .unwrap();
-    transport.0.store(true, std::sync::atomic::Ordering::SeqCst);
-    let write = store.propose(vec![Action::Create(service("s"))]).await;
-    assert!(write.is_err(), "no answer from a dead node: {write:?}");
-    let failure = tokio::time::timeout(Duration::from_secs(10), raft.failed())
-        .await
-        .expect("the failure is reported");
-    assert_eq!(
-        failure,
-        "the raft thread panicked: injected: the transport broke"
-    );
     raft.shutdown().await;
 }

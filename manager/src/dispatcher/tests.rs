@@ -3,8 +3,11 @@
 //! Timing waits poll with a deadline; measured times are printed, not asserted
 //! against upper bounds (the machine is shared).
 //!
-//! [`sessions`]: sessions, heartbeats, expiry, leadership; [`tasks`]:
-//! assignments and status reports.
+//! This file holds the harness, used by the scenarios beside the modules they
+//! drive (`session_tests.rs`: sessions, heartbeats, expiry, admission;
+//! `assignments_tests.rs` and `status_tests.rs`: the assignments stream and
+//! status reports), and the scenario about the dispatcher as a whole: who may
+//! serve.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,9 +15,9 @@ use std::time::{Duration, Instant};
 use shoal_proto::dispatcher_client::DispatcherClient;
 use shoal_proto::dispatcher_server::DispatcherServer;
 use shoal_proto::{
-    AssignmentsMessage, AssignmentsRequest, AssignmentsType, HeartbeatRequest, Node,
-    NodeDescription, NodeRole, NodeState, NodeStatus, SessionMessage, SessionRequest, Task,
-    TaskState, TaskStatus, TaskStatusUpdate, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
+    AssignmentsMessage, AssignmentsRequest, HeartbeatRequest, Node, NodeDescription, NodeState,
+    SessionMessage, SessionRequest, Task, TaskState, TaskStatus, TaskStatusUpdate,
+    UpdateTaskStatusRequest, UpdateTaskStatusResponse,
 };
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -24,37 +27,32 @@ use tonic::{Code, Streaming};
 use super::Dispatcher;
 use crate::config::DispatcherConfig;
 use crate::store::{Action, Object, Store};
+use crate::test_fixtures::{DEADLINE, svc_task};
 
-mod sessions;
-mod tasks;
+pub(super) const PERIOD: Duration = Duration::from_millis(100);
 
-const PERIOD: Duration = Duration::from_millis(100);
-const GRACE: Duration = Duration::from_millis(300);
-/// Upper bound for anything expected to happen "soon" on a loaded machine.
-const DEADLINE: Duration = Duration::from_secs(10);
-
-struct Harness {
-    store: Store,
-    dispatcher: Dispatcher,
-    client: DispatcherClient<Channel>,
-    shutdown: CancellationToken,
+pub(super) struct Harness {
+    pub(super) store: Store,
+    pub(super) dispatcher: Dispatcher,
+    pub(super) client: DispatcherClient<Channel>,
+    pub(super) shutdown: CancellationToken,
 }
 
 impl Harness {
     /// 100 ms × 3: expiry within a third of a second, for the session tests.
-    async fn start() -> Harness {
+    pub(super) async fn start() -> Harness {
         Harness::start_with(Store::in_memory(), 3).await
     }
 
     /// A 3 s grace period, for tests about tasks: hundreds of RPCs on a shared
     /// 2-core machine can delay a heartbeat past 300 ms, and an expired
     /// session there would be a false failure.
-    async fn start_patient() -> Harness {
+    pub(super) async fn start_patient() -> Harness {
         Harness::start_with(Store::in_memory(), 30).await
     }
 
     /// Serve a dispatcher over `store`, running its leader loops.
-    async fn start_with(store: Store, grace_multiplier: u32) -> Harness {
+    pub(super) async fn start_with(store: Store, grace_multiplier: u32) -> Harness {
         let config = DispatcherConfig {
             heartbeat_period: PERIOD,
             grace_multiplier,
@@ -94,7 +92,7 @@ impl Harness {
 
     /// Open a session kept alive by a background heartbeat (at half the
     /// period, as a margin against a loaded machine) until it is refused.
-    async fn open(
+    pub(super) async fn open(
         &mut self,
         node_id: &str,
         hostname: &str,
@@ -121,7 +119,7 @@ impl Harness {
     }
 
     /// Open a session whose heartbeats are up to the test.
-    async fn open_quiet(
+    pub(super) async fn open_quiet(
         &mut self,
         node_id: &str,
         hostname: &str,
@@ -144,14 +142,14 @@ impl Harness {
         (first, stream)
     }
 
-    async fn heartbeat(&mut self, session_id: &str) -> Result<i64, tonic::Status> {
+    pub(super) async fn heartbeat(&mut self, session_id: &str) -> Result<i64, tonic::Status> {
         let request = HeartbeatRequest {
             session_id: session_id.into(),
         };
         Ok(self.client.heartbeat(request).await?.into_inner().period_ms)
     }
 
-    async fn assignments(&mut self, session_id: &str) -> Streaming<AssignmentsMessage> {
+    pub(super) async fn assignments(&mut self, session_id: &str) -> Streaming<AssignmentsMessage> {
         let request = AssignmentsRequest {
             session_id: session_id.into(),
         };
@@ -162,7 +160,7 @@ impl Harness {
             .into_inner()
     }
 
-    async fn report(
+    pub(super) async fn report(
         &mut self,
         session_id: &str,
         updates: &[(&str, TaskState)],
@@ -172,7 +170,7 @@ impl Harness {
     }
 
     /// Open a `ReportTaskStatus` stream: requests go in through the sender.
-    async fn status_stream(
+    pub(super) async fn status_stream(
         &mut self,
     ) -> (
         tokio::sync::mpsc::Sender<UpdateTaskStatusRequest>,
@@ -188,26 +186,26 @@ impl Harness {
         (tx, answers)
     }
 
-    fn node(&self, id: &str) -> Node {
+    pub(super) fn node(&self, id: &str) -> Node {
         self.store
             .read(|s| s.node(id).cloned())
             .expect("node in the store")
     }
 
-    fn task(&self, id: &str) -> Task {
+    pub(super) fn task(&self, id: &str) -> Task {
         self.store
             .read(|s| s.task(id).cloned())
             .expect("task in the store")
     }
 
     /// Create task `id` on `node` in `state`, desired RUNNING.
-    async fn create_task(&self, id: &str, node: &str, state: TaskState) {
-        let task = task(id, node, state, TaskState::Running);
+    pub(super) async fn create_task(&self, id: &str, node: &str, state: TaskState) {
+        let task = svc_task(id, node, state, TaskState::Running);
         self.write(Action::Create(Object::Task(Box::new(task))))
             .await;
     }
 
-    async fn write(&self, action: Action) {
+    pub(super) async fn write(&self, action: Action) {
         self.store.propose(vec![action]).await.expect("store write");
     }
 }
@@ -218,30 +216,15 @@ impl Drop for Harness {
     }
 }
 
-fn node_state(node: &Node) -> NodeState {
+pub(super) fn node_state(node: &Node) -> NodeState {
     node.status.as_ref().map(|s| s.state()).unwrap_or_default()
 }
 
-fn task_state(task: &Task) -> TaskState {
-    task.status.as_ref().map(|s| s.state()).unwrap_or_default()
-}
-
-fn task(id: &str, node: &str, state: TaskState, desired: TaskState) -> Task {
-    Task {
-        id: id.into(),
-        service_id: "svc".into(),
-        node_id: node.into(),
-        desired_state: desired as i32,
-        status: Some(TaskStatus {
-            state: state as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// A status report of `updates` for `session_id`.
-fn status_request(session_id: &str, updates: &[(&str, TaskState)]) -> UpdateTaskStatusRequest {
+pub(super) fn status_request(
+    session_id: &str,
+    updates: &[(&str, TaskState)],
+) -> UpdateTaskStatusRequest {
     UpdateTaskStatusRequest {
         session_id: session_id.into(),
         updates: updates
@@ -258,7 +241,7 @@ fn status_request(session_id: &str, updates: &[(&str, TaskState)]) -> UpdateTask
 }
 
 /// The next answer of a stream, errors included; None when it ended.
-async fn answer<T>(stream: &mut Streaming<T>) -> Option<Result<T, tonic::Status>> {
+pub(super) async fn answer<T>(stream: &mut Streaming<T>) -> Option<Result<T, tonic::Status>> {
     match tokio::time::timeout(DEADLINE, stream.message()).await {
         Ok(result) => result.transpose(),
         Err(_) => panic!("no stream message within {DEADLINE:?}"),
@@ -266,7 +249,7 @@ async fn answer<T>(stream: &mut Streaming<T>) -> Option<Result<T, tonic::Status>
 }
 
 /// The next message of a stream; None when it ended (or failed).
-async fn next<T>(stream: &mut Streaming<T>) -> Option<T> {
+pub(super) async fn next<T>(stream: &mut Streaming<T>) -> Option<T> {
     match tokio::time::timeout(DEADLINE, stream.message()).await {
         Ok(result) => result.ok().flatten(),
         Err(_) => panic!("no stream message within {DEADLINE:?}"),
@@ -274,12 +257,12 @@ async fn next<T>(stream: &mut Streaming<T>) -> Option<T> {
 }
 
 /// Poll `check` until it gives a value, or fail after the deadline.
-async fn eventually<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+pub(super) async fn eventually<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
     eventually_within(what, DEADLINE, check).await
 }
 
 /// [`eventually`] with a deadline of its own.
-async fn eventually_within<T>(
+pub(super) async fn eventually_within<T>(
     what: &str,
     deadline: Duration,
     mut check: impl FnMut() -> Option<T>,
@@ -295,4 +278,33 @@ async fn eventually_within<T>(
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+#[tokio::test]
+async fn only_a_running_leader_dispatcher_serves_agents() {
+    let mut h = Harness::start().await;
+    let (first, mut stream) = h.open("n1", "host-a").await;
+    h.shutdown.cancel();
+    eventually("dispatcher stopped", || {
+        (!h.dispatcher.is_running()).then_some(())
+    })
+    .await;
+    assert!(
+        next(&mut stream).await.is_none(),
+        "sessions end when the dispatcher stops"
+    );
+
+    // A dispatcher whose run never started refuses agents with a clear reason.
+    let idle = Dispatcher::new(Store::in_memory(), DispatcherConfig::default());
+    use shoal_proto::dispatcher_server::Dispatcher as _;
+    let request = tonic::Request::new(HeartbeatRequest {
+        session_id: first.session_id,
+    });
+    let err = idle.heartbeat(request).await.expect_err("not running");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message().contains("not the leader"),
+        "{}",
+        err.message()
+    );
 }

@@ -14,9 +14,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::service::Inbound;
-use super::transport::{self, CHUNK_BYTES};
 use super::*;
+use crate::raft::RaftService;
+use crate::raft::service::Inbound;
+use crate::raft::transport;
 
 fn manager_creds(root: &RootCa, node: &str) -> SharedCredentials {
     let (key_pem, csr_pem) = pki::new_key_and_csr().unwrap();

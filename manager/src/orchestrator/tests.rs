@@ -1,28 +1,26 @@
 //! Driver scenarios on `Store::in_memory()`: the test plays scheduler and agent
 //! by writing task states by hand, and waits for the orchestrator with
-//! deadlines, never fixed sleeps. This file holds the harness; the scenarios
-//! live in [`lifecycle`] (scaling, restarts, nodes, removal, history),
-//! [`updates`] (rolling updates) and [`placed`] (with the real scheduler).
+//! deadlines, never fixed sleeps. This file holds the harness, used by the
+//! scenarios beside the modules they drive (`driver_tests.rs`: scaling,
+//! restarts, nodes, removal, history, a new leader, with the real scheduler;
+//! `updater_tests.rs`: rolling updates), and the scenarios about what the
+//! orchestrator leaves alone: a stored spec that today's rules refuse, and a
+//! service whose reconcile panicked. Each is marked with why, the other
+//! services are served as before, and fixing the spec (or removing the
+//! service) ends it.
 
-mod lifecycle;
-mod placed;
-mod refused;
-mod updates;
-
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use shoal_proto::{
-    ContainerSpec, Node, NodeAvailability, NodeSpec, NodeState, NodeStatus, RestartPolicy, Service,
-    ServiceSpec, Task, TaskSpec, TaskState,
+    Node, NodeAvailability, NodeSpec, NodeState, NodeStatus, RestartPolicy, Service, ServiceSpec,
+    Task, TaskState,
 };
 use tokio_util::sync::CancellationToken;
 
 use super::task::{desired, is_live, is_terminal, observed};
 use crate::config::OrchestratorConfig;
-use crate::store::{Action, MemState, Object, Store, StoreError, Stored};
-
-pub(super) const DEADLINE: Duration = Duration::from_secs(10);
+use crate::store::{Action, MemState, Object, Store, StoreError};
+use crate::test_fixtures::{DEADLINE, spec};
 
 /// The name of a service whose reconcile panics (a stand-in for a bug).
 static PANIC_ON: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
@@ -285,21 +283,11 @@ pub(super) fn live_slots(tasks: &[Task]) -> Vec<u64> {
 }
 
 pub(super) fn replicated(replicas: u64) -> ServiceSpec {
-    ServiceSpec {
-        name: format!("web-{}", shoal_proto::ids::new_id()),
+    spec(
+        &format!("web-{}", shoal_proto::ids::new_id()),
+        "nginx:1",
         replicas,
-        task: Some(
-            TaskSpec {
-                container: Some(ContainerSpec {
-                    image: "nginx:1".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }
-            .into(),
-        ),
-        ..Default::default()
-    }
+    )
 }
 
 pub(super) fn with_restart(mut spec: ServiceSpec, policy: RestartPolicy) -> ServiceSpec {
@@ -307,67 +295,77 @@ pub(super) fn with_restart(mut spec: ServiceSpec, policy: RestartPolicy) -> Serv
     spec
 }
 
-/// What a watcher of every committed state saw of one service's slots.
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Worst {
-    /// Most slots at once without a live task that runs.
-    pub out: usize,
-    /// Most live tasks at once.
-    pub live: usize,
+fn error_of(s: &MemState, id: &str) -> Option<String> {
+    s.service(id).map(|svc: &Service| svc.error.clone())
 }
 
-/// Follow every committed change (not samples of it) and record the worst
-/// moments of `service_id`'s `replicas` slots, until the store goes away.
-pub(super) fn watch_slots(
-    h: &Harness,
-    service_id: &str,
-    replicas: usize,
-) -> tokio::task::JoinHandle<Worst> {
-    let (initial, mut rx) = h.store.read_and_subscribe(|s| {
-        s.tasks_of_service(service_id)
-            .map(|t| (t.id.clone(), t.clone()))
-            .collect::<HashMap<_, _>>()
-    });
-    let watched = service_id.to_string();
-    tokio::spawn(async move {
-        let mut tasks = initial;
-        let mut worst = Worst::default();
-        while let Ok(batch) = rx.recv().await {
-            for change in &batch.changes {
-                if let Stored::Task(t) = &change.object
-                    && t.service_id == watched
-                {
-                    tasks.insert(t.id.clone(), Task::clone(t));
-                }
-            }
-            let serving: HashSet<u64> = tasks
-                .values()
-                .filter(|t| is_live(t) && observed(t) == TaskState::Running)
-                .map(|t| t.slot)
-                .collect();
-            worst.out = worst.out.max(replicas - serving.len().min(replicas));
-            worst.live = worst
-                .live
-                .max(tasks.values().filter(|t| is_live(t)).count());
-        }
-        worst
+#[tokio::test]
+async fn a_stored_spec_over_the_limits_is_marked_and_left_alone_until_fixed() {
+    let h = Harness::start(5);
+    // Written straight into the store, as an older version could have: the
+    // control API refuses it today.
+    let mut huge = replicated(1_000_000_000);
+    huge.name = "huge".into();
+    let huge = h.create_service(huge).await;
+    let calm = h.create_service(replicated(3)).await;
+
+    let error = h
+        .eventually("the over-limit service is marked", |s| {
+            error_of(s, &huge).filter(|e| !e.is_empty())
+        })
+        .await;
+    assert!(error.contains("replicas"), "names the field: {error}");
+    assert!(error.contains("not valid"), "says why: {error}");
+    h.eventually("the other service gets its tasks", |s| {
+        (s.tasks_of_service(&calm).count() == 3).then_some(())
     })
+    .await;
+    h.settle().await;
+    assert_eq!(h.tasks(&huge).len(), 0, "no task is created for it");
+
+    h.update_service(&huge, |s| s.spec.as_mut().unwrap().replicas = 2)
+        .await;
+    h.eventually("fixed: its tasks are created and the mark cleared", |s| {
+        (s.tasks_of_service(&huge).count() == 2 && error_of(s, &huge)?.is_empty()).then_some(())
+    })
+    .await;
+    h.stop().await;
 }
 
-/// Run agent passes until `done` holds, or fail naming `what`.
-pub(super) async fn drive_until(
-    h: &Harness,
-    service_id: &str,
-    what: &str,
-    done: impl Fn(&MemState) -> bool,
-) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        h.agent_pass(service_id).await;
-        if h.store.read(&done) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out driving until: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+#[tokio::test]
+async fn a_service_whose_reconcile_panics_is_marked_and_the_others_are_served() {
+    let h = Harness::start(5);
+    let mut boom = replicated(2);
+    boom.name = "boom-in-reconcile".into();
+    panic_on(Some(&boom.name));
+    let boom = h.create_service(boom).await;
+    let error = h
+        .eventually("the failing service is marked", |s| {
+            error_of(s, &boom).filter(|e| !e.is_empty())
+        })
+        .await;
+    assert!(
+        error.contains("injected failure for boom-in-reconcile"),
+        "the panic's message is kept: {error}"
+    );
+
+    // The orchestrator lives on and serves every other service.
+    let calm = h.create_service(replicated(2)).await;
+    h.eventually("another service gets its tasks", |s| {
+        (s.tasks_of_service(&calm).count() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(h.tasks(&boom).len(), 0);
+
+    // Left alone while its spec stays the same, tried again once it changes.
+    panic_on(None);
+    h.settle().await;
+    assert_eq!(h.tasks(&boom).len(), 0, "not retried on an unchanged spec");
+    h.update_service(&boom, |s| s.spec.as_mut().unwrap().replicas = 3)
+        .await;
+    h.eventually("a new spec is reconciled and the mark cleared", |s| {
+        (s.tasks_of_service(&boom).count() == 3 && error_of(s, &boom)?.is_empty()).then_some(())
+    })
+    .await;
+    h.stop().await;
 }

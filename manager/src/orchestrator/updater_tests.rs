@@ -1,10 +1,74 @@
-//! Rolling updates driven end to end: stop-first and start-first batches,
-//! pausing on failure and resuming on the next spec change.
+//! Rolling updates driven end to end (the harness of `orchestrator/tests.rs`):
+//! stop-first and start-first batches, pausing on failure and resuming on the
+//! next spec change.
 
-use shoal_proto::{Service, TaskState, UpdateConfig, UpdateOrder, UpdateState};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
-use super::*;
-use crate::orchestrator::task::{desired, is_live, observed};
+use shoal_proto::{
+    RestartPolicy, Service, ServiceSpec, Task, TaskState, UpdateConfig, UpdateOrder, UpdateState,
+};
+
+use crate::orchestrator::task::{is_live, observed};
+use crate::orchestrator::tests::{Harness, live, live_slots, replicated, with_restart};
+use crate::store::{MemState, Stored};
+use crate::test_fixtures::DEADLINE;
+
+/// What a watcher of every committed state saw of one service's slots.
+#[derive(Debug, Default, Clone, Copy)]
+struct Worst {
+    /// Most slots at once without a live task that runs.
+    out: usize,
+    /// Most live tasks at once.
+    live: usize,
+}
+
+/// Follow every committed change (not samples of it) and record the worst
+/// moments of `service_id`'s `replicas` slots, until the store goes away.
+fn watch_slots(h: &Harness, service_id: &str, replicas: usize) -> tokio::task::JoinHandle<Worst> {
+    let (initial, mut rx) = h.store.read_and_subscribe(|s| {
+        s.tasks_of_service(service_id)
+            .map(|t| (t.id.clone(), t.clone()))
+            .collect::<HashMap<_, _>>()
+    });
+    let watched = service_id.to_string();
+    tokio::spawn(async move {
+        let mut tasks = initial;
+        let mut worst = Worst::default();
+        while let Ok(batch) = rx.recv().await {
+            for change in &batch.changes {
+                if let Stored::Task(t) = &change.object
+                    && t.service_id == watched
+                {
+                    tasks.insert(t.id.clone(), Task::clone(t));
+                }
+            }
+            let serving: HashSet<u64> = tasks
+                .values()
+                .filter(|t| is_live(t) && observed(t) == TaskState::Running)
+                .map(|t| t.slot)
+                .collect();
+            worst.out = worst.out.max(replicas - serving.len().min(replicas));
+            worst.live = worst
+                .live
+                .max(tasks.values().filter(|t| is_live(t)).count());
+        }
+        worst
+    })
+}
+
+/// Run agent passes until `done` holds, or fail naming `what`.
+async fn drive_until(h: &Harness, service_id: &str, what: &str, done: impl Fn(&MemState) -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        h.agent_pass(service_id).await;
+        if h.store.read(&done) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out driving until: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 fn update_state(s: &MemState, id: &str) -> UpdateState {
     s.service(id)
@@ -162,51 +226,5 @@ async fn a_failed_update_pauses_and_resumes_on_the_next_spec() {
     })
     .await;
     drive_until(&h, &id, "all at version 3", |s| all_live_at(s, &id, 3, 2)).await;
-    h.stop().await;
-}
-
-#[tokio::test]
-async fn a_new_leader_reconciles_what_it_finds() {
-    // State written while no orchestrator ran: a service without tasks, and a
-    // READY replacement whose timer died with the old leader.
-    let store = Store::in_memory();
-    let spec = with_restart(
-        replicated(2),
-        RestartPolicy {
-            delay_ms: Some(100),
-            ..Default::default()
-        },
-    );
-    let service = Service {
-        id: shoal_proto::ids::new_id(),
-        spec: Some(spec),
-        spec_version: 1,
-        ..Default::default()
-    };
-    let waiting = crate::orchestrator::task::new_task(&service, 1, "", TaskState::Ready, 1);
-    store
-        .propose(vec![
-            Action::Create(Object::Service(service.clone().into())),
-            Action::Create(Object::Task(waiting.clone().into())),
-        ])
-        .await
-        .unwrap();
-
-    let h = Harness::on(store, 5);
-    let started = std::time::Instant::now();
-    h.eventually("slot 2 filled", |s| {
-        s.tasks_of_service(&service.id)
-            .find(|t| t.slot == 2)
-            .map(|_| ())
-    })
-    .await;
-    h.eventually("the READY task starts after its delay", |s| {
-        s.task(&waiting.id)
-            .filter(|t| desired(t) == TaskState::Running)
-            .map(|_| ())
-    })
-    .await;
-    assert!(started.elapsed() >= Duration::from_millis(80));
-    assert_eq!(h.tasks(&service.id).len(), 2);
     h.stop().await;
 }

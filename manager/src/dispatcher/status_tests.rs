@@ -1,42 +1,75 @@
-//! Tasks: the assignments stream and status reports.
+//! Task status reports (`status.rs`): unit tests of merging and screening,
+//! then scenarios over gRPC (the harness of `dispatcher/tests.rs`): updates
+//! only move forward and only on their own node, the reporting stream, and
+//! batching.
+
+use shoal_proto::Task;
+use tonic::Code;
 
 use super::*;
+use crate::dispatcher::tests::{Harness, answer, status_request};
+use crate::store::Object;
+use crate::test_fixtures::{svc_task, task_state};
+
+fn status(state: TaskState, message: &str) -> TaskStatus {
+    TaskStatus {
+        state: state as i32,
+        message: message.into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn merging_keeps_the_furthest_state() {
+    let merged = merge(
+        [
+            ("a".to_string(), status(TaskState::Running, "up")),
+            ("a".to_string(), status(TaskState::Starting, "late")),
+            ("b".to_string(), status(TaskState::Running, "first")),
+            ("b".to_string(), status(TaskState::Running, "second")),
+        ]
+        .into_iter(),
+    );
+    assert_eq!(merged["a"].message, "up");
+    assert_eq!(merged["b"].message, "second");
+}
 
 #[tokio::test]
-async fn assignments_arrive_complete_then_as_changes() {
-    let mut h = Harness::start_patient().await;
-    let (first, _session) = h.open("n1", "host-a").await;
-    h.create_task("t1", "n1", TaskState::Assigned).await;
-    h.create_task("other", "n2", TaskState::Assigned).await;
-    h.create_task("waiting", "n1", TaskState::Pending).await;
-
-    let mut stream = h.assignments(&first.session_id).await;
-    let complete = next(&mut stream).await.expect("complete");
-    assert_eq!(complete.r#type(), AssignmentsType::Complete);
-    let ids: Vec<_> = complete.tasks.iter().map(|t| t.id.as_str()).collect();
-    assert_eq!(ids, vec!["t1"]);
-
-    h.create_task("t2", "n1", TaskState::Assigned).await;
-    let added = next(&mut stream).await.expect("incremental");
-    assert_eq!(added.r#type(), AssignmentsType::Incremental);
-    assert!(added.sequence > complete.sequence);
-    assert_eq!(
-        added
-            .tasks
-            .iter()
-            .map(|t| t.id.as_str())
-            .collect::<Vec<_>>(),
-        vec!["t2"]
-    );
-    assert!(added.removed.is_empty());
-
-    let t1 = h.task("t1");
-    h.write(Action::Delete(Object::Task(t1.into()))).await;
-    let removed = next(&mut stream).await.expect("removal");
-    assert_eq!(removed.r#type(), AssignmentsType::Incremental);
-    assert!(removed.sequence > added.sequence);
-    assert!(removed.tasks.is_empty());
-    assert_eq!(removed.removed, vec!["t1".to_string()]);
+async fn screening_refuses_other_nodes_and_drops_backward_moves() {
+    let store = Store::in_memory();
+    let mk = |id: &str, node: &str, state: TaskState| {
+        Action::Create(Object::Task(Box::new(Task {
+            id: id.into(),
+            node_id: node.into(),
+            status: Some(status(state, "")),
+            ..Default::default()
+        })))
+    };
+    store
+        .propose(vec![
+            mk("mine", "n1", TaskState::Running),
+            mk("theirs", "n2", TaskState::Assigned),
+        ])
+        .await
+        .expect("seed");
+    let u = |id: &str, state: TaskState| TaskStatusUpdate {
+        task_id: id.into(),
+        status: Some(status(state, "")),
+    };
+    let updates = vec![
+        u("mine", TaskState::Starting),
+        u("mine", TaskState::Complete),
+        u("theirs", TaskState::Running),
+        u("reaped", TaskState::Running),
+    ];
+    let screened = store.read(|s| screen(s, "n1", updates));
+    assert_eq!(screened.refused, vec!["theirs".to_string()]);
+    let accepted: Vec<_> = screened
+        .accepted
+        .iter()
+        .map(|(id, s)| (id.as_str(), s.state()))
+        .collect();
+    assert_eq!(accepted, vec![("mine", TaskState::Complete)]);
 }
 
 #[tokio::test]
@@ -157,7 +190,7 @@ async fn many_concurrent_reports_are_all_committed() {
     let creates = ids
         .iter()
         .map(|id| {
-            Action::Create(Object::Task(Box::new(task(
+            Action::Create(Object::Task(Box::new(svc_task(
                 id,
                 "n1",
                 TaskState::Assigned,
@@ -191,86 +224,4 @@ async fn many_concurrent_reports_are_all_committed() {
     let entries = h.store.read(|s| s.applied_index) - index_before;
     println!("300 concurrent status reports committed in {entries} store entries");
     assert!(entries < 300, "reports are batched");
-}
-
-#[tokio::test]
-async fn agents_do_not_receive_their_own_status_back() {
-    let mut h = Harness::start_patient().await;
-    let (first, _session) = h.open("n1", "host-a").await;
-    h.create_task("t1", "n1", TaskState::Assigned).await;
-    let mut stream = h.assignments(&first.session_id).await;
-    assert_eq!(next(&mut stream).await.expect("complete").tasks.len(), 1);
-
-    h.report(&first.session_id, &[("t1", TaskState::Running)])
-        .await
-        .expect("report");
-    // Then something the agent does care about. If the status report had been
-    // echoed, it would arrive first.
-    let mut t1 = h.task("t1");
-    t1.desired_state = TaskState::Shutdown as i32;
-    h.write(Action::Update(Object::Task(t1.into()))).await;
-    let message = next(&mut stream).await.expect("desired state change");
-    assert_eq!(message.tasks.len(), 1);
-    assert_eq!(message.tasks[0].desired_state(), TaskState::Shutdown);
-    assert_eq!(task_state(&message.tasks[0]), TaskState::Running);
-}
-
-#[tokio::test]
-async fn an_agent_that_falls_behind_gets_a_fresh_complete_set() {
-    let mut h = Harness::start_patient().await;
-    let (first, _session) = h.open("n1", "host-a").await;
-    let mut stream = h.assignments(&first.session_id).await;
-    assert!(next(&mut stream).await.expect("complete").tasks.is_empty());
-
-    // The agent does not read while far more changes than the store's watch
-    // buffers are committed, each large enough to fill the transport's windows.
-    let big = vec!["X".repeat(4096)];
-    let count = 8000;
-    for i in 0..count {
-        let mut t = task(
-            &format!("t{i:05}"),
-            "n1",
-            TaskState::Assigned,
-            TaskState::Running,
-        );
-        t.spec = Some(
-            shoal_proto::TaskSpec {
-                container: Some(shoal_proto::ContainerSpec {
-                    env: big.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }
-            .into(),
-        );
-        h.write(Action::Create(Object::Task(t.into()))).await;
-    }
-
-    // Replaying the messages must give exactly the store's set, and the lag
-    // must have been answered with a new COMPLETE message.
-    let mut assigned = std::collections::BTreeSet::new();
-    let mut sequence = 1;
-    let mut completes = 0;
-    while assigned.len() < count {
-        let message = next(&mut stream).await.expect("stream open");
-        assert!(message.sequence > sequence, "sequence increases");
-        sequence = message.sequence;
-        if message.r#type() == AssignmentsType::Complete {
-            completes += 1;
-            assigned.clear();
-        }
-        assigned.extend(message.tasks.into_iter().map(|t| t.id));
-        for id in message.removed {
-            assigned.remove(&id);
-        }
-    }
-    println!(
-        "{count} changes reached a lagging agent in {} messages, {completes} of them complete",
-        sequence - 1
-    );
-    assert!(completes >= 1, "a lagging agent gets a complete set");
-    assert_eq!(
-        assigned.len(),
-        h.store.read(|s| s.tasks_on_node("n1").count())
-    );
 }

@@ -1,5 +1,6 @@
-//! The store's rules for secrets and configs: unique names per kind, services
-//! refer only to existing ones, and none is removed while a service uses it.
+//! The rules `apply` enforces for secrets and configs: unique names per kind,
+//! services refer only to existing ones, and none is removed while a service
+//! uses it.
 
 use shoal_proto::{
     Config, ConfigReference, ConfigSpec, ContainerSpec, Secret, SecretReference, SecretSpec,
