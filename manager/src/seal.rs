@@ -1,5 +1,5 @@
 //! Encryption at rest for what the store must not hold in the clear: the root
-//! CA's private key and secret values.
+//! CA's private key, the join tokens and secret values.
 //!
 //! A cluster-wide 256-bit data key seals values with ChaCha20-Poly1305 (ring)
 //! before they are proposed, so neither the Raft log, the snapshots nor the

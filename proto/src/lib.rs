@@ -1,8 +1,9 @@
 //! shoal's wire protocol and the small helpers that belong next to the schema.
 //!
 //! - [`v1`] (re-exported at the root): the generated prost messages and tonic
-//!   clients/servers for the `Control`, `Watch`, `Dispatcher` and `Raft` services.
-//! - [`spec`]: a task's spec, shared between a service, its tasks and their
+//!   clients/servers for the `Control`, `Watch`, `Dispatcher`, `Raft` and `Ca`
+//!   services.
+//! - [`task_spec`]: a task's spec, shared between a service, its tasks and their
 //!   versions ([`SharedTaskSpec`]).
 //! - [`ids`]: object ids and prefixes.
 //! - [`state`]: the forward-only order of task states.
@@ -14,6 +15,7 @@
 //!   and join tokens.
 //! - [`rfc3339`]: log timestamps as the engine writes them and as `service logs`
 //!   prints them.
+//! - [`codec`]: the gRPC codec with small initial buffers the generated code uses.
 
 pub mod codec;
 pub mod constraint;
