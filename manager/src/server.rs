@@ -82,7 +82,7 @@ pub enum ServerError {
     Identity(#[from] CaError),
     #[error("starting raft")]
     Raft(#[from] RaftError),
-    #[error("the raft store failed ({0}); the manager stopped")]
+    #[error("raft: the raft store failed ({0}); the manager stopped")]
     RaftFailed(String),
     #[error(
         "this manager was removed from the cluster (node demote or node rm); its data dir {} is no longer a member: delete it before joining again with a token",
