@@ -9,6 +9,7 @@
 //!   benchmark's nodes).
 //! - [`wait`]: [`wait::eventually`], the only way a scenario waits.
 //! - [`group`]: scenarios with several managers (the fault suite's helpers).
+//! - [`secured`]: a manager whose root CA the test holds (security scenarios).
 //! - [`linearizability`]: the checker the fault suite runs its histories through.
 //! - [`bench`]: the benchmark harness behind the `shoal-bench` binary.
 
@@ -18,6 +19,7 @@ pub mod docker;
 pub mod group;
 pub mod linearizability;
 pub mod process;
+pub mod secured;
 pub mod wait;
 
 /// Install the process-wide rustls provider and a test log subscriber, once.
