@@ -5,6 +5,7 @@
 //! - [`process`]: build and start `shoal` daemons, kill -9 them, run CLI commands.
 //! - [`docker`]: `shoal agent` processes on the real engine, the engine's view of
 //!   shoal's containers, and a cleanup guard.
+//! - [`docker_cluster`]: a manager and two agents on the real engine.
 //! - [`agents`]: hollow agents with the fake runtime (the scenarios' and the
 //!   benchmark's nodes).
 //! - [`wait`]: [`wait::eventually`], the only way a scenario waits.
@@ -16,6 +17,7 @@
 pub mod agents;
 pub mod bench;
 pub mod docker;
+pub mod docker_cluster;
 pub mod group;
 pub mod linearizability;
 pub mod process;
