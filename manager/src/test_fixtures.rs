@@ -318,3 +318,27 @@ pub(crate) fn leader_snapshot() -> Vec<u8> {
     msg.set_snapshot(snap);
     msg.write_to_bytes().unwrap()
 }
+
+/// A container spec that mounts secrets `secrets` (each at a target named by
+/// its id) and configs `configs` (each at `/ID`).
+pub fn container_with_files(secrets: &[&str], configs: &[&str]) -> ContainerSpec {
+    ContainerSpec {
+        secrets: secrets
+            .iter()
+            .map(|id| shoal_proto::SecretReference {
+                secret_id: id.to_string(),
+                target: id.to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        configs: configs
+            .iter()
+            .map(|id| shoal_proto::ConfigReference {
+                config_id: id.to_string(),
+                target: format!("/{id}"),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}

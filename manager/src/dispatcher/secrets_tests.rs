@@ -1,12 +1,10 @@
 //! Which secrets a node needs given its tasks, and what each message carries.
 
-use shoal_proto::{
-    Config, ConfigReference, ConfigSpec, ContainerSpec, Secret, SecretReference, SecretSpec,
-    TaskSpec, TaskStatus,
-};
+use shoal_proto::{Config, ConfigSpec, Secret, SecretSpec, TaskSpec, TaskStatus};
 
 use super::*;
 use crate::store::Object;
+use crate::test_fixtures::container_with_files;
 
 fn task(
     id: &str,
@@ -25,25 +23,7 @@ fn task(
         }),
         spec: Some(
             TaskSpec {
-                container: Some(ContainerSpec {
-                    secrets: secrets
-                        .iter()
-                        .map(|s| SecretReference {
-                            secret_id: s.to_string(),
-                            target: s.to_string(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    configs: configs
-                        .iter()
-                        .map(|c| ConfigReference {
-                            config_id: c.to_string(),
-                            target: format!("/{c}"),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                }),
+                container: Some(container_with_files(secrets, configs)),
                 ..Default::default()
             }
             .into(),

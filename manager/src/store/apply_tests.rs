@@ -3,11 +3,11 @@
 //! uses it.
 
 use shoal_proto::{
-    Config, ConfigReference, ConfigSpec, ContainerSpec, Secret, SecretReference, SecretSpec,
-    Service, ServiceSpec, TaskSpec,
+    Config, ConfigSpec, ContainerSpec, Secret, SecretSpec, Service, ServiceSpec, TaskSpec,
 };
 
 use crate::store::{Action, Kind, Object, Store, StoreError};
+use crate::test_fixtures::container_with_files;
 
 fn secret(id: &str, name: &str) -> Object {
     Object::Secret(Box::new(Secret {
@@ -42,23 +42,7 @@ fn service(id: &str, name: &str, secrets: &[&str], configs: &[&str]) -> Object {
                 TaskSpec {
                     container: Some(ContainerSpec {
                         image: "busybox".into(),
-                        secrets: secrets
-                            .iter()
-                            .map(|id| SecretReference {
-                                secret_id: id.to_string(),
-                                target: id.to_string(),
-                                ..Default::default()
-                            })
-                            .collect(),
-                        configs: configs
-                            .iter()
-                            .map(|id| ConfigReference {
-                                config_id: id.to_string(),
-                                target: format!("/{id}"),
-                                ..Default::default()
-                            })
-                            .collect(),
-                        ..Default::default()
+                        ..container_with_files(secrets, configs)
                     }),
                     ..Default::default()
                 }
